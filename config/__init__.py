@@ -1,0 +1,1 @@
+"""Settings, Celery configuration and the beat schedule: everything an operator tunes."""

@@ -1,0 +1,84 @@
+"""The one settings class of userpath-worker, read from ``USERPATH_*`` environment variables.
+
+The defaults run the whole product on a laptop with nothing installed: a SQLite database and
+kombu's SQLAlchemy broker transport on SQLite files in the working directory. Production sets
+``USERPATH_DATABASE_URL=postgresql+psycopg://...`` and ``USERPATH_BROKER_URL=redis://...``
+(or ``amqp://...``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Annotated
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from userpath_worker.errors import SettingsError
+
+ENV_PREFIX = "USERPATH_"
+
+_BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+sqlite", "sqla+postgresql")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///userpath.db"
+    broker_url: str = "sqla+sqlite:///userpath-broker.db"
+    # When set, stored key digests are HMAC-SHA-256 with this pepper instead of plain SHA-256,
+    # so a leaked api_keys table cannot be checked against guessed keys offline.
+    key_pepper: str | None = Field(default=None, repr=False)
+    # How long a worker process trusts a key it has already looked up. A deleted or expired key
+    # is refused by every worker within this many seconds (the contract promises 5).
+    auth_cache_seconds: Annotated[float, Field(ge=0, le=5)] = 2.0
+    log_level: str = "INFO"
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        scheme, separator, rest = value.partition("://")
+        if not separator or scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+        if scheme in ("postgresql", "postgres"):
+            # psycopg 3 is the driver we ship; SQLAlchemy would otherwise look for psycopg2.
+            return f"postgresql+psycopg://{rest}"
+        return value
+
+    @field_validator("broker_url")
+    @classmethod
+    def _known_broker(cls, value: str) -> str:
+        scheme = value.partition("://")[0]
+        if scheme not in _BROKER_SCHEMES or "://" not in value:
+            allowed = ", ".join(f"{s}://" for s in _BROKER_SCHEMES)
+            raise ValueError(f"must be a broker URL starting with one of {allowed}")
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @property
+    def uses_embedded_database(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming the first bad variable and what is wrong with it (never its value)."""
+    first = error.errors()[0]
+    variable = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX + "*"
+    message = first["msg"].removeprefix("Value error, ")
+    return f"{variable}: {message}"
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    try:
+        return Settings()
+    except ValidationError as error:
+        raise SettingsError(f"invalid setting {describe(error)}") from None

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import datetime as dt
+import enum
+
+from sqlalchemy import ForeignKey, Index, String, text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from userpath_worker.db import Base, string_enum, utcnow
+from userpath_worker.keys.tokens import Environment
+
+
+class KeyStatus(enum.StrEnum):
+    ACTIVE = "active"
+    EXPIRING = "expiring"  # rolled, still accepted until its grace period ends
+    EXPIRED = "expired"
+    DELETED = "deleted"
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        # A name is unique among the org's current keys; a rolled key hands its name on to its
+        # replacement, and deleted keys free theirs.
+        Index(
+            "uq_api_keys_org_current_name",
+            "org_id",
+            "name",
+            unique=True,
+            sqlite_where=text("deleted_at IS NULL AND rolled_at IS NULL"),
+            postgresql_where=text("deleted_at IS NULL AND rolled_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(100))
+    environment: Mapped[Environment] = mapped_column(string_enum(Environment, "key_environment"))
+    # SHA-256 (or HMAC-SHA-256 with the pepper) of the whole key, hex; the key itself is never kept.
+    digest: Mapped[str] = mapped_column(String(64), unique=True)
+    display: Mapped[str] = mapped_column(String(32))
+    created_by: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_used_at: Mapped[dt.datetime | None]
+    expires_at: Mapped[dt.datetime | None]
+    deleted_at: Mapped[dt.datetime | None]
+    rolled_at: Mapped[dt.datetime | None]
+    replaced_by_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+
+    def status(self, now: dt.datetime | None = None) -> KeyStatus:
+        now = now or utcnow()
+        if self.deleted_at is not None:
+            return KeyStatus.DELETED
+        if self.expires_at is not None and self.expires_at <= now:
+            return KeyStatus.EXPIRED
+        if self.rolled_at is not None:
+            return KeyStatus.EXPIRING
+        return KeyStatus.ACTIVE

@@ -1,0 +1,180 @@
+"""The API key lifecycle: create, list, roll, delete, and authenticate.
+
+Services work inside the caller's transaction and never commit: the CLI commits once per
+command, the worker once per message, and tests roll everything back.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from userpath_worker.audit.models import AuditEntry
+from userpath_worker.db import utcnow
+from userpath_worker.errors import Conflict, NotFound, UserError
+from userpath_worker.keys import tokens
+from userpath_worker.keys.models import ApiKey, KeyStatus
+from userpath_worker.keys.tokens import AuthFailure, Environment
+from userpath_worker.organizations.models import Organization
+from userpath_worker.organizations.services import require_owner
+
+DEFAULT_ROLL_GRACE = dt.timedelta(hours=24)
+MAX_ROLL_GRACE = dt.timedelta(days=7)  # Stripe's ceiling for keeping a rolled key alive
+
+
+@dataclass(frozen=True, slots=True)
+class KeyIdentity:
+    """Who a valid key speaks for. The organization comes from here, never from a payload."""
+
+    key_id: int
+    org_id: int
+    environment: Environment
+    display: str
+    expires_at: dt.datetime | None
+
+
+class KeyService:
+    def __init__(self, session: Session, pepper: str | None = None) -> None:
+        self.session = session
+        self.pepper = pepper
+
+    def create(
+        self,
+        organization: Organization,
+        name: str,
+        actor: str,
+        environment: Environment = Environment.LIVE,
+        expires_in: dt.timedelta | None = None,
+    ) -> tuple[ApiKey, str]:
+        """A new key and its plaintext, which exists only in this return value."""
+        require_owner(self.session, organization, actor)
+        name = name.strip()
+        if not 1 <= len(name) <= 100:
+            raise UserError("a key name must be 1 to 100 characters")
+        if expires_in is not None and expires_in <= dt.timedelta(0):
+            raise UserError("--expires-in must be a positive duration such as 90d")
+        key, plaintext = self._new_key(organization.id, name, environment, actor, expires_in)
+        self._audit(key, actor, "key.created", environment=environment.value)
+        return key, plaintext
+
+    def list(self, organization: Organization) -> list[ApiKey]:
+        return list(
+            self.session.scalars(
+                select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)
+            )
+        )
+
+    def get(self, key_id: int) -> ApiKey:
+        key = self.session.get(ApiKey, key_id)
+        if key is None:
+            raise NotFound(f"API key {key_id} not found; `userpath keys list --org ORG` shows ids")
+        return key
+
+    def roll(
+        self, key_id: int, actor: str, grace: dt.timedelta = DEFAULT_ROLL_GRACE
+    ) -> tuple[ApiKey, str]:
+        """Replace a key: same name and environment; the old one works until now + grace."""
+        if not dt.timedelta(0) <= grace <= MAX_ROLL_GRACE:
+            raise UserError("the grace period must be between 0 and 7d")
+        old = self._get_for_change(key_id, actor)
+        if old.status() is not KeyStatus.ACTIVE:
+            raise Conflict(f"API key {key_id} is {old.status()} and cannot be rolled")
+        now = utcnow()
+        lifetime = old.expires_at - old.created_at if old.expires_at else None
+        old.rolled_at = now
+        old.expires_at = min(now + grace, old.expires_at) if old.expires_at else now + grace
+        self.session.flush()  # frees the name before the replacement takes it
+        new, plaintext = self._new_key(old.org_id, old.name, old.environment, actor, lifetime)
+        old.replaced_by_id = new.id
+        self._audit(old, actor, "key.rolled", replaced_by=new.id, expires_at=old.expires_at.isoformat())
+        return new, plaintext
+
+    def delete(self, key_id: int, actor: str) -> ApiKey:
+        key = self._get_for_change(key_id, actor)
+        if key.deleted_at is not None:
+            raise Conflict(f"API key {key_id} is already deleted")
+        key.deleted_at = utcnow()
+        self._audit(key, actor, "key.deleted")
+        self.session.flush()
+        return key
+
+    def lookup(self, plaintext: object) -> KeyIdentity | AuthFailure:
+        """Parse a candidate key and find it; no query for malformed or bad-checksum keys.
+
+        This ignores expiry and deletion so that a cache can keep the answer and re-check the
+        expiry itself; ``authenticate`` is the complete check.
+        """
+        parsed = tokens.parse(plaintext)
+        if isinstance(parsed, AuthFailure):
+            return parsed
+        wanted = tokens.digest(parsed.secret, self.pepper)
+        key = self.session.scalar(select(ApiKey).where(ApiKey.digest == wanted))
+        if key is None or not hmac.compare_digest(key.digest, wanted):
+            return AuthFailure.UNKNOWN
+        if key.deleted_at is not None:
+            return AuthFailure.DELETED
+        return KeyIdentity(key.id, key.org_id, key.environment, key.display, key.expires_at)
+
+    def authenticate(self, plaintext: object) -> KeyIdentity | AuthFailure:
+        found = self.lookup(plaintext)
+        return check_expiry(found, utcnow())
+
+    def _get_for_change(self, key_id: int, actor: str) -> ApiKey:
+        key = self.get(key_id)
+        organization = self.session.get_one(Organization, key.org_id)
+        require_owner(self.session, organization, actor)
+        return key
+
+    def _new_key(
+        self,
+        org_id: int,
+        name: str,
+        environment: Environment,
+        actor: str,
+        expires_in: dt.timedelta | None,
+    ) -> tuple[ApiKey, str]:
+        plaintext = tokens.generate(environment)
+        now = utcnow()
+        key = ApiKey(
+            org_id=org_id,
+            name=name,
+            environment=environment,
+            digest=tokens.digest(plaintext, self.pepper),
+            display=tokens.display_form(plaintext),
+            created_by=actor.strip().lower(),
+            created_at=now,
+            expires_at=now + expires_in if expires_in else None,
+        )
+        try:
+            with self.session.begin_nested():
+                self.session.add(key)
+                self.session.flush()
+        except IntegrityError:
+            raise Conflict(
+                f"a key named '{name}' already exists in this organization; "
+                "pick another name, or roll or delete that key"
+            ) from None
+        return key, plaintext
+
+    def _audit(self, key: ApiKey, actor: str, action: str, **detail: object) -> None:
+        self.session.add(
+            AuditEntry(
+                org_id=key.org_id,
+                actor=actor.strip().lower(),
+                action=action,
+                api_key_id=key.id,
+                detail=detail,
+            )
+        )
+        self.session.flush()
+
+
+def check_expiry(found: KeyIdentity | AuthFailure, now: dt.datetime) -> KeyIdentity | AuthFailure:
+    if isinstance(found, KeyIdentity) and found.expires_at is not None and found.expires_at <= now:
+        return AuthFailure.EXPIRED
+    return found

@@ -1,0 +1,10 @@
+"""Every table, imported in one place so Alembic and the tests see the whole schema."""
+
+from userpath_worker.audit.models import AuditEntry
+from userpath_worker.db import Base
+from userpath_worker.keys.models import ApiKey
+from userpath_worker.organizations.models import Member, Organization
+
+metadata = Base.metadata
+
+__all__ = ["ApiKey", "AuditEntry", "Member", "Organization", "metadata"]

@@ -1,0 +1,60 @@
+"""Schema management: Alembic migrations are the only way tables are made or changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine
+
+from userpath_worker.errors import UserError
+
+MIGRATIONS = Path(__file__).with_name("migrations")
+
+
+def alembic_config(engine: Engine) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return config
+
+
+def upgrade(engine: Engine) -> None:
+    with engine.begin() as connection:
+        config = alembic_config(engine)
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+
+
+def head_revision(engine: Engine) -> str | None:
+    return ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    with engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def require_current(engine: Engine) -> None:
+    """Refuse to run against a database whose schema is behind this code."""
+    current, head = current_revision(engine), head_revision(engine)
+    if current != head:
+        raise UserError(
+            f"the database schema is at revision {current or 'none'} but this release needs "
+            f"{head}; run `userpath db upgrade` first"
+        )
+
+
+def prepare(engine: Engine) -> None:
+    """Make the schema usable: migrate an embedded SQLite database, check any other one.
+
+    The embedded default must run with no setup step; a shared PostgreSQL is migrated
+    deliberately by an operator (or the compose file's one-shot migrate service).
+    """
+    if engine.dialect.name == "sqlite":
+        upgrade(engine)
+    else:
+        require_current(engine)
