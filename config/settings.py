@@ -33,6 +33,18 @@ class Settings(BaseSettings):
     # is refused by every worker within this many seconds (the contract promises 5).
     auth_cache_seconds: Annotated[float, Field(ge=0, le=5)] = 2.0
     log_level: str = "INFO"
+    # Redis only: how long a delivered but unacknowledged message stays invisible before Redis
+    # hands it to another worker. Longer than the slowest task; RabbitMQ needs no such setting.
+    visibility_timeout: Annotated[int, Field(ge=1)] = 3600
+
+    # Key rotation policy (the celery beat task userpath.flag_stale_keys).
+    rotation_max_age_days: Annotated[int, Field(ge=1)] = 90
+    rotation_unused_days: Annotated[int, Field(ge=1)] = 30
+    rotation_expiring_window_days: Annotated[int, Field(ge=0)] = 7
+    rotation_reminder_interval_days: Annotated[int, Field(ge=1)] = 7
+    rotation_schedule: str = "0 3 * * *"  # crontab: minute hour day-of-month month day-of-week, UTC
+    rotation_hard_expiry_days: Annotated[int | None, Field(ge=1)] = None  # off by default
+    reminder_webhook_url: str | None = None
 
     @field_validator("database_url")
     @classmethod

@@ -2,9 +2,11 @@
 
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import Base
+from userpath_worker.deadletter.models import DeadLetter
+from userpath_worker.events.models import Event
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Member, Organization
 
 metadata = Base.metadata
 
-__all__ = ["ApiKey", "AuditEntry", "Member", "Organization", "metadata"]
+__all__ = ["ApiKey", "AuditEntry", "DeadLetter", "Event", "Member", "Organization", "metadata"]

@@ -1,0 +1,61 @@
+"""Celery configuration, built from the settings. Every choice here is part of a guarantee.
+
+Wire contract: see docs/contract.md. Reliability: late acks + a unique constraint on
+(org_id, event_id) turn Celery's at-least-once delivery into exactly-once storage.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from config.settings import Settings
+
+EVENTS_QUEUE = "userpath.events"  # server-side events from backend services
+JOBS_QUEUE = "userpath.jobs"  # events reported by background jobs
+WEBHOOKS_QUEUE = "userpath.webhooks"  # third-party webhooks forwarded by receivers
+MAINTENANCE_QUEUE = "userpath.maintenance"  # beat's rotation pass and reminder deliveries
+QUEUES = (EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
+
+
+def celery_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "broker_url": settings.broker_url,
+        "broker_connection_retry_on_startup": True,
+        # Producers may be written in any language: JSON only. A pickle or yaml message is
+        # refused before it is deserialized (and dead-lettered by our consumer).
+        "task_serializer": "json",
+        "accept_content": ["json"],
+        "task_protocol": 2,
+        # We keep no task results: events are the output, and a result backend would be one
+        # more place a payload (and its key) could be copied to.
+        "result_backend": None,
+        "task_ignore_result": True,
+        # Acknowledge after the task ran, and give the message back if the worker process dies,
+        # so a crash re-delivers instead of losing the envelope. Storage is idempotent.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # Few messages held per process: with late acks these are what a crash re-delivers,
+        # and envelopes can carry 1000 events each.
+        "worker_prefetch_multiplier": 4,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": EVENTS_QUEUE,
+        "task_routes": {
+            "userpath.webhook": {"queue": WEBHOOKS_QUEUE},
+            "userpath.flag_stale_keys": {"queue": MAINTENANCE_QUEUE},
+            "userpath.deliver_reminder": {"queue": MAINTENANCE_QUEUE},
+        },
+        "broker_transport_options": {
+            # Redis re-delivers an unacknowledged message after this many seconds.
+            "visibility_timeout": settings.visibility_timeout,
+            # The embedded SQLAlchemy transport polls its table; keep the demo responsive.
+            "polling_interval": 0.2,
+        },
+        # Envelopes are at most 1 MiB, so a stuck task is a bug, not a big batch.
+        "task_time_limit": 300,
+        "task_soft_time_limit": 240,
+        "worker_max_memory_per_child": 400_000,  # KiB: recycle a child that grew past 400 MB
+        "timezone": "UTC",
+        "enable_utc": True,
+    }

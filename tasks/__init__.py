@@ -1,0 +1,1 @@
+"""Thin Celery tasks: decode the message, call the domain core, return."""

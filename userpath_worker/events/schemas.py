@@ -1,0 +1,71 @@
+"""Wire contract v1 (docs/contract.md): the envelope, its events, and webhook deliveries.
+
+Both the worker and the producer client validate with these models, so an event the client
+accepts is an event the worker stores.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+MAX_ENVELOPE_BYTES = 1024 * 1024  # Segment allows 500 KB per batch; we allow 1 MiB
+MAX_EVENT_BYTES = 32 * 1024  # as Segment
+MAX_BATCH_EVENTS = 1000
+
+TRACK_TASK = "userpath.track"
+WEBHOOK_TASK = "userpath.webhook"
+
+
+def canonical_json(value: Any) -> bytes:
+    """The one JSON encoding we measure and hash: compact, sorted keys, UTF-8."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+
+
+def _text(max_length: int, min_length: int = 1) -> Any:
+    return Annotated[str, StringConstraints(min_length=min_length, max_length=max_length)]
+
+
+class EventIn(BaseModel):
+    """One event of an envelope's batch. Unknown fields are refused, so typos are caught."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_id: _text(100) | None = None
+    event: _text(200)
+    user_id: _text(200) | None = None
+    anonymous_id: _text(200) | None = None
+    timestamp: AwareDatetime
+    properties: dict[str, Any] = Field(default_factory=dict)
+    context: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _someone(self) -> EventIn:
+        if self.user_id is None and self.anonymous_id is None:
+            raise ValueError("an event needs a user_id or an anonymous_id")
+        return self
+
+
+class EnvelopeIn(BaseModel):
+    """What ``userpath.track`` receives. Each event of ``batch`` is validated on its own."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str
+    sent_at: AwareDatetime | None = None
+    batch: Annotated[list[Any], Field(min_length=1, max_length=MAX_BATCH_EVENTS)]
+
+
+class WebhookIn(BaseModel):
+    """What ``userpath.webhook`` receives: one third-party delivery, forwarded as received."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    api_key: str
+    provider: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,49}$")]
+    delivery_id: _text(200)
+    received_at: AwareDatetime
+    headers: dict[str, str] = Field(default_factory=dict)
+    body: str
