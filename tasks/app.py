@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from celery import Celery
+from typing import Any
+
+from celery import Celery, signals
 
 from config.celery import celery_config
 from config.settings import get_settings
-from userpath_worker.errors import SettingsError
+from userpath_worker import runtime, schema
+from userpath_worker.errors import SettingsError, UserError
 
 try:
     settings = get_settings()
@@ -16,3 +19,19 @@ except SettingsError as error:
 
 app = Celery("userpath", include=["tasks.ingest"])
 app.conf.update(celery_config(settings))
+app.conf.worker_consumer = "tasks.consumer:DeadLetteringConsumer"
+
+
+@signals.worker_init.connect
+def _prepare_schema(**_: Any) -> None:
+    """Migrate the embedded SQLite database; refuse to start on a PostgreSQL schema that is behind."""
+    try:
+        schema.prepare(runtime.engine())
+    except UserError as error:
+        raise SystemExit(f"userpath: {error}") from None
+    runtime.engine().dispose()  # the pool children open their own connections
+
+
+@signals.worker_process_init.connect
+def _fresh_connections(**_: Any) -> None:
+    runtime.forget_connections_after_fork()

@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import functools
 import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
-from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config.settings import Settings, get_settings
-from userpath_worker import schema
-from userpath_worker.db import make_engine, make_session_factory, utcnow
+from userpath_worker import runtime, schema
+from userpath_worker.db import utcnow
 from userpath_worker.durations import format_duration, parse_duration
 from userpath_worker.errors import UserError
 from userpath_worker.keys.models import ApiKey
@@ -44,24 +42,15 @@ class UserPathGroup(click.Group):
             ) from None
 
 
-@functools.cache
-def _engine(database_url: str) -> Engine:
-    return make_engine(database_url)
-
-
 def settings() -> Settings:
     return get_settings()
-
-
-def engine() -> Engine:
-    return _engine(settings().database_url)
 
 
 @contextlib.contextmanager
 def transaction() -> Iterator[Session]:
     """One transaction per command, on a schema that is known to be current."""
-    schema.prepare(engine())
-    with make_session_factory(engine()).begin() as session:
+    schema.prepare(runtime.engine())
+    with runtime.session_factory().begin() as session:
         yield session
 
 
@@ -129,8 +118,8 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
-    schema.upgrade(engine())
-    click.echo(f"Database schema is at revision {schema.current_revision(engine())}.")
+    schema.upgrade(runtime.engine())
+    click.echo(f"Database schema is at revision {schema.current_revision(runtime.engine())}.")
 
 
 @cli.group()

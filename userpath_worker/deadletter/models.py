@@ -24,6 +24,7 @@ class Reason(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNDECODABLE = "undecodable"  # not JSON, or a refused content type such as pickle
     UNKNOWN_TASK = "unknown_task"
+    INTERNAL_ERROR = "internal_error"  # a bug of ours; kept so the message can be replayed
 
 
 class DeadLetter(Base):

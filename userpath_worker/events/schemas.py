@@ -7,9 +7,20 @@ accepts is an event the worker stores.
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+
+from userpath_worker.keys.tokens import redact
 
 MAX_ENVELOPE_BYTES = 1024 * 1024  # Segment allows 500 KB per batch; we allow 1 MiB
 MAX_EVENT_BYTES = 32 * 1024  # as Segment
@@ -20,8 +31,32 @@ WEBHOOK_TASK = "userpath.webhook"
 
 
 def canonical_json(value: Any) -> bytes:
-    """The one JSON encoding we measure and hash: compact, sorted keys, UTF-8."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, ensure_ascii=False).encode()
+    """The one JSON encoding we measure and hash: compact, sorted keys, UTF-8.
+
+    Raises ValueError for what no database can store as JSON: NaN or infinite numbers, and
+    lone surrogates (UnicodeEncodeError).
+    """
+    return json.dumps(
+        value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
+    ).encode()
+
+
+# A JSON-escaped NUL (an odd number of backslashes, then u0000): PostgreSQL refuses it in text
+# and in JSONB.
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
+def has_nul(encoded: bytes) -> bool:
+    return _ESCAPED_NUL.search(encoded) is not None
+
+
+def describe(error: ValidationError) -> str:
+    """A validation failure in one line: each location and what is wrong, never the input."""
+    return "; ".join(
+        f"{'.'.join(str(part) for part in problem['loc']) or 'value'}: "
+        + problem["msg"].removeprefix("Value error, ")
+        for problem in error.errors(include_input=False, include_url=False)
+    )
 
 
 def _text(max_length: int, min_length: int = 1) -> Any:
@@ -69,3 +104,22 @@ class WebhookIn(BaseModel):
     received_at: AwareDatetime
     headers: dict[str, str] = Field(default_factory=dict)
     body: str
+
+
+def summarize_arguments(args: Any) -> str:
+    """A task's argument list as Celery may show it (logs, task events, Flower): the key in its
+    display form and the batch as a count, so neither secrets nor customer data leak there."""
+    if not isinstance(args, list | tuple):
+        return "(?)"
+    shown = []
+    for argument in args:
+        if not isinstance(argument, dict):
+            shown.append(f"<{type(argument).__name__}>")
+            continue
+        fields = {name: f"<{type(value).__name__}>" for name, value in argument.items()}
+        if "api_key" in argument:
+            fields["api_key"] = repr(redact(argument["api_key"]))
+        if isinstance(argument.get("batch"), list):
+            fields["batch"] = f"<{len(argument['batch'])} events>"
+        shown.append("{" + ", ".join(f"{name!r}: {value}" for name, value in fields.items()) + "}")
+    return "(" + ", ".join(shown) + ("," if len(shown) == 1 else "") + ")"

@@ -36,6 +36,15 @@ class KeyIdentity:
     environment: Environment
     display: str
     expires_at: dt.datetime | None
+    deleted: bool = False
+
+    def refusal(self, now: dt.datetime) -> AuthFailure | None:
+        """Why this key may not be used at ``now``, or None when it may."""
+        if self.deleted:
+            return AuthFailure.DELETED
+        if self.expires_at is not None and self.expires_at <= now:
+            return AuthFailure.EXPIRED
+        return None
 
 
 class KeyService:
@@ -87,6 +96,7 @@ class KeyService:
         now = utcnow()
         lifetime = old.expires_at - old.created_at if old.expires_at else None
         old.rolled_at = now
+        old.flagged_at = old.flag_reasons = None  # rotated: the replacement starts unflagged
         old.expires_at = min(now + grace, old.expires_at) if old.expires_at else now + grace
         self.session.flush()  # frees the name before the replacement takes it
         new, plaintext = self._new_key(old.org_id, old.name, old.environment, actor, lifetime)
@@ -99,6 +109,7 @@ class KeyService:
         if key.deleted_at is not None:
             raise Conflict(f"API key {key_id} is already deleted")
         key.deleted_at = utcnow()
+        key.flagged_at = key.flag_reasons = None
         self._audit(key, actor, "key.deleted")
         self.session.flush()
         return key
@@ -106,8 +117,8 @@ class KeyService:
     def lookup(self, plaintext: object) -> KeyIdentity | AuthFailure:
         """Parse a candidate key and find it; no query for malformed or bad-checksum keys.
 
-        This ignores expiry and deletion so that a cache can keep the answer and re-check the
-        expiry itself; ``authenticate`` is the complete check.
+        A deleted or expired key is still returned, so that a cache can keep the answer and
+        callers know whose key was refused; ``authenticate`` is the complete check.
         """
         parsed = tokens.parse(plaintext)
         if isinstance(parsed, AuthFailure):
@@ -116,13 +127,16 @@ class KeyService:
         key = self.session.scalar(select(ApiKey).where(ApiKey.digest == wanted))
         if key is None or not hmac.compare_digest(key.digest, wanted):
             return AuthFailure.UNKNOWN
-        if key.deleted_at is not None:
-            return AuthFailure.DELETED
-        return KeyIdentity(key.id, key.org_id, key.environment, key.display, key.expires_at)
+        return KeyIdentity(
+            key.id, key.org_id, key.environment, key.display, key.expires_at, key.deleted_at is not None
+        )
 
     def authenticate(self, plaintext: object) -> KeyIdentity | AuthFailure:
+        """The key's identity, or why it is refused."""
         found = self.lookup(plaintext)
-        return check_expiry(found, utcnow())
+        if isinstance(found, AuthFailure):
+            return found
+        return found.refusal(utcnow()) or found
 
     def _get_for_change(self, key_id: int, actor: str) -> ApiKey:
         key = self.get(key_id)
@@ -173,8 +187,3 @@ class KeyService:
         )
         self.session.flush()
 
-
-def check_expiry(found: KeyIdentity | AuthFailure, now: dt.datetime) -> KeyIdentity | AuthFailure:
-    if isinstance(found, KeyIdentity) and found.expires_at is not None and found.expires_at <= now:
-        return AuthFailure.EXPIRED
-    return found

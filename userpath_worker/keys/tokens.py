@@ -15,6 +15,7 @@ import secrets
 import string
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
 RANDOM_LENGTH = 32
@@ -23,6 +24,7 @@ PREFIX = "up_"
 
 # What a secret scanner (and our own leak tests) look for.
 KEY_PATTERN = re.compile(r"up_(?:live|test)_[0-9A-Za-z]{38}")
+BYTES_KEY_PATTERN = re.compile(KEY_PATTERN.pattern.encode())
 
 
 class Environment(enum.StrEnum):
@@ -93,3 +95,22 @@ def redact(candidate: object) -> str:
     if isinstance(candidate, str) and KEY_PATTERN.fullmatch(candidate):
         return display_form(candidate)
     return "[redacted]"
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with every key in it replaced by its display form."""
+    return KEY_PATTERN.sub(lambda match: display_form(match.group()), text)
+
+
+def scrub(value: Any) -> Any:
+    """A JSON-like value with every key inside any string replaced by its display form.
+
+    Customers do paste keys into event properties and webhook bodies; none may be stored.
+    """
+    if isinstance(value, str):
+        return scrub_text(value)
+    if isinstance(value, dict):
+        return {scrub(key): scrub(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub(item) for item in value]
+    return value

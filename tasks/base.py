@@ -1,0 +1,65 @@
+"""The base class of our tasks: no secret in Celery's task representation, nothing lost on
+an unexpected failure."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from billiard.exceptions import WorkerLostError
+from celery import Task
+from celery.exceptions import Ignore, Reject, Retry
+from celery.worker.request import Request
+
+from tasks.deadletters import dead_letter_message, settle
+from userpath_worker.deadletter.models import Reason
+from userpath_worker.events.schemas import summarize_arguments
+
+RETRY_BASE_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+
+# Failures that Celery settles itself: retries, deliberate rejections, a lost worker process
+# (the message is re-delivered) and a shutdown.
+_CELERY_OUTCOMES = (Retry, Reject, Ignore, WorkerLostError, SystemExit, KeyboardInterrupt, MemoryError)
+
+
+class RedactedRequest(Request):
+    """A request whose argsrepr is a summary with the key in its display form.
+
+    Celery shows argsrepr in logs, task events and Flower, and falls back to the full repr of
+    the arguments when a producer sends none; either way the raw key would be shown.
+    """
+
+    def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(message, *args, **kwargs)
+        payload = message.payload
+        arguments = payload[0] if isinstance(payload, list | tuple) and payload else None
+        self._argsrepr = self._request_dict["argsrepr"] = summarize_arguments(arguments)
+        self._kwargsrepr = self._request_dict["kwargsrepr"] = "{...}" if payload and len(payload) > 1 and payload[1] else "{}"
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        error = getattr(exc_info.exception, "exc", exc_info.exception)
+        if not isinstance(error, _CELERY_OUTCOMES) and self.task.acks_late:
+            # The task body dead-letters every fault of the input itself; reaching here is a bug
+            # of ours or a time limit. Keep the message for replay instead of dropping it.
+            detail = f"the task failed unexpectedly: {type(error).__name__}"
+            stored = dead_letter_message(self._message, Reason.INTERNAL_ERROR, detail)
+            if not stored:
+                settle(self._message, stored=False)
+                return
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+class UserPathTask(Task):
+    Request = RedactedRequest
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        # Also covers self.retry(), which re-publishes the message through here.
+        options["argsrepr"] = summarize_arguments(args)
+        options["kwargsrepr"] = "{}" if not kwargs else "{...}"
+        return super().apply_async(args, kwargs, **options)
+
+    def retry_delay(self) -> float:
+        """Exponential backoff with full jitter, capped: 1 s, 2 s, 4 s ... 60 s."""
+        ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** self.request.retries)
+        return random.uniform(ceiling / 2, ceiling)

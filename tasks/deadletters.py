@@ -1,0 +1,61 @@
+"""Dead-lettering of messages that never reach a task body: undecodable, refused content
+types (pickle, yaml), unknown task names, and tasks that failed in an unexpected way."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from kombu.message import Message
+
+from userpath_worker import runtime
+from userpath_worker.db import utcnow
+from userpath_worker.deadletter import services as dead_letters
+from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.services import Delivery, Rejection, without_key
+from userpath_worker.keys import tokens
+
+logger = logging.getLogger("userpath.worker")
+
+
+def dead_letter_message(message: Message, reason: Reason, detail: str) -> bool:
+    """Store the raw message as a dead letter; False when the database could not take it."""
+    headers = message.headers or {}
+    delivery = Delivery(
+        task=str(headers.get("task"))[:200] if headers.get("task") else None,
+        queue=(message.delivery_info or {}).get("routing_key"),
+        received_at=utcnow(),
+    )
+    rejection = Rejection(reason, tokens.scrub_text(detail)[:500], _payload(message))
+    try:
+        with runtime.session_factory().begin() as session:
+            dead_letters.record(session, [rejection], delivery)
+    except Exception as error:  # noqa: BLE001 - whatever it is, the message must not be lost
+        logger.error("could not dead-letter a %s message (%s); it goes back to the queue", reason, type(error).__name__)
+        return False
+    logger.warning("dead-lettered a message: %s (task %s, queue %s)", reason, delivery.task, delivery.queue)
+    return True
+
+
+def settle(message: Message, stored: bool) -> None:
+    """Acknowledge a dead-lettered message, or give it back when it could not be recorded."""
+    if stored:
+        message.ack()
+    else:
+        time.sleep(1)  # the database is down: do not spin on the same message
+        message.reject(requeue=True)
+
+
+def _payload(message: Message) -> Any:
+    """The message body as a dead letter holds it. Only JSON is ever parsed: a pickle or yaml
+    body is kept as escaped text and never deserialized."""
+    body = message.body
+    if message.content_type == "application/json":
+        try:
+            return {"content_type": message.content_type, "body": without_key(json.loads(body))}
+        except (ValueError, RecursionError):
+            pass
+    preview = dead_letters.text_preview(body if isinstance(body, str | bytes) else repr(body))
+    return {"content_type": message.content_type, **preview}

@@ -1,0 +1,278 @@
+"""Ingestion: authenticate a message by its key, validate it, store its events exactly once and
+dead-letter everything else with a reason.
+
+One message is one transaction: the events (one multi-row INSERT ... ON CONFLICT DO NOTHING),
+its dead letters and the key's last-used time commit together, so a crash or a redelivery can
+neither lose nor duplicate anything.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session, sessionmaker
+
+from userpath_worker.db import utcnow
+from userpath_worker.deadletter import services as dead_letters
+from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.services import Delivery, Rejection, without_key
+from userpath_worker.events import normalizers
+from userpath_worker.events.models import Event, Source
+from userpath_worker.events.schemas import (
+    MAX_ENVELOPE_BYTES,
+    MAX_EVENT_BYTES,
+    EnvelopeIn,
+    EventIn,
+    WebhookIn,
+    canonical_json,
+    describe,
+    has_nul,
+)
+from userpath_worker.keys import tokens
+from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.services import KeyIdentity
+from userpath_worker.keys.tokens import AuthFailure
+
+_EVENT_ID_NAMESPACE = uuid.UUID("6f1c1a52-3d4e-4a8f-9a57-0d5b2b0c9e11")
+_REFUSED_KEY = {
+    AuthFailure.MALFORMED: Reason.MALFORMED_KEY,
+    AuthFailure.BAD_CHECKSUM: Reason.BAD_CHECKSUM,
+    AuthFailure.UNKNOWN: Reason.UNKNOWN_KEY,
+    AuthFailure.DELETED: Reason.DELETED_KEY,
+    AuthFailure.EXPIRED: Reason.EXPIRED_KEY,
+}
+# Webhook headers that carry someone's credentials; they are not kept in the event.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What became of one message: events accepted (new or already stored) and dead letters."""
+
+    stored: int
+    dead_lettered: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Verdicts:
+    rows: list[dict[str, Any]]
+    rejections: list[Rejection]
+
+
+VerdictsFor = Callable[[dict[str, Any], KeyIdentity], _Verdicts]
+
+
+def derived_event_id(*parts: str | bytes) -> str:
+    """A deterministic event id, so a re-sent event without one is still stored once."""
+    text = "\x1f".join(part.decode() if isinstance(part, bytes) else part for part in parts)
+    return str(uuid.uuid5(_EVENT_ID_NAMESPACE, text))
+
+
+def occurred_at(timestamp: dt.datetime, sent_at: dt.datetime | None, received_at: dt.datetime) -> dt.datetime:
+    """Segment's clock-skew correction: the client's clock is trusted for durations only."""
+    if sent_at is None:
+        return timestamp
+    return received_at - (sent_at - timestamp)
+
+
+class Ingestor:
+    def __init__(self, session_factory: sessionmaker[Session], authenticator: KeyAuthenticator) -> None:
+        self.session_factory = session_factory
+        self.authenticator = authenticator
+
+    def track(self, args: Sequence[Any], kwargs: dict[str, Any], source: Source, delivery: Delivery) -> Outcome:
+        """Handle one ``userpath.track`` message."""
+        return self._process(
+            args, kwargs, delivery, lambda envelope, identity: self._track_verdicts(envelope, identity, source, delivery)
+        )
+
+    def webhook(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery) -> Outcome:
+        """Handle one ``userpath.webhook`` message."""
+        return self._process(
+            args, kwargs, delivery, lambda payload, identity: self._webhook_verdicts(payload, identity, delivery)
+        )
+
+    # The shared path: argument shape, size, authentication, one transaction.
+
+    def _process(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery, verdicts_for: VerdictsFor) -> Outcome:
+        message = _the_one_argument(args, kwargs)
+        if isinstance(message, Rejection):
+            return self._dead_letter_only([message], delivery)
+        size = _encoded_size(message)
+        if size is None or size > MAX_ENVELOPE_BYTES:
+            reason, detail = (
+                (Reason.TOO_LARGE, f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}")
+                if size is not None
+                else (Reason.INVALID_ENVELOPE, "message is not storable JSON (NaN, lone surrogate or too deep)")
+            )
+            return self._dead_letter_only([Rejection(reason, detail, without_key(message))], delivery)
+
+        return self._store(message, delivery, verdicts_for)
+
+    def _store(self, message: dict[str, Any], delivery: Delivery, verdicts_for: VerdictsFor) -> Outcome:
+        with self.session_factory.begin() as session:
+            identity = self.authenticator.authenticate(session, message.get("api_key"))
+            refusal = identity if isinstance(identity, AuthFailure) else identity.refusal(utcnow())
+            if refusal is not None:
+                known = identity if isinstance(identity, KeyIdentity) else None
+                rejection = Rejection(
+                    _REFUSED_KEY[refusal],
+                    f"API key refused: {refusal.value}",
+                    without_key(message),
+                    org_id=known.org_id if known else None,
+                    api_key_id=known.key_id if known else None,
+                )
+                dead_letters.record(session, [rejection], delivery)
+                return Outcome(stored=0, dead_lettered=1)
+
+            verdicts = verdicts_for(message, identity)
+            _insert_events(session, verdicts.rows)
+            dead_letters.record(session, verdicts.rejections, delivery)
+            if verdicts.rows:
+                self.authenticator.mark_used(session, identity.key_id)
+            return Outcome(stored=len(verdicts.rows), dead_lettered=len(verdicts.rejections))
+
+    def _dead_letter_only(self, rejections: list[Rejection], delivery: Delivery) -> Outcome:
+        with self.session_factory.begin() as session:
+            dead_letters.record(session, rejections, delivery)
+        return Outcome(stored=0, dead_lettered=len(rejections))
+
+    # Per-task verdicts: which events to store, which to dead-letter.
+
+    def _track_verdicts(self, envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery) -> _Verdicts:
+        def refused(reason: Reason, detail: str, payload: Any) -> Rejection:
+            return Rejection(reason, detail, payload, identity.org_id, identity.key_id)
+
+        try:
+            parsed = EnvelopeIn.model_validate(envelope)
+        except ValidationError as error:
+            return _Verdicts([], [refused(Reason.INVALID_ENVELOPE, describe(error), without_key(envelope))])
+
+        rows: list[dict[str, Any]] = []
+        rejections: list[Rejection] = []
+        for index, raw in enumerate(parsed.batch):
+            try:
+                encoded = canonical_json(raw)
+            except (ValueError, RecursionError):
+                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: not storable JSON (NaN, lone surrogate or too deep)", raw))
+                continue
+            if len(encoded) > MAX_EVENT_BYTES:
+                rejections.append(refused(Reason.TOO_LARGE, f"batch.{index}: event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}", raw))
+                continue
+            if has_nul(encoded):
+                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: contains a NUL character", raw))
+                continue
+            try:
+                event = EventIn.model_validate(raw)
+            except ValidationError as error:
+                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: {describe(error)}", raw))
+                continue
+            if tokens.BYTES_KEY_PATTERN.search(encoded):
+                event = EventIn.model_validate(tokens.scrub(raw))
+            timestamp = event.timestamp.astimezone(dt.UTC)
+            try:
+                occurred_at(timestamp, parsed.sent_at, delivery.received_at)
+            except OverflowError:
+                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: timestamp and sent_at are too far apart", raw))
+                continue
+            rows.append(
+                _event_row(
+                    identity,
+                    source,
+                    event_id=event.event_id or derived_event_id(str(identity.key_id), encoded),
+                    name=event.event,
+                    user_id=event.user_id,
+                    anonymous_id=event.anonymous_id,
+                    properties=event.properties,
+                    context=event.context,
+                    timestamp=timestamp,
+                    sent_at=parsed.sent_at,
+                    received_at=delivery.received_at,
+                )
+            )
+        return _Verdicts(rows, rejections)
+
+    def _webhook_verdicts(self, payload: dict[str, Any], identity: KeyIdentity, delivery: Delivery) -> _Verdicts:
+        try:
+            webhook = WebhookIn.model_validate(payload)
+        except ValidationError as error:
+            rejection = Rejection(Reason.INVALID_ENVELOPE, describe(error), without_key(payload), identity.org_id, identity.key_id)
+            return _Verdicts([], [rejection])
+        try:
+            body: Any = json.loads(webhook.body)
+        except ValueError:
+            body = webhook.body  # not JSON: kept as text
+        body = tokens.scrub(body)
+        normalized = normalizers.normalize(webhook.provider, webhook.headers, body)
+        headers = {name: value for name, value in webhook.headers.items() if name.lower() not in _CREDENTIAL_HEADERS}
+        received_at = webhook.received_at.astimezone(dt.UTC)
+        row = _event_row(
+            identity,
+            Source.WEBHOOK,
+            event_id=derived_event_id("webhook", webhook.provider, webhook.delivery_id),
+            name=f"{webhook.provider}.{normalized.type}"[:200],
+            user_id=(normalized.user_id or f"webhook:{webhook.provider}")[:200],
+            anonymous_id=None,
+            properties=body if isinstance(body, dict) else {"body": body},
+            context={"webhook": {"provider": webhook.provider, "delivery_id": webhook.delivery_id, "headers": tokens.scrub(headers)}},
+            timestamp=received_at,
+            sent_at=None,
+            received_at=delivery.received_at,
+        )
+        return _Verdicts([row], [])
+
+
+def _event_row(identity: KeyIdentity, source: Source, *, timestamp: dt.datetime, sent_at: dt.datetime | None, received_at: dt.datetime, **fields: Any) -> dict[str, Any]:
+    return {
+        "org_id": identity.org_id,
+        "api_key_id": identity.key_id,
+        "environment": identity.environment,
+        "source": source,
+        "timestamp": timestamp,
+        "sent_at": sent_at,
+        "received_at": received_at,
+        "occurred_at": occurred_at(timestamp, sent_at, received_at),
+        **fields,
+    }
+
+
+def _the_one_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, Any] | Rejection:
+    """The contract's single positional argument, which must be a JSON object."""
+    if len(args) != 1 or kwargs:
+        return Rejection(
+            Reason.INVALID_ENVELOPE,
+            f"expected exactly one positional argument, got {len(args)} positional and {len(kwargs)} keyword",
+            without_key({"args": list(args), "kwargs": kwargs}),
+        )
+    if not isinstance(args[0], dict):
+        return Rejection(Reason.INVALID_ENVELOPE, f"the argument must be a JSON object, not {type(args[0]).__name__}", args[0])
+    return args[0]
+
+
+def _encoded_size(message: dict[str, Any]) -> int | None:
+    try:
+        return len(canonical_json(message))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _insert_statement(session: Session):
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(Event.__table__).on_conflict_do_nothing(index_elements=["org_id", "event_id"])
+
+
+def _insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+    if rows:
+        session.execute(_insert_statement(session), rows)
+
+
+def newest_events(session: Session, org_id: int, limit: int = 20) -> list[Event]:
+    return list(session.scalars(select(Event).where(Event.org_id == org_id).order_by(Event.id.desc()).limit(limit)))
