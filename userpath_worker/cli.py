@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,11 +17,15 @@ import click
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
+from config.celery import QUEUES
 from config.settings import Settings, get_settings
 from userpath_worker import runtime, schema
 from userpath_worker.db import utcnow
+from userpath_worker.deadletter import services as dead_letters
+from userpath_worker.deadletter.models import Reason
 from userpath_worker.durations import format_duration, parse_duration
 from userpath_worker.errors import UserError
+from userpath_worker.events.services import newest_events
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import DEFAULT_ROLL_GRACE, KeyService
 from userpath_worker.keys.tokens import Environment
@@ -63,7 +69,7 @@ def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, default=str))
+    click.echo(json.dumps(value, indent=2, default=lambda v: v.isoformat() if isinstance(v, dt.datetime) else str(v)))
 
 
 def _when(value: dt.datetime | None) -> str:
@@ -222,6 +228,103 @@ def keys_delete(key_id: int, actor: str) -> None:
     with transaction() as session:
         key = key_service(session).delete(key_id, actor)
     click.echo(f"Deleted key {key.id} ('{key.name}', {key.display}).")
+
+
+@cli.group()
+def events() -> None:
+    """Stored events."""
+
+
+@events.command("list")
+@click.option("--org", required=True, help="Organization name.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
+@json_option
+def events_list(org: str, limit: int, as_json: bool) -> None:
+    """The newest events of an organization."""
+    with transaction() as session:
+        found = newest_events(session, organizations.get_organization(session, org).id, limit)
+    if as_json:
+        print_json([
+            {
+                "id": e.id, "event_id": e.event_id, "name": e.name, "source": e.source.value,
+                "environment": e.environment.value, "user_id": e.user_id, "anonymous_id": e.anonymous_id,
+                "api_key_id": e.api_key_id, "properties": e.properties, "context": e.context,
+                "timestamp": e.timestamp, "sent_at": e.sent_at, "received_at": e.received_at,
+                "occurred_at": e.occurred_at,
+            }
+            for e in found
+        ])
+        return
+    print_table(
+        ["ID", "OCCURRED", "SOURCE", "ENV", "EVENT", "USER", "PROPERTIES"],
+        [
+            [str(e.id), _when(e.occurred_at), e.source.value, e.environment.value, e.name,
+             e.user_id or e.anonymous_id or "-", _shorten(json.dumps(e.properties, default=str), 50)]
+            for e in found
+        ],
+    )
+
+
+@cli.group()
+def deadletter() -> None:
+    """Messages and events that were not stored, with the reason."""
+
+
+@deadletter.command("list")
+@click.option("--org", required=True, help="Organization name.")
+@click.option("--reason", type=click.Choice([reason.value for reason in Reason]), help="Only this reason.")
+@click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
+@json_option
+def deadletter_list(org: str, reason: str | None, limit: int, as_json: bool) -> None:
+    """An organization's newest dead letters (those whose key was known)."""
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        found = dead_letters.list_dead_letters(session, organization.id, reason, limit)
+    if as_json:
+        print_json([
+            {
+                "id": d.id, "reason": d.reason, "detail": d.detail, "queue": d.queue, "task": d.task,
+                "api_key_id": d.api_key_id, "received_at": d.received_at, "payload": d.payload,
+            }
+            for d in found
+        ])
+        return
+    print_table(
+        ["ID", "RECEIVED", "REASON", "QUEUE", "DETAIL"],
+        [[str(d.id), _when(d.received_at), d.reason, d.queue or "-", _shorten(d.detail, 70)] for d in found],
+    )
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def celery_command(*arguments: str) -> list[str]:
+    """Celery's own command line on our app. The CLI runs Celery as a program rather than
+    importing the tasks package, so the core never depends on the task layer."""
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", *arguments]
+
+
+def worker_arguments(concurrency: int | None, loglevel: str | None, beat: bool) -> list[str]:
+    arguments = ["worker", f"--queues={','.join(QUEUES)}", f"--loglevel={loglevel or settings().log_level}"]
+    if settings().uses_embedded_database:
+        # One SQLite file takes one writer at a time: more processes would only queue on its lock.
+        concurrency = concurrency or 1
+    if concurrency:
+        arguments.append(f"--concurrency={concurrency}")
+    if beat:
+        arguments.append("--beat")
+    return arguments
+
+
+@cli.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 512), help="Worker processes (default: one per core).")
+@click.option("--loglevel", "-l", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (one machine only).")
+def worker(concurrency: int | None, loglevel: str | None, beat: bool) -> None:
+    """Consume the event, job, webhook and maintenance queues."""
+    command = celery_command(*worker_arguments(concurrency, loglevel, beat))
+    os.execv(command[0], command)
 
 
 def main() -> None:
