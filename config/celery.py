@@ -19,6 +19,15 @@ MAINTENANCE_QUEUE = "userpath.maintenance"  # beat's rotation pass and reminder 
 QUEUES = (EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 
 
+def transport_options(settings: Settings) -> dict[str, Any]:
+    if settings.broker_url.startswith("redis"):
+        # Redis re-delivers an unacknowledged message after this many seconds.
+        return {"visibility_timeout": settings.visibility_timeout}
+    # RabbitMQ re-delivers as soon as the consumer's connection closes. The embedded SQLAlchemy
+    # transport hands every option to create_engine, so it gets none.
+    return {}
+
+
 def celery_config(settings: Settings) -> dict[str, Any]:
     return {
         "broker_url": settings.broker_url,
@@ -46,12 +55,7 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             "userpath.flag_stale_keys": {"queue": MAINTENANCE_QUEUE},
             "userpath.deliver_reminder": {"queue": MAINTENANCE_QUEUE},
         },
-        "broker_transport_options": {
-            # Redis re-delivers an unacknowledged message after this many seconds.
-            "visibility_timeout": settings.visibility_timeout,
-            # The embedded SQLAlchemy transport polls its table; keep the demo responsive.
-            "polling_interval": 0.2,
-        },
+        "broker_transport_options": transport_options(settings),
         # Envelopes are at most 1 MiB, so a stuck task is a bug, not a big batch.
         "task_time_limit": 300,
         "task_soft_time_limit": 240,

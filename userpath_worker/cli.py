@@ -22,9 +22,10 @@ from config.settings import Settings, get_settings
 from userpath_worker import runtime, schema
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
-from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.durations import format_duration, parse_duration
 from userpath_worker.errors import UserError
+from userpath_worker.events.models import Event
 from userpath_worker.events.services import newest_events
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import DEFAULT_ROLL_GRACE, KeyService
@@ -243,6 +244,10 @@ def events_list(org: str, limit: int, as_json: bool) -> None:
     """The newest events of an organization."""
     with transaction() as session:
         found = newest_events(session, organizations.get_organization(session, org).id, limit)
+    show_events(found, as_json)
+
+
+def show_events(found: list[Event], as_json: bool) -> None:
     if as_json:
         print_json([
             {
@@ -280,6 +285,10 @@ def deadletter_list(org: str, reason: str | None, limit: int, as_json: bool) -> 
     with transaction() as session:
         organization = organizations.get_organization(session, org)
         found = dead_letters.list_dead_letters(session, organization.id, reason, limit)
+    show_dead_letters(found, as_json)
+
+
+def show_dead_letters(found: list[DeadLetter], as_json: bool) -> None:
     if as_json:
         print_json([
             {
@@ -325,6 +334,23 @@ def worker(concurrency: int | None, loglevel: str | None, beat: bool) -> None:
     """Consume the event, job, webhook and maintenance queues."""
     command = celery_command(*worker_arguments(concurrency, loglevel, beat))
     os.execv(command[0], command)
+
+
+@cli.command()
+def demo() -> None:
+    """Run the whole pipeline once on the configured broker and database, and show the result."""
+    from userpath_worker import demo as demonstration  # brings in the client only when asked
+
+    command = celery_command(*worker_arguments(concurrency=1, loglevel="WARNING", beat=False))
+    run = demonstration.run(command, click.echo)
+    with transaction() as session:
+        found = newest_events(session, run.org_id, run.events)
+        rejected = dead_letters.list_dead_letters(session, None, since=run.started_at)
+    click.echo(f"\nStored events ({run.events}):")
+    show_events(found, as_json=False)
+    click.echo(f"\nDead letters ({run.dead_letters}):")
+    show_dead_letters(rejected, as_json=False)
+    click.echo("\nEvery message was stored or dead-lettered. Try: userpath events list --org Demo")
 
 
 def main() -> None:

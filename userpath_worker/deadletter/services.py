@@ -99,9 +99,18 @@ def record(session: Session, rejections: Sequence[Rejection], delivery: Delivery
 
 
 def list_dead_letters(
-    session: Session, org_id: int, reason: str | None = None, limit: int = 100
+    session: Session,
+    org_id: int | None,
+    reason: str | None = None,
+    limit: int = 100,
+    since: dt.datetime | None = None,
 ) -> list[DeadLetter]:
-    query = select(DeadLetter).where(DeadLetter.org_id == org_id)
+    """The newest dead letters of one organization, or of all (``org_id=None``)."""
+    query = select(DeadLetter)
+    if org_id is not None:
+        query = query.where(DeadLetter.org_id == org_id)
+    if since is not None:
+        query = query.where(DeadLetter.received_at >= since)
     if reason is not None:
         query = query.where(DeadLetter.reason == reason)
     return list(session.scalars(query.order_by(DeadLetter.id.desc()).limit(limit)))

@@ -52,11 +52,12 @@ def has_nul(encoded: bytes) -> bool:
 
 def describe(error: ValidationError) -> str:
     """A validation failure in one line: each location and what is wrong, never the input."""
-    return "; ".join(
-        f"{'.'.join(str(part) for part in problem['loc']) or 'value'}: "
-        + problem["msg"].removeprefix("Value error, ")
-        for problem in error.errors(include_input=False, include_url=False)
-    )
+    problems = []
+    for problem in error.errors(include_input=False, include_url=False):
+        where = ".".join(str(part) for part in problem["loc"])
+        message = problem["msg"].removeprefix("Value error, ")
+        problems.append(f"{where}: {message}" if where else message)
+    return "; ".join(problems)
 
 
 def _text(max_length: int, min_length: int = 1) -> Any:

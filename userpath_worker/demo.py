@@ -1,0 +1,132 @@
+"""``userpath demo``: the whole product in one command on the embedded default.
+
+Creates a demo organization and key, starts a real worker process, sends server, job and
+webhook events plus a few bad messages through the real broker with the producer client, and
+waits until every one of them is stored or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from celery import Celery
+from sqlalchemy import func, select
+
+from config.celery import EVENTS_QUEUE
+from config.settings import get_settings
+from userpath_worker import runtime, schema
+from userpath_worker.client import UserPath
+from userpath_worker.db import utcnow
+from userpath_worker.deadletter.models import DeadLetter
+from userpath_worker.errors import NotFound, UserError
+from userpath_worker.events.models import Event
+from userpath_worker.events.schemas import TRACK_TASK, summarize_arguments
+from userpath_worker.keys import tokens
+from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.tokens import Environment
+from userpath_worker.organizations import services as organizations
+
+DEMO_ORG = "Demo"
+DEMO_OWNER = "owner@demo.example"
+EXPECTED_EVENTS = 7  # 3 server + 2 job + 2 webhook
+EXPECTED_DEAD_LETTERS = 3  # an unknown key, a deleted key, an event with no user
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    org_id: int
+    started_at: dt.datetime
+    events: int
+    dead_letters: int
+
+
+def run(worker_command: list[str], say: Callable[[str], None], timeout: float = 90.0) -> DemoRun:
+    settings = get_settings()
+    schema.prepare(runtime.engine())
+    started_at = utcnow()
+    org_id, key, deleted_key = _demo_keys(started_at)
+    say(f"Organization '{DEMO_ORG}' with a new key {tokens.display_form(key)}; starting a worker...")
+
+    log_path = Path("userpath-demo-worker.log").resolve()
+    with _worker(worker_command, log_path) as worker:
+        _send(key, deleted_key, settings.broker_url)
+        say(f"Sent {EXPECTED_EVENTS} good events and {EXPECTED_DEAD_LETTERS} bad messages; waiting for the worker...")
+        deadline = time.monotonic() + timeout
+        while (done := _counts(org_id, started_at)) != (EXPECTED_EVENTS, EXPECTED_DEAD_LETTERS):
+            if worker.poll() is not None:
+                raise UserError(f"the demo worker exited early; see {log_path}")
+            if time.monotonic() > deadline:
+                raise UserError(f"the worker handled {done} (events, dead letters) in {timeout:.0f} s; see {log_path}")
+            time.sleep(0.2)
+    return DemoRun(org_id, started_at, *done)
+
+
+def _demo_keys(started_at: dt.datetime) -> tuple[int, str, str]:
+    """The demo org (made once), a fresh key for this run, and one deleted at once."""
+    with runtime.session_factory().begin() as session:
+        try:
+            organization = organizations.get_organization(session, DEMO_ORG)
+        except NotFound:
+            organization = organizations.create_organization(session, DEMO_ORG, DEMO_OWNER)
+        service = KeyService(session, get_settings().key_pepper)
+        stamp = started_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+        _, key = service.create(organization, f"Demo server {stamp}", DEMO_OWNER)
+        deleted, deleted_key = service.create(organization, f"Demo deleted {stamp}", DEMO_OWNER)
+        service.delete(deleted.id, DEMO_OWNER)
+        return organization.id, key, deleted_key
+
+
+def _send(key: str, deleted_key: str, broker_url: str) -> None:
+    with UserPath(key, broker_url=broker_url) as client:
+        client.track("Signed Up", user_id="user-1", properties={"plan": "pro"})
+        client.track("Page Viewed", anonymous_id="anon-42", properties={"path": "/pricing"})
+        client.track("Checkout Started", user_id="user-1", properties={"cart_value": 49.0})
+        client.job_event("Invoices Sent", user_id="billing-bot", properties={"count": 12}, job_name="send-invoices", run_id="run-1")
+        client.job_event("Cache Warmed", user_id="ops-bot", job_name="warm-cache", run_id="run-7")
+        client.webhook("stripe", "evt_demo_1", {"Stripe-Signature": "t=1,v1=demo"},
+                       json.dumps({"type": "invoice.paid", "data": {"object": {"object": "invoice", "customer": "cus_demo"}}}))
+        client.webhook("github", "delivery-demo-1", {"X-GitHub-Event": "issues"},
+                       json.dumps({"action": "opened", "sender": {"login": "octocat"}}))
+    with UserPath(tokens.generate(Environment.LIVE), broker_url=broker_url) as stranger:
+        stranger.track("Signed Up", user_id="intruder")  # a well-formed key nobody issued
+    with UserPath(deleted_key, broker_url=broker_url) as revoked:
+        revoked.track("Signed Up", user_id="user-2")
+    # The client refuses an invalid event at the call site; a careless producer in another
+    # language would not, so send one the way it would.
+    careless = Celery("careless-producer", broker=broker_url, set_as_current=False)
+    envelope = {"api_key": key, "batch": [{"event": "Anonymous Nobody", "timestamp": utcnow().isoformat()}]}
+    careless.send_task(TRACK_TASK, args=[envelope], queue=EVENTS_QUEUE, serializer="json",
+                       argsrepr=summarize_arguments([envelope]))
+    careless.close()
+
+
+def _counts(org_id: int, since: dt.datetime) -> tuple[int, int]:
+    with runtime.session_factory()() as session:
+        events = session.scalar(select(func.count()).select_from(Event).where(Event.org_id == org_id, Event.received_at >= since))
+        dead = session.scalar(select(func.count()).select_from(DeadLetter).where(DeadLetter.received_at >= since))
+        return events or 0, dead or 0
+
+
+@contextlib.contextmanager
+def _worker(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield worker
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGTERM)
+        try:
+            worker.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
