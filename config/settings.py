@@ -44,7 +44,25 @@ class Settings(BaseSettings):
     rotation_reminder_interval_days: Annotated[int, Field(ge=1)] = 7
     rotation_schedule: str = "0 3 * * *"  # crontab: minute hour day-of-month month day-of-week, UTC
     rotation_hard_expiry_days: Annotated[int | None, Field(ge=1)] = None  # off by default
-    reminder_webhook_url: str | None = None
+    reminder_webhook_url: str | None = Field(default=None, repr=False)  # Slack's carry a secret
+
+    @field_validator("rotation_schedule")
+    @classmethod
+    def _known_schedule(cls, value: str) -> str:
+        from config.beat import parse_schedule  # config.beat imports this module
+
+        parse_schedule(value)
+        return value.strip()
+
+    @field_validator("reminder_webhook_url")
+    @classmethod
+    def _http_webhook(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        scheme, separator, rest = value.partition("://")
+        if scheme not in ("http", "https") or not separator or not rest:
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("database_url")
     @classmethod

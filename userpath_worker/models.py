@@ -6,7 +6,8 @@ from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Member, Organization
+from userpath_worker.rotation.models import Reminder
 
 metadata = Base.metadata
 
-__all__ = ["ApiKey", "AuditEntry", "DeadLetter", "Event", "Member", "Organization", "metadata"]
+__all__ = ["ApiKey", "AuditEntry", "DeadLetter", "Event", "Member", "Organization", "Reminder", "metadata"]

@@ -3,7 +3,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import ForeignKey, Index, String, text
+from sqlalchemy import JSON, ForeignKey, Index, String, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
 from userpath_worker.db import Base, string_enum, utcnow
@@ -46,12 +47,20 @@ class ApiKey(Base):
     deleted_at: Mapped[dt.datetime | None]
     rolled_at: Mapped[dt.datetime | None]
     replaced_by_id: Mapped[int | None] = mapped_column(ForeignKey("api_keys.id"))
+    # Set by the rotation pass (userpath_worker.rotation): when an active key was first found
+    # stale, and why; cleared when the key is rolled or deleted, or stops being stale.
+    flagged_at: Mapped[dt.datetime | None]
+    flag_reasons: Mapped[list[str] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")  # None is SQL NULL
+    )
+    # When the rotation pass enforced the expiry (an audit row "key.expired" says why).
+    expired_at: Mapped[dt.datetime | None]
 
     def status(self, now: dt.datetime | None = None) -> KeyStatus:
         now = now or utcnow()
         if self.deleted_at is not None:
             return KeyStatus.DELETED
-        if self.expires_at is not None and self.expires_at <= now:
+        if self.expired_at is not None or (self.expires_at is not None and self.expires_at <= now):
             return KeyStatus.EXPIRED
         if self.rolled_at is not None:
             return KeyStatus.EXPIRING

@@ -1,0 +1,242 @@
+"""The rotation pass: flag stale keys, record reminders for their owners, enforce expiry.
+
+A pass walks the keys that need a look in id order, a batch at a time, each batch in its own
+transaction opened by the caller's ``transaction`` factory: memory stays bounded whatever the
+number of keys, and no row stays locked for the whole pass.
+
+Running a pass twice, or two passes at once, gives the same result. On PostgreSQL each batch
+locks its keys (SELECT ... FOR UPDATE), so a second pass waits and then sees the first one's
+``flagged_at``; a reminder's ``due_at`` is derived from that stored ``flagged_at``, and the
+unique (api_key_id, due_at) constraint with INSERT ... ON CONFLICT DO NOTHING makes the second
+insert of the same reminder a no-op. SQLite serializes writers on its own.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Row, func, insert, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from config.settings import Settings
+from userpath_worker.audit.models import AuditEntry
+from userpath_worker.db import utcnow
+from userpath_worker.keys.models import ApiKey
+from userpath_worker.organizations.models import Organization
+from userpath_worker.rotation.models import Reminder, StaleReason
+
+Transaction = Callable[[], AbstractContextManager[Session]]
+
+BATCH_SIZE = 1000
+
+
+class ExpiryReason(enum.StrEnum):
+    EXPIRES_AT_PASSED = "expires_at_passed"
+    ROLL_GRACE_ENDED = "roll_grace_ended"
+    HARD_EXPIRY = "hard_expiry"  # flagged longer than USERPATH_ROTATION_HARD_EXPIRY_DAYS
+
+
+@dataclass(frozen=True, slots=True)
+class RotationPolicy:
+    max_age: dt.timedelta
+    unused_for: dt.timedelta
+    expiring_window: dt.timedelta
+    reminder_interval: dt.timedelta
+    hard_expiry: dt.timedelta | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RotationPolicy:
+        days = settings.rotation_hard_expiry_days
+        return cls(
+            max_age=dt.timedelta(days=settings.rotation_max_age_days),
+            unused_for=dt.timedelta(days=settings.rotation_unused_days),
+            expiring_window=dt.timedelta(days=settings.rotation_expiring_window_days),
+            reminder_interval=dt.timedelta(days=settings.rotation_reminder_interval_days),
+            hard_expiry=dt.timedelta(days=days) if days else None,
+        )
+
+    def stale_reasons(self, key: Row[Any], now: dt.datetime) -> list[str]:
+        """Why an active key should be rotated, in a fixed order; empty when it need not be."""
+        reasons = []
+        if key.created_at <= now - self.max_age:
+            reasons.append(StaleReason.TOO_OLD.value)
+        if (key.last_used_at or key.created_at) <= now - self.unused_for:
+            reasons.append(StaleReason.UNUSED.value)
+        if key.expires_at is not None and key.expires_at <= now + self.expiring_window:
+            reasons.append(StaleReason.EXPIRING_SOON.value)
+        return reasons
+
+    def reminder_due_at(self, flagged_at: dt.datetime, now: dt.datetime) -> dt.datetime:
+        """The start of the reminder interval ``now`` falls in, counted from ``flagged_at``."""
+        return flagged_at + (now - flagged_at) // self.reminder_interval * self.reminder_interval
+
+
+@dataclass(frozen=True, slots=True)
+class KeyChange:
+    """What the pass did to one key, for the operator's output; never a secret."""
+
+    key_id: int
+    org: str
+    name: str
+    display: str
+    reasons: tuple[str, ...]
+
+
+@dataclass(slots=True)
+class BatchResult:
+    flagged: list[KeyChange] = field(default_factory=list)  # newly flagged, or new reasons
+    cleared: list[KeyChange] = field(default_factory=list)  # no longer stale
+    reminded: list[KeyChange] = field(default_factory=list)  # a reminder was recorded
+    expired: list[KeyChange] = field(default_factory=list)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "flagged": len(self.flagged),
+            "cleared": len(self.cleared),
+            "reminded": len(self.reminded),
+            "expired": len(self.expired),
+        }
+
+
+def run_pass(
+    transaction: Transaction, policy: RotationPolicy, now: dt.datetime | None = None
+) -> Iterator[BatchResult]:
+    """One pass over every key, a batch per transaction; yields each batch after it is committed."""
+    now = now or utcnow()
+    after_id = 0
+    while True:
+        with transaction() as session:
+            candidates = session.execute(_candidates(policy, now, after_id)).all()
+            result = _process(session, policy, now, candidates)
+        yield result
+        if len(candidates) < BATCH_SIZE:
+            return
+        after_id = candidates[-1].id
+
+
+def stale_keys(session: Session, organization: Organization | None = None) -> list[tuple[ApiKey, str]]:
+    """Flagged keys with their organization's name, oldest flag first."""
+    query = (
+        select(ApiKey, Organization.name)
+        .join(Organization, Organization.id == ApiKey.org_id)
+        .where(ApiKey.flagged_at.is_not(None))
+        .order_by(ApiKey.flagged_at, ApiKey.id)
+    )
+    if organization is not None:
+        query = query.where(ApiKey.org_id == organization.id)
+    return [(key, org_name) for key, org_name in session.execute(query)]
+
+
+def _candidates(policy: RotationPolicy, now: dt.datetime, after_id: int) -> Any:
+    """The next batch of keys that may be stale, flagged, or due to be marked expired."""
+    return (
+        select(
+            ApiKey.id, ApiKey.org_id, Organization.name.label("org"), ApiKey.name, ApiKey.display,
+            ApiKey.created_at, ApiKey.last_used_at, ApiKey.expires_at, ApiKey.rolled_at,
+            ApiKey.flagged_at, ApiKey.flag_reasons,
+        )
+        .join(Organization, Organization.id == ApiKey.org_id)
+        .where(
+            ApiKey.id > after_id,
+            ApiKey.deleted_at.is_(None),
+            ApiKey.expired_at.is_(None),
+            or_(
+                ApiKey.flagged_at.is_not(None),
+                ApiKey.created_at <= now - policy.max_age,
+                func.coalesce(ApiKey.last_used_at, ApiKey.created_at) <= now - policy.unused_for,
+                ApiKey.expires_at <= now + policy.expiring_window,
+            ),
+        )
+        .order_by(ApiKey.id)
+        .limit(BATCH_SIZE)
+        .with_for_update(of=ApiKey)  # PostgreSQL: a concurrent pass waits for this batch
+    )
+
+
+def _process(session: Session, policy: RotationPolicy, now: dt.datetime, keys: list[Row[Any]]) -> BatchResult:
+    result = BatchResult()
+    flag_updates: list[dict[str, Any]] = []
+    expiries: list[tuple[Row[Any], ExpiryReason, dt.datetime]] = []
+    reminders: dict[int, tuple[KeyChange, dict[str, Any]]] = {}
+    for key in keys:
+        if key.expires_at is not None and key.expires_at <= now:
+            reason = ExpiryReason.ROLL_GRACE_ENDED if key.rolled_at else ExpiryReason.EXPIRES_AT_PASSED
+            expiries.append((key, reason, key.expires_at))
+            continue
+        if key.rolled_at is not None:
+            continue  # in its roll grace period: the replacement is what matters now
+        reasons = policy.stale_reasons(key, now)
+        change = KeyChange(key.id, key.org, key.name, key.display, tuple(reasons))
+        if not reasons:
+            if key.flagged_at is not None:
+                flag_updates.append({"id": key.id, "flagged_at": None, "flag_reasons": None})
+                result.cleared.append(change)
+            continue
+        if policy.hard_expiry and key.flagged_at and key.flagged_at + policy.hard_expiry <= now:
+            expiries.append((key, ExpiryReason.HARD_EXPIRY, key.flagged_at + policy.hard_expiry))
+            continue
+        flagged_at = key.flagged_at or now
+        if key.flagged_at is None or key.flag_reasons != reasons:
+            flag_updates.append({"id": key.id, "flagged_at": flagged_at, "flag_reasons": reasons})
+            result.flagged.append(change)
+        reminders[key.id] = (change, {
+            "api_key_id": key.id,
+            "org_id": key.org_id,
+            "reasons": reasons,
+            "due_at": policy.reminder_due_at(flagged_at, now),
+            "created_at": now,
+            "attempts": 0,
+        })
+    if flag_updates:
+        session.execute(update(ApiKey), flag_updates)
+    if expiries:
+        _expire(session, now, expiries)
+        result.expired = [
+            KeyChange(key.id, key.org, key.name, key.display, (reason.value,)) for key, reason, _ in expiries
+        ]
+    if reminders:
+        recorded = session.execute(
+            _insert_unless_recorded(session).returning(Reminder.api_key_id),
+            [row for _, row in reminders.values()],
+        ).scalars()
+        result.reminded = [reminders[key_id][0] for key_id in sorted(recorded)]
+    # The bulk statements bypass the objects a caller may hold in this session: reload them.
+    session.expire_all()
+    return result
+
+
+def _expire(session: Session, now: dt.datetime, expiries: list[tuple[Row[Any], ExpiryReason, dt.datetime]]) -> None:
+    session.execute(
+        update(ApiKey),
+        [
+            # expires_at is what authentication checks, so a hard expiry moves it too.
+            {"id": key.id, "expired_at": now, "expires_at": expires_at, "flagged_at": None, "flag_reasons": None}
+            for key, _, expires_at in expiries
+        ],
+    )
+    session.execute(
+        insert(AuditEntry),
+        [
+            {
+                "org_id": key.org_id,
+                "actor": "system",
+                "action": "key.expired",
+                "api_key_id": key.id,
+                "detail": {"reason": reason.value, "expires_at": expires_at.isoformat()},
+                "created_at": now,
+            }
+            for key, reason, expires_at in expiries
+        ],
+    )
+
+
+def _insert_unless_recorded(session: Session) -> Any:
+    """INSERT INTO reminders that skips a reminder already recorded for that key and interval."""
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    return dialect.insert(Reminder).on_conflict_do_nothing(index_elements=["api_key_id", "due_at"])
