@@ -6,6 +6,7 @@ from typing import Any
 
 from celery import Celery, signals
 
+from config.beat import beat_schedule
 from config.celery import celery_config
 from config.settings import get_settings
 from userpath_worker import runtime, schema
@@ -17,8 +18,9 @@ except SettingsError as error:
     # One line and a non-zero exit, not an import traceback from inside Celery.
     raise SystemExit(f"userpath: {error}") from None
 
-app = Celery("userpath", include=["tasks.ingest"])
+app = Celery("userpath", include=["tasks.ingest", "tasks.rotation"])
 app.conf.update(celery_config(settings))
+app.conf.beat_schedule = beat_schedule(settings)
 app.conf.worker_consumer = "tasks.consumer:DeadLetteringConsumer"
 
 

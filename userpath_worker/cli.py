@@ -90,6 +90,8 @@ def key_as_dict(key: ApiKey, now: dt.datetime) -> dict[str, Any]:
         "expires_at": key.expires_at.isoformat() if key.expires_at else None,
         "deleted_at": key.deleted_at.isoformat() if key.deleted_at else None,
         "replaced_by_id": key.replaced_by_id,
+        "flagged_at": key.flagged_at.isoformat() if key.flagged_at else None,
+        "flag_reasons": key.flag_reasons or [],
     }
 
 
@@ -196,10 +198,10 @@ def keys_list(org: str, as_json: bool) -> None:
         print_json([key_as_dict(key, now) for key in found])
         return
     print_table(
-        ["ID", "NAME", "KEY", "ENV", "STATUS", "CREATED", "LAST USED", "EXPIRES"],
+        ["ID", "NAME", "KEY", "ENV", "STATUS", "CREATED", "LAST USED", "EXPIRES", "FLAG"],
         [
             [str(key.id), key.name, key.display, key.environment.value, key.status(now).value,
-             _when(key.created_at), _when(key.last_used_at), _when(key.expires_at)]
+             _when(key.created_at), _when(key.last_used_at), _when(key.expires_at), ",".join(key.flag_reasons or []) or "-"]
             for key in found
         ],
     )
@@ -351,6 +353,14 @@ def demo() -> None:
     click.echo(f"\nDead letters ({run.dead_letters}):")
     show_dead_letters(rejected, as_json=False)
     click.echo("\nEvery message was stored or dead-lettered. Try: userpath events list --org Demo")
+
+
+# Last, because these commands use the helpers above.
+from userpath_worker.rotation.cli import beat, rotation, stale  # noqa: E402
+
+keys.add_command(stale)
+cli.add_command(rotation)
+cli.add_command(beat)
 
 
 def main() -> None:
