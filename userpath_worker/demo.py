@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,15 +87,16 @@ def _demo_keys(started_at: dt.datetime) -> tuple[int, str, str]:
 
 
 def _send(key: str, deleted_key: str, broker_url: str) -> None:
+    run = uuid.uuid4().hex[:8]  # webhook deliveries are stored once per org: new ids each run
     with UserPath(key, broker_url=broker_url) as client:
         client.track("Signed Up", user_id="user-1", properties={"plan": "pro"})
         client.track("Page Viewed", anonymous_id="anon-42", properties={"path": "/pricing"})
         client.track("Checkout Started", user_id="user-1", properties={"cart_value": 49.0})
         client.job_event("Invoices Sent", user_id="billing-bot", properties={"count": 12}, job_name="send-invoices", run_id="run-1")
         client.job_event("Cache Warmed", user_id="ops-bot", job_name="warm-cache", run_id="run-7")
-        client.webhook("stripe", "evt_demo_1", {"Stripe-Signature": "t=1,v1=demo"},
+        client.webhook("stripe", f"evt_demo_{run}", {"Stripe-Signature": "t=1,v1=demo"},
                        json.dumps({"type": "invoice.paid", "data": {"object": {"object": "invoice", "customer": "cus_demo"}}}))
-        client.webhook("github", "delivery-demo-1", {"X-GitHub-Event": "issues"},
+        client.webhook("github", f"delivery-{run}", {"X-GitHub-Event": "issues"},
                        json.dumps({"action": "opened", "sender": {"login": "octocat"}}))
     with UserPath(tokens.generate(Environment.LIVE), broker_url=broker_url) as stranger:
         stranger.track("Signed Up", user_id="intruder")  # a well-formed key nobody issued
