@@ -55,6 +55,8 @@ from userpath_worker.events.schemas import (
     EventIn,
     WebhookIn,
     canonical_json,
+    describe,
+    has_nul,
 )
 from userpath_worker.keys import tokens
 
@@ -128,6 +130,9 @@ class UserPath:
         self._key_json = canonical_json(api_key)
         self._key_display = tokens.display_form(api_key)
         self._broker_url = broker_url or get_settings().broker_url
+        # Import the transport now: its first import registers a threading exit hook, which
+        # fails if it happens in the sender thread while the interpreter exits.
+        Connection(self._broker_url).get_transport_cls()
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_queue_size = max_queue_size
@@ -209,8 +214,8 @@ class UserPath:
         try:
             WebhookIn.model_validate(payload)
         except ValidationError as error:
-            raise InvalidEvent(f"invalid webhook: {_first_problem(error)}") from None
-        data = canonical_json(payload)
+            raise InvalidEvent(f"invalid webhook: {describe(error)}") from None
+        data = _storable_json(payload, "webhook from", provider)
         if len(data) > MAX_ENVELOPE_BYTES:
             raise InvalidEvent(
                 f"webhook from {provider!r} is {len(data)} bytes as JSON; the limit is {MAX_ENVELOPE_BYTES}"
@@ -249,7 +254,7 @@ class UserPath:
                 model = EventIn.model_validate(raw)
             except ValidationError as error:
                 name = repr(event) if isinstance(event, str) else "event"
-                raise InvalidEvent(f"invalid event {name}: {_first_problem(error)}") from None
+                raise InvalidEvent(f"invalid event {name}: {describe(error)}") from None
             event, user_id, anonymous_id = model.event, model.user_id, model.anonymous_id
             properties, timestamp, context = model.properties, model.timestamp, model.context
             event_id = model.event_id
@@ -266,10 +271,7 @@ class UserPath:
             fields["anonymous_id"] = anonymous_id
         if context is not None:
             fields["context"] = context
-        try:
-            data = canonical_json(fields)
-        except (TypeError, ValueError) as error:  # a value JSON cannot carry, or a lone surrogate
-            raise InvalidEvent(f"invalid event {event!r}: properties and context must be JSON: {error}") from None
+        data = _storable_json(fields, "event", event)
         if len(data) > MAX_EVENT_BYTES:
             raise InvalidEvent(f"event {event!r} is {len(data)} bytes as JSON; the limit is {MAX_EVENT_BYTES}")
         return data
@@ -548,11 +550,16 @@ def _plain_object(value: Any) -> bool:
     return type(value) is dict and all(type(key) is str for key in value)
 
 
-def _first_problem(error: ValidationError) -> str:
-    """One line naming the first bad field and what is wrong with it (never its value)."""
-    first = error.errors()[0]
-    field = ".".join(str(part) for part in first["loc"]) or "event"
-    return f"{field}: {first['msg'].removeprefix('Value error, ')}"
+def _storable_json(value: dict[str, Any], kind: str, name: str) -> bytes:
+    """``canonical_json(value)``, or ``InvalidEvent`` for what the worker could not store."""
+    try:
+        data = canonical_json(value)
+    except (TypeError, ValueError, RecursionError) as error:  # not JSON, NaN, lone surrogate, too deep
+        raise InvalidEvent(f"{kind} {name!r} is not storable JSON: {error}") from None
+    # The substring test first: has_nul's regular expression would cost more than the rest of track().
+    if b"\\u0000" in data and has_nul(data):
+        raise InvalidEvent(f"{kind} {name!r} contains a NUL character, which the database cannot store")
+    return data
 
 
 def _now() -> datetime:
