@@ -559,7 +559,20 @@ def _storable_json(value: dict[str, Any], kind: str, name: str) -> bytes:
     # The substring test first: has_nul's regular expression would cost more than the rest of track().
     if b"\\u0000" in data and has_nul(data):
         raise InvalidEvent(f"{kind} {name!r} contains a NUL character, which the database cannot store")
+    if b'"__type__"' in data and _has_transport_marker(value):
+        raise InvalidEvent(
+            f"{kind} {name!r} has an object with exactly the keys __type__ and __value__, which the "
+            "broker's JSON decoder (kombu) turns into a Python object; rename one of them"
+        )
     return data
+
+
+def _has_transport_marker(value: Any) -> bool:
+    if isinstance(value, dict):
+        return value.keys() == {"__type__", "__value__"} or any(map(_has_transport_marker, value.values()))
+    if isinstance(value, list | tuple):
+        return any(map(_has_transport_marker, value))
+    return False
 
 
 def _now() -> datetime:
