@@ -6,8 +6,6 @@ from __future__ import annotations
 import base64
 import json
 import re
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +17,12 @@ from kombu import Connection, Producer, Queue
 from kombu.message import Message
 
 from config.celery import EVENTS_QUEUE
+from tests.test_client import RABBITMQ_URL, REDIS_URL, read_messages, redis_db  # noqa: F401 (a fixture)
 from userpath_worker.events import normalizers
 from userpath_worker.events.schemas import TRACK_TASK, EnvelopeIn, EventIn, WebhookIn
 from userpath_worker.keys import tokens
 
 CONTRACT = Path(__file__).resolve().parents[1] / "docs" / "contract.md"
-REDIS_URL = "redis://127.0.0.1:6379/8"  # a database of its own: flushed by these tests
-RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672//"
 EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\n```json\n(.*?)\n```", re.DOTALL)
 
 
@@ -33,27 +30,6 @@ EXAMPLE = re.compile(r"<!-- example: ([\w-]+) -->\n```json\n(.*?)\n```", re.DOTA
 def examples() -> dict[str, str]:
     """Each fenced JSON block of the contract marked ``<!-- example: name -->``, as written."""
     return dict(EXAMPLE.findall(CONTRACT.read_text()))
-
-
-@pytest.fixture
-def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
-
-
-def take_one(broker_url: str, queue: str, timeout: float = 10.0) -> Message:
-    deadline = time.monotonic() + timeout
-    with Connection(broker_url) as connection:
-        bound = Queue(queue)(connection.channel())
-        while time.monotonic() < deadline:
-            message = bound.get(no_ack=True, accept=["json"])
-            if message is not None:
-                return message
-            time.sleep(0.02)
-    raise AssertionError(f"no message on {queue} after {timeout}s")
 
 
 def run_as_celery_would(message: Message) -> list[Any]:
@@ -101,9 +77,12 @@ def test_the_redis_example_is_the_body_example_with_the_amqp_headers(examples: d
     assert redis_message["headers"]["id"] == redis_message["headers"]["root_id"] == amqp["correlation_id"]
 
 
-def test_the_redis_example_pushed_raw_is_a_celery_task_message(examples: dict[str, str], redis_db: redis.Redis) -> None:
-    redis_db.lpush(EVENTS_QUEUE, examples["redis-message"])
-    assert_is_the_example_envelope(take_one(REDIS_URL, EVENTS_QUEUE), examples)
+@pytest.mark.usefixtures("redis_db")
+def test_the_redis_example_pushed_raw_is_a_celery_task_message(examples: dict[str, str]) -> None:
+    with redis.Redis.from_url(REDIS_URL) as client:
+        client.lpush(EVENTS_QUEUE, examples["redis-message"])
+    (message,) = read_messages(REDIS_URL, EVENTS_QUEUE, 1)
+    assert_is_the_example_envelope(message, examples)
 
 
 def test_the_amqp_example_published_raw_is_a_celery_task_message(examples: dict[str, str]) -> None:
@@ -119,7 +98,8 @@ def test_the_amqp_example_published_raw_is_a_celery_task_message(examples: dict[
             **properties,
         )
     try:
-        assert_is_the_example_envelope(take_one(RABBITMQ_URL, EVENTS_QUEUE), examples)
+        (message,) = read_messages(RABBITMQ_URL, EVENTS_QUEUE, 1)
+        assert_is_the_example_envelope(message, examples)
     finally:
         with Connection(RABBITMQ_URL) as connection:
             connection.channel().queue_purge(EVENTS_QUEUE)
