@@ -18,17 +18,16 @@ from typing import Any
 import pytest
 import time_machine
 from celery.schedules import crontab
-from click.testing import CliRunner
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from config.beat import ROTATION_ENTRY, beat_schedule, parse_schedule
 from config.settings import Settings, get_settings
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
+from tests.test_cli import ok, run
 from tests.factories import OWNER, add_member, make_organization
 from userpath_worker import schema
 from userpath_worker.audit.models import AuditEntry
-from userpath_worker.cli import cli
 from userpath_worker.db import make_engine, make_session_factory
 from userpath_worker.errors import SettingsError
 from userpath_worker.keys.models import ApiKey, KeyStatus
@@ -436,48 +435,39 @@ class TestCommands:
         """Organization Acme with a stale key "Old" (100 days, never used) and a fresh key "New"."""
         monkeypatch.setenv("USERPATH_DATABASE_URL", f"sqlite:///{tmp_path / 'cli.db'}")
         with time_machine.travel(T0, tick=False) as clock:
-            run_ok("orgs", "create", "Acme", "--owner", "owner@acme.io")
-            old = run_ok("keys", "create", "--org", "Acme", "--name", "Old", "--as", "owner@acme.io").stdout.strip()
+            ok("orgs", "create", "Acme", "--owner", "owner@acme.io")
+            old = ok("keys", "create", "--org", "Acme", "--name", "Old", "--as", "owner@acme.io").stdout.strip()
             clock.move_to(T0 + 100 * DAY)
-            run_ok("keys", "create", "--org", "Acme", "--name", "New", "--as", "owner@acme.io")
+            ok("keys", "create", "--org", "Acme", "--name", "New", "--as", "owner@acme.io")
             yield "Acme", old
 
     def test_rotation_run_prints_what_it_flagged_reminded_and_expired(self, acme: Any, caplog: pytest.LogCaptureFixture) -> None:
         caplog.set_level("INFO", logger="userpath.rotation")
-        output = run_ok("rotation", "run").stdout.splitlines()
+        output = ok("rotation", "run").stdout.splitlines()
         assert output[0].startswith("flagged   key 1 'Old' (up_live_") and output[0].endswith("of Acme: too_old, unused")
         assert output[1].startswith("reminded  key 1 'Old'")
         assert output[-1] == "Flagged 1, cleared 0, reminded 1, expired 0 keys; delivered 1 reminders."
-        assert run_ok("rotation", "run").stdout.splitlines() == [
+        assert ok("rotation", "run").stdout.splitlines() == [
             "Flagged 0, cleared 0, reminded 0, expired 0 keys; delivered 0 reminders."
         ]
         assert "rotation reminder {" in caplog.text
 
     def test_keys_list_and_stale_show_the_flag_and_its_reasons(self, acme: Any) -> None:
         org, plaintext = acme
-        run_ok("rotation", "run")
-        listing = run_ok("keys", "list", "--org", org).stdout.splitlines()
+        ok("rotation", "run")
+        listing = ok("keys", "list", "--org", org).stdout.splitlines()
         assert listing[0].split()[-1] == "FLAG"
         assert listing[1].endswith("too_old,unused") and listing[2].endswith("-")
 
-        stale = run_ok("keys", "stale").stdout.splitlines()
+        stale = ok("keys", "stale").stdout.splitlines()
         assert stale[0].split() == ["ID", "ORG", "NAME", "KEY", "REASONS", "FLAGGED", "LAST", "USED", "EXPIRES"]
         assert len(stale) == 2 and "Acme" in stale[1] and "too_old,unused" in stale[1]
-        (flagged,) = json.loads(run_ok("keys", "stale", "--org", org, "--json").stdout)
+        (flagged,) = json.loads(ok("keys", "stale", "--org", org, "--json").stdout)
         assert (flagged["name"], flagged["org"], flagged["flag_reasons"]) == ("Old", "Acme", ["too_old", "unused"])
         assert flagged["flagged_at"] == (T0 + 100 * DAY).isoformat()
         assert plaintext not in json.dumps(flagged)
 
     def test_an_unknown_organization_is_one_line(self, acme: Any) -> None:
-        result = run_cli("keys", "stale", "--org", "Nope")
+        result = run("keys", "stale", "--org", "Nope")
         assert (result.exit_code, result.output) == (1, "Error: organization 'Nope' not found; create it with `userpath orgs create`\n")
 
-
-def run_cli(*args: str) -> Any:
-    return CliRunner().invoke(cli, list(args), prog_name="userpath")
-
-
-def run_ok(*args: str) -> Any:
-    result = run_cli(*args)
-    assert result.exit_code == 0, result.output
-    return result

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, func, insert, or_, select, update
+from sqlalchemy import Row, func, insert, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -160,66 +161,66 @@ def _candidates(policy: RotationPolicy, now: dt.datetime, after_id: int) -> Any:
 
 
 def _process(session: Session, policy: RotationPolicy, now: dt.datetime, keys: list[Row[Any]]) -> BatchResult:
+    """Decide per key, then write with a few set-based statements: keys that share what is
+    written (the same reasons, the same due date) share one UPDATE or INSERT ... SELECT."""
     result = BatchResult()
-    flag_updates: list[dict[str, Any]] = []
-    expiries: list[tuple[Row[Any], ExpiryReason, dt.datetime]] = []
-    reminders: dict[int, tuple[KeyChange, dict[str, Any]]] = {}
+    to_flag: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    to_clear: list[int] = []
+    # By the expires_at they get: None keeps theirs, a hard expiry moves it to its deadline.
+    to_expire: dict[dt.datetime | None, list[tuple[Row[Any], ExpiryReason]]] = defaultdict(list)
+    to_remind: dict[tuple[dt.datetime, tuple[str, ...]], list[int]] = defaultdict(list)
+    changes: dict[int, KeyChange] = {}
     for key in keys:
         if key.expires_at is not None and key.expires_at <= now:
             reason = ExpiryReason.ROLL_GRACE_ENDED if key.rolled_at else ExpiryReason.EXPIRES_AT_PASSED
-            expiries.append((key, reason, key.expires_at))
+            to_expire[None].append((key, reason))
             continue
         if key.rolled_at is not None:
             continue  # in its roll grace period: the replacement is what matters now
-        reasons = policy.stale_reasons(key, now)
-        change = KeyChange(key.id, key.org, key.name, key.display, tuple(reasons))
+        reasons = tuple(policy.stale_reasons(key, now))
+        changes[key.id] = change = KeyChange(key.id, key.org, key.name, key.display, reasons)
         if not reasons:
             if key.flagged_at is not None:
-                flag_updates.append({"id": key.id, "flagged_at": None, "flag_reasons": None})
+                to_clear.append(key.id)
                 result.cleared.append(change)
-            continue
-        if policy.hard_expiry and key.flagged_at and key.flagged_at + policy.hard_expiry <= now:
-            expiries.append((key, ExpiryReason.HARD_EXPIRY, key.flagged_at + policy.hard_expiry))
-            continue
-        flagged_at = key.flagged_at or now
-        if key.flagged_at is None or key.flag_reasons != reasons:
-            flag_updates.append({"id": key.id, "flagged_at": flagged_at, "flag_reasons": reasons})
-            result.flagged.append(change)
-        reminders[key.id] = (change, {
-            "api_key_id": key.id,
-            "org_id": key.org_id,
-            "reasons": reasons,
-            "due_at": policy.reminder_due_at(flagged_at, now),
-            "created_at": now,
-            "attempts": 0,
-        })
-    if flag_updates:
-        session.execute(update(ApiKey), flag_updates)
-    if expiries:
-        _expire(session, now, expiries)
-        result.expired = [
-            KeyChange(key.id, key.org, key.name, key.display, (reason.value,)) for key, reason, _ in expiries
-        ]
-    if reminders:
-        recorded = session.execute(
-            _insert_unless_recorded(session).returning(Reminder.api_key_id),
-            [row for _, row in reminders.values()],
-        ).scalars()
-        result.reminded = [reminders[key_id][0] for key_id in sorted(recorded)]
-    # The bulk statements bypass the objects a caller may hold in this session: reload them.
+        elif policy.hard_expiry and key.flagged_at and key.flagged_at + policy.hard_expiry <= now:
+            to_expire[key.flagged_at + policy.hard_expiry].append((key, ExpiryReason.HARD_EXPIRY))
+        else:
+            if key.flagged_at is None or tuple(key.flag_reasons or ()) != reasons:
+                to_flag[reasons].append(key.id)
+                result.flagged.append(change)
+            to_remind[policy.reminder_due_at(key.flagged_at or now, now), reasons].append(key.id)
+
+    for reasons, ids in to_flag.items():
+        _update_keys(session, ids, flag_reasons=list(reasons), flagged_at=func.coalesce(ApiKey.flagged_at, now))
+    if to_clear:
+        _update_keys(session, to_clear, flagged_at=None, flag_reasons=None)
+    for new_expires_at, expiring in to_expire.items():
+        # expires_at is what authentication checks, so a hard expiry moves it too.
+        moved = {"expires_at": new_expires_at} if new_expires_at else {}
+        _update_keys(session, [key.id for key, _ in expiring], expired_at=now, flagged_at=None, flag_reasons=None, **moved)
+        _audit_expiries(session, now, expiring, new_expires_at)
+        result.expired += [KeyChange(key.id, key.org, key.name, key.display, (why.value,)) for key, why in expiring]
+    result.expired.sort(key=lambda change: change.key_id)
+    for (due_at, reasons), ids in to_remind.items():
+        recorded = session.scalars(_record_reminders(session, ids, list(reasons), due_at, now))
+        result.reminded += [changes[key_id] for key_id in recorded]
+    result.reminded.sort(key=lambda change: change.key_id)
+    # The set-based statements bypass objects a caller may hold in this session: reload them.
     session.expire_all()
     return result
 
 
-def _expire(session: Session, now: dt.datetime, expiries: list[tuple[Row[Any], ExpiryReason, dt.datetime]]) -> None:
+def _update_keys(session: Session, ids: list[int], **values: Any) -> None:
     session.execute(
-        update(ApiKey),
-        [
-            # expires_at is what authentication checks, so a hard expiry moves it too.
-            {"id": key.id, "expired_at": now, "expires_at": expires_at, "flagged_at": None, "flag_reasons": None}
-            for key, _, expires_at in expiries
-        ],
+        update(ApiKey).where(ApiKey.id.in_(ids)).values(**values),
+        execution_options={"synchronize_session": False},
     )
+
+
+def _audit_expiries(
+    session: Session, now: dt.datetime, expiring: list[tuple[Row[Any], ExpiryReason]], new_expires_at: dt.datetime | None
+) -> None:
     session.execute(
         insert(AuditEntry),
         [
@@ -228,12 +229,28 @@ def _expire(session: Session, now: dt.datetime, expiries: list[tuple[Row[Any], E
                 "actor": "system",
                 "action": "key.expired",
                 "api_key_id": key.id,
-                "detail": {"reason": reason.value, "expires_at": expires_at.isoformat()},
+                "detail": {"reason": why.value, "expires_at": (new_expires_at or key.expires_at).isoformat()},
                 "created_at": now,
             }
-            for key, reason, expires_at in expiries
+            for key, why in expiring
         ],
     )
+
+
+def _record_reminders(session: Session, ids: list[int], reasons: list[str], due_at: dt.datetime, now: dt.datetime) -> Any:
+    """INSERT ... SELECT a reminder for each key, except where one is recorded for that interval."""
+    columns = Reminder.__table__.c
+    rows = select(
+        ApiKey.id,
+        ApiKey.org_id,
+        literal(reasons, columns.reasons.type),
+        literal(due_at, columns.due_at.type),
+        literal(now, columns.created_at.type),
+        literal(0),
+    ).where(ApiKey.id.in_(ids))
+    return _insert_unless_recorded(session).from_select(
+        ["api_key_id", "org_id", "reasons", "due_at", "created_at", "attempts"], rows
+    ).returning(Reminder.api_key_id)
 
 
 def _insert_unless_recorded(session: Session) -> Any:
