@@ -388,3 +388,35 @@ def test_stored_plus_dead_lettered_equals_received(session: Session, ingestor: I
     assert sum(o.stored for o in totals) + sum(o.dead_lettered for o in totals) == 50
     assert session.scalar(select(func.count()).select_from(Event)) == sum(o.stored for o in totals)
     assert session.scalar(select(func.count()).select_from(DeadLetter)) == sum(o.dead_lettered for o in totals)
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"timestamp": "0001-01-01T00:00:00+01:00"}, "out of range"),
+        ({"properties": {"when": dt.datetime(2026, 1, 1)}}, "not storable JSON"),  # kombu's __type__ objects
+        ({"properties": {"ratio": float("nan")}}, "not storable JSON"),
+        ({"properties": {"text": "\ud800"}}, "not storable JSON"),
+    ],
+)
+def test_values_no_database_can_store_are_invalid_events(session: Session, ingestor: Ingestor, org_and_key, change, detail: str) -> None:
+    _, _, plaintext = org_and_key
+    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(**change), an_event(event_id="fine")]}) == Outcome(1, 1)
+    [letter] = dead(session)
+    assert letter.reason == "invalid_event" and detail in letter.detail
+
+
+@pytest.mark.parametrize(
+    ("change", "detail"),
+    [
+        ({"body": '{"type": "a\\u0000b"}'}, "NUL"),
+        ({"headers": {"x-thing": "a\x00b"}}, "NUL"),
+        ({"received_at": "0001-01-01T00:00:00+01:00"}, "out of range"),
+    ],
+)
+def test_webhooks_no_database_can_store_are_invalid_events(session: Session, ingestor: Ingestor, org_and_key, change, detail: str) -> None:
+    _, _, plaintext = org_and_key
+    payload = {"api_key": plaintext, "provider": "stripe", "delivery_id": "d", "received_at": "2026-03-01T11:59:59+00:00", "headers": {}, "body": "{}", **change}
+    assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == Outcome(0, 1)
+    [letter] = dead(session)
+    assert letter.reason == "invalid_event" and detail in letter.detail

@@ -30,15 +30,29 @@ TRACK_TASK = "userpath.track"
 WEBHOOK_TASK = "userpath.webhook"
 
 
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(value: Any) -> bytes:
     """The one JSON encoding we measure and hash: compact, sorted keys, UTF-8.
 
-    Raises ValueError for what no database can store as JSON: NaN or infinite numbers, and
-    lone surrogates (UnicodeEncodeError).
+    Raises ValueError for what no database can store as JSON: NaN or infinite numbers, lone
+    surrogates, and objects that are not JSON at all (kombu's decoder turns {"__type__": ...,
+    "__value__": ...} into Python objects).
     """
-    return json.dumps(
-        value, separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False
-    ).encode()
+    try:
+        return _CANONICAL.encode(value).encode()
+    except TypeError as error:
+        raise ValueError(f"not JSON: {error}") from None
+
+
+_LENIENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
+
+
+def encoded_size(value: Any) -> int:
+    """The size of ``value`` as compact UTF-8 JSON, even when parts of it are not storable, so
+    a message's size is judged before its events are (each then gets its own verdict)."""
+    return len(_LENIENT.encode(value).encode("utf-8", "surrogatepass"))
 
 
 # A JSON-escaped NUL (an odd number of backslashes, then u0000): PostgreSQL refuses it in text

@@ -34,6 +34,7 @@ from userpath_worker.events.schemas import (
     WebhookIn,
     canonical_json,
     describe,
+    encoded_size,
     has_nul,
 )
 from userpath_worker.keys import tokens
@@ -106,14 +107,14 @@ class Ingestor:
         message = _the_one_argument(args, kwargs)
         if isinstance(message, Rejection):
             return self._dead_letter_only([message], delivery)
-        size = _encoded_size(message)
-        if size is None or size > MAX_ENVELOPE_BYTES:
-            reason, detail = (
-                (Reason.TOO_LARGE, f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}")
-                if size is not None
-                else (Reason.INVALID_ENVELOPE, "message is not storable JSON (NaN, lone surrogate or too deep)")
-            )
-            return self._dead_letter_only([Rejection(reason, detail, without_key(message))], delivery)
+        try:
+            size = encoded_size(message)
+        except RecursionError:
+            rejection = Rejection(Reason.INVALID_ENVELOPE, "the message is nested too deeply", without_key(message))
+            return self._dead_letter_only([rejection], delivery)
+        if size > MAX_ENVELOPE_BYTES:
+            detail = f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}"
+            return self._dead_letter_only([Rejection(Reason.TOO_LARGE, detail, without_key(message))], delivery)
 
         return self._store(message, delivery, verdicts_for)
 
@@ -177,11 +178,11 @@ class Ingestor:
                 continue
             if tokens.BYTES_KEY_PATTERN.search(encoded):
                 event = EventIn.model_validate(tokens.scrub(raw))
-            timestamp = event.timestamp.astimezone(dt.UTC)
             try:
+                timestamp = event.timestamp.astimezone(dt.UTC)
                 occurred_at(timestamp, parsed.sent_at, delivery.received_at)
             except OverflowError:
-                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: timestamp and sent_at are too far apart", raw))
+                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw))
                 continue
             rows.append(
                 _event_row(
@@ -210,10 +211,18 @@ class Ingestor:
             body: Any = json.loads(webhook.body)
         except ValueError:
             body = webhook.body  # not JSON: kept as text
+        def refused(detail: str) -> _Verdicts:
+            return _Verdicts([], [Rejection(Reason.INVALID_EVENT, detail, without_key(payload), identity.org_id, identity.key_id)])
+
+        if has_nul(canonical_json([body, webhook.headers])):
+            return refused("the webhook contains a NUL character")
+        try:
+            received_at = webhook.received_at.astimezone(dt.UTC)
+        except OverflowError:
+            return refused("received_at is out of range")
         body = tokens.scrub(body)
         normalized = normalizers.normalize(webhook.provider, webhook.headers, body)
         headers = {name: value for name, value in webhook.headers.items() if name.lower() not in _CREDENTIAL_HEADERS}
-        received_at = webhook.received_at.astimezone(dt.UTC)
         row = _event_row(
             identity,
             Source.WEBHOOK,
@@ -255,13 +264,6 @@ def _the_one_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, 
     if not isinstance(args[0], dict):
         return Rejection(Reason.INVALID_ENVELOPE, f"the argument must be a JSON object, not {type(args[0]).__name__}", args[0])
     return args[0]
-
-
-def _encoded_size(message: dict[str, Any]) -> int | None:
-    try:
-        return len(canonical_json(message))
-    except (ValueError, RecursionError):
-        return None
 
 
 def _insert_statement(session: Session):
