@@ -24,8 +24,8 @@ from sqlalchemy.orm import Session
 from config.beat import ROTATION_ENTRY, beat_schedule, parse_schedule
 from config.settings import Settings, get_settings
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
-from tests.test_cli import ok, run
 from tests.factories import OWNER, add_member, make_organization
+from tests.test_cli import ok, run
 from userpath_worker import schema
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import make_engine, make_session_factory
@@ -77,7 +77,9 @@ class TestThresholds:
         assert rotate(session)["flagged"] == [key.id]
         assert (key.flagged_at, key.flag_reasons) == (T0 + 30 * DAY, ["unused"])
 
-    def test_use_counts_from_the_last_use_and_clears_the_flag(self, session: Session, keys: KeyService, clock: Any) -> None:
+    def test_use_counts_from_the_last_use_and_clears_the_flag(
+        self, session: Session, keys: KeyService, clock: Any
+    ) -> None:
         key, _ = keys.create(make_organization(session), "Server", OWNER)
         key.last_used_at = T0 + 10 * DAY
         clock.move_to(T0 + 40 * DAY - dt.timedelta(seconds=1))
@@ -99,7 +101,9 @@ class TestThresholds:
         assert rotate(session)["flagged"] == [key.id]
         assert key.flag_reasons == ["too_old"]
 
-    def test_a_key_is_expiring_soon_within_the_window_before_it_expires(self, session: Session, keys: KeyService, clock: Any) -> None:
+    def test_a_key_is_expiring_soon_within_the_window_before_it_expires(
+        self, session: Session, keys: KeyService, clock: Any
+    ) -> None:
         key, _ = keys.create(make_organization(session), "Server", OWNER, expires_in=20 * DAY)
         key.last_used_at = T0 + 12 * DAY
         clock.move_to(T0 + 13 * DAY - dt.timedelta(seconds=1))
@@ -108,7 +112,9 @@ class TestThresholds:
         assert rotate(session)["flagged"] == [key.id]
         assert key.flag_reasons == ["expiring_soon"]
 
-    def test_reasons_accumulate_and_the_first_flag_time_stays(self, session: Session, keys: KeyService, clock: Any) -> None:
+    def test_reasons_accumulate_and_the_first_flag_time_stays(
+        self, session: Session, keys: KeyService, clock: Any
+    ) -> None:
         key, _ = keys.create(make_organization(session), "Server", OWNER)
         clock.move_to(T0 + 30 * DAY)
         rotate(session)
@@ -116,14 +122,18 @@ class TestThresholds:
         assert rotate(session)["flagged"] == [key.id]
         assert (key.flagged_at, key.flag_reasons) == (T0 + 30 * DAY, ["too_old", "unused"])
 
-    def test_the_thresholds_come_from_the_settings(self, session: Session, keys: KeyService, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_thresholds_come_from_the_settings(
+        self, session: Session, keys: KeyService, clock: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setenv("USERPATH_ROTATION_UNUSED_DAYS", "3")
         policy = RotationPolicy.from_settings(get_settings())
         key, _ = keys.create(make_organization(session), "Server", OWNER)
         clock.move_to(T0 + 3 * DAY)
         assert rotate(session, policy)["flagged"] == [key.id]
 
-    def test_a_pass_leaves_other_keys_and_never_stores_a_secret(self, session: Session, keys: KeyService, engine: Engine, clock: Any) -> None:
+    def test_a_pass_leaves_other_keys_and_never_stores_a_secret(
+        self, session: Session, keys: KeyService, engine: Engine, clock: Any
+    ) -> None:
         organization = make_organization(session)
         stale, plaintext = keys.create(organization, "Stale", OWNER)
         clock.move_to(T0 + 31 * DAY)
@@ -149,7 +159,9 @@ class TestReminders:
             (T0 + 37 * DAY, ["unused"], None, 0),
         ]
 
-    def test_the_unique_constraint_refuses_a_second_reminder_for_an_interval(self, session: Session, keys: KeyService, clock: Any) -> None:
+    def test_the_unique_constraint_refuses_a_second_reminder_for_an_interval(
+        self, session: Session, keys: KeyService, clock: Any
+    ) -> None:
         key, _ = keys.create(make_organization(session), "Server", OWNER)
         row = {"api_key_id": key.id, "org_id": key.org_id, "reasons": ["unused"], "due_at": T0}
         session.add(Reminder(**row))
@@ -158,7 +170,9 @@ class TestReminders:
             session.add(Reminder(**row))
             session.flush()
 
-    def test_rolling_or_deleting_clears_the_flag_and_the_replacement_starts_fresh(self, session: Session, keys: KeyService, clock: Any) -> None:
+    def test_rolling_or_deleting_clears_the_flag_and_the_replacement_starts_fresh(
+        self, session: Session, keys: KeyService, clock: Any
+    ) -> None:
         organization = make_organization(session)
         rolled, _ = keys.create(organization, "Rolled", OWNER)
         deleted, _ = keys.create(organization, "Deleted", OWNER)
@@ -174,10 +188,14 @@ class TestReminders:
 
 class TestExpiry:
     def expiries(self, session: Session, key: ApiKey) -> list[dict[str, Any]]:
-        entries = session.scalars(select(AuditEntry).where(AuditEntry.api_key_id == key.id, AuditEntry.action == "key.expired"))
+        entries = session.scalars(
+            select(AuditEntry).where(AuditEntry.api_key_id == key.id, AuditEntry.action == "key.expired")
+        )
         return [{"actor": entry.actor, **entry.detail} for entry in entries]
 
-    def test_a_rolled_key_is_marked_expired_when_its_grace_period_ends(self, session: Session, keys: KeyService, clock: Any) -> None:
+    def test_a_rolled_key_is_marked_expired_when_its_grace_period_ends(
+        self, session: Session, keys: KeyService, clock: Any
+    ) -> None:
         old, _ = keys.create(make_organization(session), "Server", OWNER)
         keys.roll(old.id, OWNER, grace=DAY)
         clock.move_to(T0 + DAY - dt.timedelta(seconds=1))
@@ -190,7 +208,9 @@ class TestExpiry:
             {"actor": "system", "reason": "roll_grace_ended", "expires_at": (T0 + DAY).isoformat()}
         ]
 
-    def test_a_key_is_marked_expired_at_its_expiry_and_its_flag_cleared(self, session: Session, keys: KeyService, clock: Any) -> None:
+    def test_a_key_is_marked_expired_at_its_expiry_and_its_flag_cleared(
+        self, session: Session, keys: KeyService, clock: Any
+    ) -> None:
         key, _ = keys.create(make_organization(session), "Server", OWNER, expires_in=10 * DAY)
         clock.move_to(T0 + 5 * DAY)
         assert rotate(session)["flagged"] == [key.id]
@@ -207,7 +227,9 @@ class TestExpiry:
         assert rotate(session)["expired"] == []
         assert isinstance(keys.authenticate(plaintext), KeyIdentity)
 
-    def test_the_hard_expiry_stops_a_key_n_days_after_it_was_flagged(self, session: Session, keys: KeyService, clock: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_the_hard_expiry_stops_a_key_n_days_after_it_was_flagged(
+        self, session: Session, keys: KeyService, clock: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         monkeypatch.setenv("USERPATH_ROTATION_HARD_EXPIRY_DAYS", "14")
         policy = RotationPolicy.from_settings(get_settings())
         key, plaintext = keys.create(make_organization(session), "Server", OWNER)
@@ -311,7 +333,9 @@ def reminder(session: Session, keys: KeyService) -> tuple[Reminder, str]:
 
 
 class TestDelivery:
-    def test_the_webhook_gets_slack_text_and_structured_fields_and_no_secret(self, session: Session, reminder: Any, webhook: WebhookServer, caplog: pytest.LogCaptureFixture) -> None:
+    def test_the_webhook_gets_slack_text_and_structured_fields_and_no_secret(
+        self, session: Session, reminder: Any, webhook: WebhookServer, caplog: pytest.LogCaptureFixture
+    ) -> None:
         recorded, plaintext = reminder
         caplog.set_level("INFO", logger="userpath.rotation")
         assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.DELIVERED
@@ -320,31 +344,45 @@ class TestDelivery:
         key = session.get_one(ApiKey, recorded.api_key_id)
         assert body["text"].startswith(f"API key 'App X Production Server' ({key.display}) of Acme should be rotated")
         assert "100 days old" in body["text"] and "never used" in body["text"]
-        assert {name: body[name] for name in ("org", "key_name", "display", "reasons", "age_days", "last_used_at", "owners")} == {
-            "org": "Acme", "key_name": "App X Production Server", "display": key.display,
-            "reasons": ["too_old", "unused"], "age_days": 100, "last_used_at": None,
+        assert {
+            name: body[name] for name in ("org", "key_name", "display", "reasons", "age_days", "last_used_at", "owners")
+        } == {
+            "org": "Acme",
+            "key_name": "App X Production Server",
+            "display": key.display,
+            "reasons": ["too_old", "unused"],
+            "age_days": 100,
+            "last_used_at": None,
             "owners": ["owner@example.com", "second-owner@example.com"],
         }
         assert plaintext not in json.dumps(body) and plaintext not in caplog.text
         assert "secret" not in caplog.text  # nor the webhook URL, which is one
-        (line,) = [record.getMessage() for record in caplog.records if record.getMessage().startswith("rotation reminder {")]
+        (line,) = [
+            record.getMessage() for record in caplog.records if record.getMessage().startswith("rotation reminder {")
+        ]
         assert json.loads(line.removeprefix("rotation reminder "))["reminder_id"] == recorded.id
         assert (recorded.delivered_at is not None, recorded.attempts) == (True, 1)
 
-    def test_without_a_webhook_the_log_line_is_the_delivery(self, session: Session, reminder: Any, caplog: pytest.LogCaptureFixture) -> None:
+    def test_without_a_webhook_the_log_line_is_the_delivery(
+        self, session: Session, reminder: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
         recorded, _ = reminder
         caplog.set_level("INFO", logger="userpath.rotation")
         assert delivery.deliver(in_session(session), recorded.id, None).outcome is Outcome.DELIVERED
         assert "rotation reminder {" in caplog.text and recorded.delivered_at is not None
 
-    def test_a_reminder_is_delivered_at_most_once(self, session: Session, reminder: Any, webhook: WebhookServer) -> None:
+    def test_a_reminder_is_delivered_at_most_once(
+        self, session: Session, reminder: Any, webhook: WebhookServer
+    ) -> None:
         recorded, _ = reminder
         assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.DELIVERED
         assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.NOT_PENDING
         assert len(webhook.bodies) == 1
         assert list(delivery.unclaimed_reminders(in_session(session))) == []
 
-    def test_a_refusal_releases_the_claim_for_a_retry(self, session: Session, reminder: Any, webhook: WebhookServer) -> None:
+    def test_a_refusal_releases_the_claim_for_a_retry(
+        self, session: Session, reminder: Any, webhook: WebhookServer
+    ) -> None:
         recorded, _ = reminder
         webhook.statuses = [503]
         result = delivery.deliver(in_session(session), recorded.id, webhook.url)
@@ -354,7 +392,9 @@ class TestDelivery:
         assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.DELIVERED
         assert (len(webhook.bodies), recorded.attempts) == (2, 2)
 
-    def test_an_unreachable_webhook_is_retried_until_the_attempts_run_out(self, session: Session, reminder: Any) -> None:
+    def test_an_unreachable_webhook_is_retried_until_the_attempts_run_out(
+        self, session: Session, reminder: Any
+    ) -> None:
         recorded, _ = reminder
         closed = WebhookServer()
         closed.close()  # nothing listens on its port any more
@@ -363,7 +403,9 @@ class TestDelivery:
         assert delivery.deliver(in_session(session), recorded.id, closed.url).outcome is Outcome.NOT_PENDING
         assert "unreachable" in recorded.last_error and "secret" not in recorded.last_error
 
-    def test_no_answer_is_never_sent_again(self, session: Session, reminder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_no_answer_is_never_sent_again(
+        self, session: Session, reminder: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         recorded, _ = reminder
         slow = WebhookServer(delay=1.0)
         monkeypatch.setattr(delivery, "WEBHOOK_TIMEOUT_SECONDS", 0.2)
@@ -374,14 +416,18 @@ class TestDelivery:
             slow.close()
         assert len(slow.bodies) == 1 and recorded.delivered_at is None and recorded.claimed_at is not None
 
-    def test_a_reminder_for_a_key_rolled_since_is_not_sent(self, session: Session, keys: KeyService, reminder: Any, webhook: WebhookServer) -> None:
+    def test_a_reminder_for_a_key_rolled_since_is_not_sent(
+        self, session: Session, keys: KeyService, reminder: Any, webhook: WebhookServer
+    ) -> None:
         recorded, _ = reminder
         keys.roll(recorded.api_key_id, OWNER)
         assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.OBSOLETE
         assert webhook.bodies == []
 
 
-def test_the_delivery_task_retries_with_backoff_until_the_webhook_takes_it(session: Session, reminder: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_delivery_task_retries_with_backoff_until_the_webhook_takes_it(
+    session: Session, reminder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from tasks import rotation as rotation_tasks
 
     recorded, _ = reminder
@@ -390,7 +436,9 @@ def test_the_delivery_task_retries_with_backoff_until_the_webhook_takes_it(sessi
     get_settings.cache_clear()  # importing the tasks read the settings already
     monkeypatch.setattr(rotation_tasks, "_transaction", in_session(session))
     delays: list[float] = []
-    monkeypatch.setattr(rotation_tasks.UserPathTask, "retry_delay", lambda task: delays.append(task.request.retries) or 0)
+    monkeypatch.setattr(
+        rotation_tasks.UserPathTask, "retry_delay", lambda task: delays.append(task.request.retries) or 0
+    )
     try:
         rotation_tasks.deliver_reminder.apply(args=(recorded.id,))
     finally:
@@ -441,10 +489,14 @@ class TestCommands:
             ok("keys", "create", "--org", "Acme", "--name", "New", "--as", "owner@acme.io")
             yield "Acme", old
 
-    def test_rotation_run_prints_what_it_flagged_reminded_and_expired(self, acme: Any, caplog: pytest.LogCaptureFixture) -> None:
+    def test_rotation_run_prints_what_it_flagged_reminded_and_expired(
+        self, acme: Any, caplog: pytest.LogCaptureFixture
+    ) -> None:
         caplog.set_level("INFO", logger="userpath.rotation")
         output = ok("rotation", "run").stdout.splitlines()
-        assert output[0].startswith("flagged   key 1 'Old' (up_live_") and output[0].endswith("of Acme: too_old, unused")
+        assert output[0].startswith("flagged   key 1 'Old' (up_live_") and output[0].endswith(
+            "of Acme: too_old, unused"
+        )
         assert output[1].startswith("reminded  key 1 'Old'")
         assert output[-1] == "Flagged 1, cleared 0, reminded 1, expired 0 keys; delivered 1 reminders."
         assert ok("rotation", "run").stdout.splitlines() == [
@@ -469,5 +521,7 @@ class TestCommands:
 
     def test_an_unknown_organization_is_one_line(self, acme: Any) -> None:
         result = run("keys", "stale", "--org", "Nope")
-        assert (result.exit_code, result.output) == (1, "Error: organization 'Nope' not found; create it with `userpath orgs create`\n")
-
+        assert (result.exit_code, result.output) == (
+            1,
+            "Error: organization 'Nope' not found; create it with `userpath orgs create`\n",
+        )

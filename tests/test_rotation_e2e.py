@@ -54,17 +54,28 @@ def fresh_database(suffix: str) -> tuple[str, Engine]:
 def insert_keys(engine: Engine, count: int, created_at: dt.datetime, expires_every: int = 0) -> None:
     """``count`` keys in one organization, inserted in bulk; every ``expires_every``-th one expired."""
     with engine.begin() as connection:
-        org_id = connection.scalar(insert(Organization).values(name="Bulk", created_at=created_at).returning(Organization.id))
+        org_id = connection.scalar(
+            insert(Organization).values(name="Bulk", created_at=created_at).returning(Organization.id)
+        )
         for start in range(0, count, 10_000):
-            connection.execute(insert(ApiKey), [
-                {
-                    "org_id": org_id, "name": f"Key {number}", "environment": Environment.LIVE,
-                    "digest": f"{number:064x}", "display": f"up_live_...{number:04d}", "created_by": "bulk@example.com",
-                    "created_at": created_at,
-                    "expires_at": NOW - dt.timedelta(hours=1) if expires_every and number % expires_every == 0 else None,
-                }
-                for number in range(start, min(start + 10_000, count))
-            ])
+            connection.execute(
+                insert(ApiKey),
+                [
+                    {
+                        "org_id": org_id,
+                        "name": f"Key {number}",
+                        "environment": Environment.LIVE,
+                        "digest": f"{number:064x}",
+                        "display": f"up_live_...{number:04d}",
+                        "created_by": "bulk@example.com",
+                        "created_at": created_at,
+                        "expires_at": NOW - dt.timedelta(hours=1)
+                        if expires_every and number % expires_every == 0
+                        else None,
+                    }
+                    for number in range(start, min(start + 10_000, count))
+                ],
+            )
 
 
 def test_one_pass_over_100000_keys_stays_within_its_memory_bound() -> None:
@@ -83,8 +94,9 @@ def test_one_pass_over_100000_keys_stays_within_its_memory_bound() -> None:
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-    print(f"\n100,000-key pass: {elapsed:.1f} s, peak Python allocations {peak / 2**20:.1f} MiB "
-          f"(batches of {BATCH_SIZE})")
+    print(
+        f"\n100,000-key pass: {elapsed:.1f} s, peak Python allocations {peak / 2**20:.1f} MiB (batches of {BATCH_SIZE})"
+    )
 
     assert totals == Counter(flagged=90_000, reminded=90_000, expired=10_000)
     assert peak < MEMORY_BOUND
@@ -97,11 +109,18 @@ def test_one_pass_over_100000_keys_stays_within_its_memory_bound() -> None:
 @contextlib.contextmanager
 def running_beat(environment: dict[str, str], log_path: Path, schedule_file: Path) -> Iterator[subprocess.Popen[bytes]]:
     """``userpath beat``: Celery beat on tasks.app, stopped (and killed if need be) on exit."""
-    command = [sys.executable, "-c", "from userpath_worker.cli import main; main()", "beat",
-               f"--schedule={schedule_file}", "--loglevel=DEBUG"]
+    command = [
+        sys.executable,
+        "-c",
+        "from userpath_worker.cli import main; main()",
+        "beat",
+        f"--schedule={schedule_file}",
+        "--loglevel=DEBUG",
+    ]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, env=environment, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, env=environment, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield process
     finally:
@@ -116,10 +135,19 @@ def test_beat_fires_the_pass_on_its_schedule_against_redis_and_postgresql(tmp_pa
     environment = worker_environment(database_url, broker_url, USERPATH_ROTATION_SCHEDULE="2s")
     beat_log, worker_log = tmp_path / "beat.log", tmp_path / "worker.log"
 
-    with running_worker(environment, worker_log, "--pool=solo"), running_beat(environment, beat_log, tmp_path / "celerybeat-schedule"):
+    with (
+        running_worker(environment, worker_log, "--pool=solo"),
+        running_beat(environment, beat_log, tmp_path / "celerybeat-schedule"),
+    ):
+
         def reminders_delivered() -> int:
             with engine.connect() as connection:
-                return connection.scalar(select(func.count()).select_from(Reminder).where(Reminder.delivered_at.is_not(None))) or 0
+                return (
+                    connection.scalar(
+                        select(func.count()).select_from(Reminder).where(Reminder.delivered_at.is_not(None))
+                    )
+                    or 0
+                )
 
         try:
             wait_for(lambda: reminders_delivered() == 3, 45, "beat's pass to flag the keys and deliver their reminders")

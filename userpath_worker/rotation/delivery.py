@@ -68,7 +68,9 @@ class ReminderMessage:
     def text(self) -> str:
         why = {
             StaleReason.TOO_OLD: f"it is {self.age_days} days old",
-            StaleReason.UNUSED: f"it was last used {self.last_used_at[:10]}" if self.last_used_at else "it was never used",
+            StaleReason.UNUSED: (
+                f"it was last used {self.last_used_at[:10]}" if self.last_used_at else "it was never used"
+            ),
             StaleReason.EXPIRING_SOON: f"it expires {(self.expires_at or '')[:16].replace('T', ' ')} UTC",
         }
         reasons = "; ".join(why[StaleReason(reason)] for reason in self.reasons)

@@ -115,9 +115,11 @@ def run_pass(
         with transaction() as session:
             candidates = session.execute(_candidates(policy, now, after_id)).all()
             result = _process(session, policy, now, candidates)
-        yield result
-        if len(candidates) < BATCH_SIZE:
+        # Not "fewer than BATCH_SIZE": under a concurrent pass, locked rows that no longer
+        # match are skipped, so a short batch need not be the last one.
+        if not candidates:
             return
+        yield result
         after_id = candidates[-1].id
 
 
@@ -198,7 +200,8 @@ def _process(session: Session, policy: RotationPolicy, now: dt.datetime, keys: l
     for new_expires_at, expiring in to_expire.items():
         # expires_at is what authentication checks, so a hard expiry moves it too.
         moved = {"expires_at": new_expires_at} if new_expires_at else {}
-        _update_keys(session, [key.id for key, _ in expiring], expired_at=now, flagged_at=None, flag_reasons=None, **moved)
+        ids = [key.id for key, _ in expiring]
+        _update_keys(session, ids, expired_at=now, flagged_at=None, flag_reasons=None, **moved)
         _audit_expiries(session, now, expiring, new_expires_at)
         result.expired += [KeyChange(key.id, key.org, key.name, key.display, (why.value,)) for key, why in expiring]
     result.expired.sort(key=lambda change: change.key_id)
@@ -219,7 +222,10 @@ def _update_keys(session: Session, ids: list[int], **values: Any) -> None:
 
 
 def _audit_expiries(
-    session: Session, now: dt.datetime, expiring: list[tuple[Row[Any], ExpiryReason]], new_expires_at: dt.datetime | None
+    session: Session,
+    now: dt.datetime,
+    expiring: list[tuple[Row[Any], ExpiryReason]],
+    new_expires_at: dt.datetime | None,
 ) -> None:
     session.execute(
         insert(AuditEntry),
@@ -237,7 +243,9 @@ def _audit_expiries(
     )
 
 
-def _record_reminders(session: Session, ids: list[int], reasons: list[str], due_at: dt.datetime, now: dt.datetime) -> Any:
+def _record_reminders(
+    session: Session, ids: list[int], reasons: list[str], due_at: dt.datetime, now: dt.datetime
+) -> Any:
     """INSERT ... SELECT a reminder for each key, except where one is recorded for that interval."""
     columns = Reminder.__table__.c
     rows = select(
