@@ -35,7 +35,9 @@ class RedactedRequest(Request):
         payload = message.payload
         arguments = payload[0] if isinstance(payload, list | tuple) and payload else None
         self._argsrepr = self._request_dict["argsrepr"] = summarize_arguments(arguments)
-        self._kwargsrepr = self._request_dict["kwargsrepr"] = "{...}" if payload and len(payload) > 1 and payload[1] else "{}"
+        self._kwargsrepr = self._request_dict["kwargsrepr"] = (
+            "{...}" if payload and len(payload) > 1 and payload[1] else "{}"
+        )
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         error = getattr(exc_info.exception, "exc", exc_info.exception)
@@ -61,5 +63,5 @@ class UserPathTask(Task):
 
     def retry_delay(self) -> float:
         """Exponential backoff with full jitter, capped: 1 s, 2 s, 4 s ... 60 s."""
-        ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** self.request.retries)
+        ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**self.request.retries)
         return random.uniform(ceiling / 2, ceiling)

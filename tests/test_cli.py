@@ -67,11 +67,29 @@ def test_create_prints_the_key_once_with_a_warning(acme: str) -> None:
 
 
 def test_json_output_for_scripts(acme: str) -> None:
-    created = json.loads(ok("keys", "create", "--org", acme, "--name", "Jobs", "--as", "owner@acme.io", "--env", "test", "--expires-in", "90d", "--json").stdout)
+    created = json.loads(
+        ok(
+            "keys",
+            "create",
+            "--org",
+            acme,
+            "--name",
+            "Jobs",
+            "--as",
+            "owner@acme.io",
+            "--env",
+            "test",
+            "--expires-in",
+            "90d",
+            "--json",
+        ).stdout
+    )
     assert created["key"].startswith("up_test_") and created["environment"] == "test"
     assert created["expires_at"] is not None
 
-    rolled = json.loads(ok("keys", "roll", str(created["id"]), "--as", "owner@acme.io", "--grace", "1h", "--json").stdout)
+    rolled = json.loads(
+        ok("keys", "roll", str(created["id"]), "--as", "owner@acme.io", "--grace", "1h", "--json").stdout
+    )
     assert rolled["replaces"] == created["id"] and rolled["key"] != created["key"]
 
     listed = json.loads(ok("keys", "list", "--org", acme, "--json").stdout)
@@ -100,7 +118,10 @@ def test_members_who_are_not_owners_are_refused_with_one_line(acme: str) -> None
     [
         (["keys", "list", "--org", "Nope"], "organization 'Nope' not found"),
         (["keys", "roll", "424242", "--as", "owner@acme.io"], "API key 424242 not found"),
-        (["keys", "create", "--org", "Acme", "--name", "S", "--as", "owner@acme.io", "--expires-in", "soon"], "not a duration"),
+        (
+            ["keys", "create", "--org", "Acme", "--name", "S", "--as", "owner@acme.io", "--expires-in", "soon"],
+            "not a duration",
+        ),
         (["orgs", "create", "Acme", "--owner", "x@acme.io"], "already exists"),
         (["members", "add", "Acme", "not-an-email", "--role", "member"], "not an e-mail address"),
     ],
@@ -114,7 +135,11 @@ def test_user_errors_exit_1_with_one_line_and_no_traceback(acme: str, args: list
 
 @pytest.mark.parametrize(
     "args",
-    [["keys", "create", "--org", "Acme"], ["keys", "create", "--org", "Acme", "--name", "S", "--as", "o@a.io", "--env", "prod"], ["nope"]],
+    [
+        ["keys", "create", "--org", "Acme"],
+        ["keys", "create", "--org", "Acme", "--name", "S", "--as", "o@a.io", "--env", "prod"],
+        ["nope"],
+    ],
 )
 def test_usage_errors_exit_2(acme: str, args: list[str]) -> None:
     assert run(*args).exit_code == 2

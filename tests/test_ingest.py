@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -83,12 +82,19 @@ def test_a_valid_envelope_is_stored_with_every_column(session: Session, ingestor
     envelope = {
         "api_key": plaintext,
         "sent_at": "2026-03-01T12:00:05+00:00",
-        "batch": [an_event(event_id="e-1", properties={"plan": "pro"}, context={"job": {"name": "nightly", "run_id": "r9"}})],
+        "batch": [
+            an_event(event_id="e-1", properties={"plan": "pro"}, context={"job": {"name": "nightly", "run_id": "r9"}})
+        ],
     }
     assert track(ingestor, envelope, Source.JOB) == Outcome(stored=1, dead_lettered=0)
 
     [stored] = events(session)
-    assert (stored.org_id, stored.api_key_id, stored.environment, stored.source) == (org_id, key.id, Environment.LIVE, Source.JOB)
+    assert (stored.org_id, stored.api_key_id, stored.environment, stored.source) == (
+        org_id,
+        key.id,
+        Environment.LIVE,
+        Source.JOB,
+    )
     assert (stored.event_id, stored.name, stored.user_id, stored.anonymous_id) == ("e-1", "Signed Up", "user-1", None)
     assert stored.properties == {"plan": "pro"}
     assert stored.context == {"job": {"name": "nightly", "run_id": "r9"}}
@@ -100,7 +106,9 @@ def test_a_valid_envelope_is_stored_with_every_column(session: Session, ingestor
     assert dead(session) == []
 
 
-def test_the_organization_comes_from_the_key_never_from_the_payload(session: Session, ingestor: Ingestor, org_and_key) -> None:
+def test_the_organization_comes_from_the_key_never_from_the_payload(
+    session: Session, ingestor: Ingestor, org_and_key
+) -> None:
     org_id, _, plaintext = org_and_key
     other = make_organization(session)
     track(ingestor, {"api_key": plaintext, "batch": [an_event(properties={"org_id": other.id})]})
@@ -161,13 +169,18 @@ def test_verdicts_are_per_event(session: Session, ingestor: Ingestor, org_and_ke
 
 def test_the_same_envelope_twice_stores_each_event_once(session: Session, ingestor: Ingestor, org_and_key) -> None:
     _, _, plaintext = org_and_key
-    envelope = {"api_key": plaintext, "batch": [an_event(event_id="a"), an_event(event="No Id"), an_event(event="No Id")]}
+    envelope = {
+        "api_key": plaintext,
+        "batch": [an_event(event_id="a"), an_event(event="No Id"), an_event(event="No Id")],
+    }
     track(ingestor, envelope)
     track(ingestor, envelope)
     assert sorted(e.name for e in events(session)) == ["No Id", "Signed Up"]
 
 
-def test_an_event_without_id_gets_one_from_its_key_and_content(session: Session, ingestor: Ingestor, org_and_key) -> None:
+def test_an_event_without_id_gets_one_from_its_key_and_content(
+    session: Session, ingestor: Ingestor, org_and_key
+) -> None:
     _, key, plaintext = org_and_key
     raw = an_event()
     track(ingestor, {"api_key": plaintext, "batch": [raw]})
@@ -186,7 +199,9 @@ def test_an_event_without_id_gets_one_from_its_key_and_content(session: Session,
         ("unknown", Reason.UNKNOWN_KEY),
     ],
 )
-def test_refused_keys_dead_letter_the_whole_envelope(session: Session, ingestor: Ingestor, api_key: str | None, reason: Reason) -> None:
+def test_refused_keys_dead_letter_the_whole_envelope(
+    session: Session, ingestor: Ingestor, api_key: str | None, reason: Reason
+) -> None:
     good = tokens.generate(Environment.LIVE)
     candidate = {"bad-checksum": good[:-1] + ("0" if good[-1] != "0" else "1"), "unknown": good}.get(api_key, api_key)
     envelope = {"batch": [an_event(), an_event(event="Second")]} | ({"api_key": candidate} if candidate else {})
@@ -198,7 +213,9 @@ def test_refused_keys_dead_letter_the_whole_envelope(session: Session, ingestor:
         assert letter.payload["api_key"] == tokens.display_form(candidate)
 
 
-def test_deleted_and_expired_keys_are_refused_with_their_org(session: Session, ingestor: Ingestor, keys: KeyService, clock: FakeClock) -> None:
+def test_deleted_and_expired_keys_are_refused_with_their_org(
+    session: Session, ingestor: Ingestor, keys: KeyService, clock: FakeClock
+) -> None:
     organization = make_organization(session)
     deleted, deleted_plaintext = keys.create(organization, "Deleted", OWNER)
     rolled, rolled_plaintext = keys.create(organization, "Rolled", OWNER)
@@ -215,7 +232,9 @@ def test_deleted_and_expired_keys_are_refused_with_their_org(session: Session, i
     ]
 
 
-def test_valid_keys_are_served_from_the_cache(session: Session, ingestor: Ingestor, org_and_key, engine: Engine, clock: FakeClock) -> None:
+def test_valid_keys_are_served_from_the_cache(
+    session: Session, ingestor: Ingestor, org_and_key, engine: Engine, clock: FakeClock
+) -> None:
     _, _, plaintext = org_and_key
     lookups: list[str] = []
 
@@ -236,7 +255,9 @@ def test_valid_keys_are_served_from_the_cache(session: Session, ingestor: Ingest
         event.remove(engine, "before_cursor_execute", count)
 
 
-def test_last_used_is_written_at_most_once_a_minute(session: Session, ingestor: Ingestor, org_and_key, engine: Engine, clock: FakeClock) -> None:
+def test_last_used_is_written_at_most_once_a_minute(
+    session: Session, ingestor: Ingestor, org_and_key, engine: Engine, clock: FakeClock
+) -> None:
     _, key, plaintext = org_and_key
     updates: list[str] = []
 
@@ -269,7 +290,9 @@ def test_last_used_is_written_at_most_once_a_minute(session: Session, ingestor: 
         (["a string"], {}, "must be a JSON object"),
     ],
 )
-def test_wrong_task_arguments_are_dead_lettered(session: Session, ingestor: Ingestor, args, kwargs, detail: str) -> None:
+def test_wrong_task_arguments_are_dead_lettered(
+    session: Session, ingestor: Ingestor, args, kwargs, detail: str
+) -> None:
     assert ingestor.track(args, kwargs, Source.SERVER, delivery()) == Outcome(stored=0, dead_lettered=1)
     [letter] = dead(session)
     assert letter.reason == "invalid_envelope" and detail in letter.detail
@@ -285,7 +308,9 @@ def test_wrong_task_arguments_are_dead_lettered(session: Session, ingestor: Inge
         ({"surprise": True}, "surprise"),
     ],
 )
-def test_an_invalid_envelope_is_one_dead_letter(session: Session, ingestor: Ingestor, org_and_key, change, detail: str) -> None:
+def test_an_invalid_envelope_is_one_dead_letter(
+    session: Session, ingestor: Ingestor, org_and_key, change, detail: str
+) -> None:
     org_id, _, plaintext = org_and_key
     assert track(ingestor, {"api_key": plaintext, "batch": [an_event()], **change}).dead_lettered == 1
     [letter] = dead(session)
@@ -304,33 +329,79 @@ def test_an_envelope_over_one_mebibyte_is_too_large(session: Session, ingestor: 
     assert plaintext not in json.dumps(letter.payload)
 
 
-def test_a_key_pasted_into_an_event_is_stored_in_its_display_form(session: Session, ingestor: Ingestor, org_and_key, engine: Engine) -> None:
+def test_a_key_pasted_into_an_event_is_stored_in_its_display_form(
+    session: Session, ingestor: Ingestor, org_and_key, engine: Engine
+) -> None:
     _, _, plaintext = org_and_key
     other = tokens.generate(Environment.TEST)
-    track(ingestor, {"api_key": plaintext, "batch": [an_event(properties={"note": f"my key is {plaintext}", other: 1}), an_event(user_id=None, note=plaintext)]})
+    track(
+        ingestor,
+        {
+            "api_key": plaintext,
+            "batch": [
+                an_event(properties={"note": f"my key is {plaintext}", other: 1}),
+                an_event(user_id=None, note=plaintext),
+            ],
+        },
+    )
     dump = table_dump(session, engine)
     assert "my key is " + tokens.display_form(plaintext) in dump
     assert not tokens.KEY_PATTERN.search(dump)
 
 
 class TestWebhooks:
-    def webhook(self, ingestor: Ingestor, plaintext: str, provider: str, body: str, headers: dict[str, str] | None = None, delivery_id: str = "d-1") -> Outcome:
-        payload = {"api_key": plaintext, "provider": provider, "delivery_id": delivery_id, "received_at": "2026-03-01T11:59:59+00:00", "headers": headers or {}, "body": body}
+    def webhook(
+        self,
+        ingestor: Ingestor,
+        plaintext: str,
+        provider: str,
+        body: str,
+        headers: dict[str, str] | None = None,
+        delivery_id: str = "d-1",
+    ) -> Outcome:
+        payload = {
+            "api_key": plaintext,
+            "provider": provider,
+            "delivery_id": delivery_id,
+            "received_at": "2026-03-01T11:59:59+00:00",
+            "headers": headers or {},
+            "body": body,
+        }
         return ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook"))
 
     @pytest.mark.parametrize(
         ("provider", "headers", "body", "name", "user_id"),
         [
-            ("stripe", {}, {"type": "invoice.paid", "data": {"object": {"object": "invoice", "customer": "cus_1"}}}, "stripe.invoice.paid", "cus_1"),
-            ("stripe", {}, {"type": "customer.created", "data": {"object": {"object": "customer", "id": "cus_2"}}}, "stripe.customer.created", "cus_2"),
-            ("github", {"X-GitHub-Event": "issues"}, {"action": "opened", "sender": {"login": "octo"}}, "github.issues.opened", "github:octo"),
+            (
+                "stripe",
+                {},
+                {"type": "invoice.paid", "data": {"object": {"object": "invoice", "customer": "cus_1"}}},
+                "stripe.invoice.paid",
+                "cus_1",
+            ),
+            (
+                "stripe",
+                {},
+                {"type": "customer.created", "data": {"object": {"object": "customer", "id": "cus_2"}}},
+                "stripe.customer.created",
+                "cus_2",
+            ),
+            (
+                "github",
+                {"X-GitHub-Event": "issues"},
+                {"action": "opened", "sender": {"login": "octo"}},
+                "github.issues.opened",
+                "github:octo",
+            ),
             ("github", {"x-github-event": "push"}, {"ref": "main"}, "github.push", "webhook:github"),
             ("shopify", {}, {"type": "order.created"}, "shopify.order.created", "webhook:shopify"),
             ("segment", {}, {"event": "Identify"}, "segment.Identify", "webhook:segment"),
             ("acme", {}, {"hello": "world"}, "acme.received", "webhook:acme"),
         ],
     )
-    def test_each_normalizer(self, session: Session, ingestor: Ingestor, org_and_key, provider, headers, body, name, user_id) -> None:
+    def test_each_normalizer(
+        self, session: Session, ingestor: Ingestor, org_and_key, provider, headers, body, name, user_id
+    ) -> None:
         _, _, plaintext = org_and_key
         assert self.webhook(ingestor, plaintext, provider, json.dumps(body), headers) == Outcome(1, 0)
         [stored] = events(session)
@@ -359,7 +430,9 @@ class TestWebhooks:
         [stored] = events(session)
         assert stored.context["webhook"]["headers"] == {"X-Request-Id": "r1"}
 
-    def test_users_can_register_a_normalizer(self, session: Session, ingestor: Ingestor, org_and_key, monkeypatch: pytest.MonkeyPatch) -> None:
+    def test_users_can_register_a_normalizer(
+        self, session: Session, ingestor: Ingestor, org_and_key, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         _, _, plaintext = org_and_key
         monkeypatch.setattr(normalizers, "_registry", dict(normalizers._registry))
 
@@ -371,10 +444,28 @@ class TestWebhooks:
         [stored] = events(session)
         assert (stored.name, stored.user_id) == ("shopify.orders/create", "42")
 
-    @pytest.mark.parametrize("change", [{"provider": "Bad Provider!"}, {"received_at": "2026-03-01"}, {"body": {"not": "a string"}}, {"headers": {"a": 1}}])
-    def test_an_invalid_webhook_is_dead_lettered(self, session: Session, ingestor: Ingestor, org_and_key, change) -> None:
+    @pytest.mark.parametrize(
+        "change",
+        [
+            {"provider": "Bad Provider!"},
+            {"received_at": "2026-03-01"},
+            {"body": {"not": "a string"}},
+            {"headers": {"a": 1}},
+        ],
+    )
+    def test_an_invalid_webhook_is_dead_lettered(
+        self, session: Session, ingestor: Ingestor, org_and_key, change
+    ) -> None:
         _, _, plaintext = org_and_key
-        payload = {"api_key": plaintext, "provider": "stripe", "delivery_id": "d", "received_at": "2026-03-01T11:59:59+00:00", "headers": {}, "body": "{}", **change}
+        payload = {
+            "api_key": plaintext,
+            "provider": "stripe",
+            "delivery_id": "d",
+            "received_at": "2026-03-01T11:59:59+00:00",
+            "headers": {},
+            "body": "{}",
+            **change,
+        }
         assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == Outcome(0, 1)
         [letter] = dead(session)
         assert letter.reason == "invalid_envelope"
@@ -383,7 +474,9 @@ class TestWebhooks:
 
 def test_stored_plus_dead_lettered_equals_received(session: Session, ingestor: Ingestor, org_and_key) -> None:
     _, _, plaintext = org_and_key
-    batches = [[an_event(event_id=f"{b}-{i}", user_id=None if i % 3 == 0 else "u") for i in range(10)] for b in range(5)]
+    batches = [
+        [an_event(event_id=f"{b}-{i}", user_id=None if i % 3 == 0 else "u") for i in range(10)] for b in range(5)
+    ]
     totals = [track(ingestor, {"api_key": plaintext, "batch": batch}) for batch in batches]
     assert sum(o.stored for o in totals) + sum(o.dead_lettered for o in totals) == 50
     assert session.scalar(select(func.count()).select_from(Event)) == sum(o.stored for o in totals)
@@ -399,9 +492,13 @@ def test_stored_plus_dead_lettered_equals_received(session: Session, ingestor: I
         ({"properties": {"text": "\ud800"}}, "not storable JSON"),
     ],
 )
-def test_values_no_database_can_store_are_invalid_events(session: Session, ingestor: Ingestor, org_and_key, change, detail: str) -> None:
+def test_values_no_database_can_store_are_invalid_events(
+    session: Session, ingestor: Ingestor, org_and_key, change, detail: str
+) -> None:
     _, _, plaintext = org_and_key
-    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(**change), an_event(event_id="fine")]}) == Outcome(1, 1)
+    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(**change), an_event(event_id="fine")]}) == Outcome(
+        1, 1
+    )
     [letter] = dead(session)
     assert letter.reason == "invalid_event" and detail in letter.detail
 
@@ -414,9 +511,19 @@ def test_values_no_database_can_store_are_invalid_events(session: Session, inges
         ({"received_at": "0001-01-01T00:00:00+01:00"}, "out of range"),
     ],
 )
-def test_webhooks_no_database_can_store_are_invalid_events(session: Session, ingestor: Ingestor, org_and_key, change, detail: str) -> None:
+def test_webhooks_no_database_can_store_are_invalid_events(
+    session: Session, ingestor: Ingestor, org_and_key, change, detail: str
+) -> None:
     _, _, plaintext = org_and_key
-    payload = {"api_key": plaintext, "provider": "stripe", "delivery_id": "d", "received_at": "2026-03-01T11:59:59+00:00", "headers": {}, "body": "{}", **change}
+    payload = {
+        "api_key": plaintext,
+        "provider": "stripe",
+        "delivery_id": "d",
+        "received_at": "2026-03-01T11:59:59+00:00",
+        "headers": {},
+        "body": "{}",
+        **change,
+    }
     assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == Outcome(0, 1)
     [letter] = dead(session)
     assert letter.reason == "invalid_event" and detail in letter.detail

@@ -109,7 +109,9 @@ class TestRoll:
         assert keys.authenticate(old_plaintext) is AuthFailure.EXPIRED
 
     @pytest.mark.parametrize("grace", [dt.timedelta(days=7), dt.timedelta(days=7, seconds=1), -dt.timedelta(seconds=1)])
-    def test_the_grace_period_is_at_most_seven_days(self, session: Session, keys: KeyService, grace: dt.timedelta) -> None:
+    def test_the_grace_period_is_at_most_seven_days(
+        self, session: Session, keys: KeyService, grace: dt.timedelta
+    ) -> None:
         old, _ = keys.create(make_organization(session), "Server", OWNER)
         if dt.timedelta(0) <= grace <= dt.timedelta(days=7):
             keys.roll(old.id, OWNER, grace=grace)

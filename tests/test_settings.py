@@ -27,7 +27,9 @@ def test_a_plain_postgresql_url_uses_psycopg_3(monkeypatch: pytest.MonkeyPatch) 
         ("USERPATH_AUTH_CACHE_SECONDS", "-1"),
     ],
 )
-def test_a_bad_value_names_the_variable_and_not_the_value(monkeypatch: pytest.MonkeyPatch, variable: str, value: str) -> None:
+def test_a_bad_value_names_the_variable_and_not_the_value(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+) -> None:
     monkeypatch.setenv(variable, value)
     with pytest.raises(SettingsError) as error:
         get_settings()

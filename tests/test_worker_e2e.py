@@ -50,7 +50,9 @@ def database() -> Iterator[tuple[str, Engine]]:
 def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
     url, engine = database
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE organizations, members, api_keys, audit_log, events, dead_letters RESTART IDENTITY CASCADE"))
+        connection.execute(
+            text("TRUNCATE organizations, members, api_keys, audit_log, events, dead_letters RESTART IDENTITY CASCADE")
+        )
     return url, engine
 
 
@@ -73,7 +75,9 @@ def new_key(engine: Engine, environment: Environment = Environment.LIVE) -> tupl
     """(org id, key id, plaintext) of a fresh key, committed."""
     with Session(engine) as session, session.begin():
         organization = create_organization(session, f"Org {uuid.uuid4().hex[:8]}", "owner@example.com")
-        key, plaintext = KeyService(session).create(organization, "App X Production Server", "owner@example.com", environment)
+        key, plaintext = KeyService(session).create(
+            organization, "App X Production Server", "owner@example.com", environment
+        )
         return organization.id, key.id, plaintext
 
 
@@ -85,7 +89,16 @@ def envelope(key: str, count: int, prefix: str, **event_fields: Any) -> dict[str
     return {
         "api_key": key,
         "sent_at": now(),
-        "batch": [{"event_id": f"{prefix}-{n}", "event": "Page Viewed", "user_id": f"user-{n}", "timestamp": now(), **event_fields} for n in range(count)],
+        "batch": [
+            {
+                "event_id": f"{prefix}-{n}",
+                "event": "Page Viewed",
+                "user_id": f"user-{n}",
+                "timestamp": now(),
+                **event_fields,
+            }
+            for n in range(count)
+        ],
     }
 
 
@@ -105,11 +118,25 @@ def send_mixed_traffic(broker_url: str, key: str) -> tuple[int, int]:
     first = envelope(key, 10, "a")
     for message in (first, envelope(key, 10, "b"), envelope(key, 10, "c"), first):  # the last is a re-send
         app.send_task("userpath.track", args=[message], queue=EVENTS_QUEUE)
-    app.send_task("userpath.track", args=[envelope(key, 5, "job", context={"job": {"name": "nightly", "run_id": "r1"}})], queue=JOBS_QUEUE)
+    app.send_task(
+        "userpath.track",
+        args=[envelope(key, 5, "job", context={"job": {"name": "nightly", "run_id": "r1"}})],
+        queue=JOBS_QUEUE,
+    )
     mixed = envelope(key, 2, "m")
-    mixed["batch"] += [{"event": "No User", "timestamp": now()}, {"event": "Naive", "user_id": "u", "timestamp": "2026-01-01T00:00:00"}]
+    mixed["batch"] += [
+        {"event": "No User", "timestamp": now()},
+        {"event": "Naive", "user_id": "u", "timestamp": "2026-01-01T00:00:00"},
+    ]
     app.send_task("userpath.track", args=[mixed], queue=EVENTS_QUEUE)
-    stripe = {"api_key": key, "provider": "stripe", "delivery_id": "evt_1", "received_at": now(), "headers": {}, "body": json.dumps({"type": "invoice.paid"})}
+    stripe = {
+        "api_key": key,
+        "provider": "stripe",
+        "delivery_id": "evt_1",
+        "received_at": now(),
+        "headers": {},
+        "body": json.dumps({"type": "invoice.paid"}),
+    }
     app.send_task("userpath.webhook", args=[stripe], queue=WEBHOOKS_QUEUE)
     app.send_task("userpath.webhook", args=[stripe], queue=WEBHOOKS_QUEUE)  # redelivered by the provider
     bad_checksum = key[:-1] + ("0" if key[-1] != "0" else "1")
@@ -117,7 +144,13 @@ def send_mixed_traffic(broker_url: str, key: str) -> tuple[int, int]:
     app.send_task("userpath.track", args=[envelope(key, 1, "two"), {}], queue=EVENTS_QUEUE)
     app.send_task("userpath.delete_everything", args=[envelope(key, 1, "u")], queue=EVENTS_QUEUE)
     publish_raw(broker_url, EVENTS_QUEUE, [[envelope(key, 1, "p")], {}, {}], serializer="pickle")
-    publish_raw(broker_url, EVENTS_QUEUE, b'[[{"api_key": "' + key.encode() + b'", "batch": [', content_type="application/json", content_encoding="utf-8")
+    publish_raw(
+        broker_url,
+        EVENTS_QUEUE,
+        b'[[{"api_key": "' + key.encode() + b'", "batch": [',
+        content_type="application/json",
+        content_encoding="utf-8",
+    )
     return 10 * 3 + 5 + 2 + 1, 2 + 1 + 1 + 1 + 1 + 1
 
 
@@ -138,7 +171,15 @@ def test_every_message_is_stored_once_or_dead_lettered(clean_database, broker_ur
     assert {(e.org_id, e.api_key_id) for e in stored} == {(org_id, key_id)}
     assert sorted({e.source for e in stored}) == sorted({Source.SERVER, Source.JOB, Source.WEBHOOK})
     assert sorted(d.reason for d in letters) == sorted(
-        ["invalid_event", "invalid_event", "bad_checksum", "invalid_envelope", "unknown_task", "undecodable", "undecodable"]
+        [
+            "invalid_event",
+            "invalid_event",
+            "bad_checksum",
+            "invalid_envelope",
+            "unknown_task",
+            "undecodable",
+            "undecodable",
+        ]
     )
     assert key not in log.read_text() and key not in dump
     assert not tokens.KEY_PATTERN.search(dump)
@@ -168,7 +209,9 @@ def test_secrets_stay_out_of_debug_logs_tables_and_task_events(clean_database, t
     time.sleep(1)
     log = tmp_path / "worker.log"
     try:
-        with running_worker(worker_environment(database_url, REDIS_URL), log, "--concurrency=1", "--loglevel=DEBUG", "--task-events"):
+        with running_worker(
+            worker_environment(database_url, REDIS_URL), log, "--concurrency=1", "--loglevel=DEBUG", "--task-events"
+        ):
             expected = send_mixed_traffic(REDIS_URL, key)
             wait_for(lambda: counts(engine) == expected, 60, "the traffic to be handled")
             wait_for(lambda: sum(e.get("type") == "task-received" for e in seen_events) >= 10, 10, "task events")
@@ -177,7 +220,9 @@ def test_secrets_stay_out_of_debug_logs_tables_and_task_events(clean_database, t
         listener.join(5)
 
     received = [e for e in seen_events if e.get("type") == "task-received"]
-    assert all("up_live_" in e["args"] for e in received if e.get("name") == "userpath.track"), "argsrepr shows the display form"
+    assert all("up_live_" in e["args"] for e in received if e.get("name") == "userpath.track"), (
+        "argsrepr shows the display form"
+    )
     with Session(engine) as session:
         dump = table_dump(session, engine)
     haystack = log.read_text() + json.dumps(seen_events, default=str) + dump
@@ -190,7 +235,12 @@ def test_a_deleted_key_is_refused_by_every_worker_process_within_5_seconds(clean
     empty_queues(REDIS_URL)
     _, key_id, key = new_key(engine)
     app = producer(REDIS_URL)
-    with running_worker(worker_environment(database_url, REDIS_URL), tmp_path / "worker.log", "--concurrency=2", "--prefetch-multiplier=1"):
+    with running_worker(
+        worker_environment(database_url, REDIS_URL),
+        tmp_path / "worker.log",
+        "--concurrency=2",
+        "--prefetch-multiplier=1",
+    ):
         for n in range(20):  # warm both processes' caches
             app.send_task("userpath.track", args=[envelope(key, 1, f"before-{n}")], queue=EVENTS_QUEUE)
         wait_for(lambda: counts(engine) == (20, 0), 30, "the first events")
@@ -208,7 +258,11 @@ def test_a_worker_refuses_to_start_on_a_schema_that_is_behind(tmp_path: Path) ->
     url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_behind")
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--loglevel=WARNING"],
-        env=worker_environment(url, REDIS_URL), cwd=REPOSITORY, capture_output=True, text=True, timeout=60,
+        env=worker_environment(url, REDIS_URL),
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
     assert "run `userpath db upgrade` first" in result.stderr

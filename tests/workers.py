@@ -33,14 +33,29 @@ def running_worker(
     environment: dict[str, str], log_path: Path, *arguments: str, ready_within: float = 30.0
 ) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``celery -A tasks.app worker`` process, stopped (and killed if need be) on exit."""
-    command = [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", f"--queues={','.join(QUEUES)}",
-               "--without-gossip", "--without-mingle", "--loglevel=INFO", *arguments]
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "tasks.app",
+        "worker",
+        f"--queues={','.join(QUEUES)}",
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel=INFO",
+        *arguments,
+    ]
     with log_path.open("ab") as log:
-        process = subprocess.Popen(command, env=environment, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, env=environment, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        wait_for(lambda: "ready." in log_path.read_text(errors="replace") or process.poll() is not None,
-                 ready_within, "the worker to start")
+        wait_for(
+            lambda: "ready." in log_path.read_text(errors="replace") or process.poll() is not None,
+            ready_within,
+            "the worker to start",
+        )
         if process.poll() is not None:
             raise AssertionError(f"the worker exited at start:\n{log_path.read_text(errors='replace')[-3000:]}")
         yield process
@@ -74,8 +89,10 @@ def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: 
 def counts(engine: Engine) -> tuple[int, int]:
     """(stored events, dead letters)."""
     with engine.connect() as connection:
-        return (connection.scalar(select(func.count()).select_from(Event)) or 0,
-                connection.scalar(select(func.count()).select_from(DeadLetter)) or 0)
+        return (
+            connection.scalar(select(func.count()).select_from(Event)) or 0,
+            connection.scalar(select(func.count()).select_from(DeadLetter)) or 0,
+        )
 
 
 def producer(broker_url: str) -> Celery:

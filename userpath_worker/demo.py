@@ -92,12 +92,22 @@ def _send(key: str, deleted_key: str, broker_url: str) -> None:
         client.track("Signed Up", user_id="user-1", properties={"plan": "pro"})
         client.track("Page Viewed", anonymous_id="anon-42", properties={"path": "/pricing"})
         client.track("Checkout Started", user_id="user-1", properties={"cart_value": 49.0})
-        client.job_event("Invoices Sent", user_id="billing-bot", properties={"count": 12}, job_name="send-invoices", run_id="run-1")
+        client.job_event(
+            "Invoices Sent", user_id="billing-bot", properties={"count": 12}, job_name="send-invoices", run_id="run-1"
+        )
         client.job_event("Cache Warmed", user_id="ops-bot", job_name="warm-cache", run_id="run-7")
-        client.webhook("stripe", f"evt_demo_{run}", {"Stripe-Signature": "t=1,v1=demo"},
-                       json.dumps({"type": "invoice.paid", "data": {"object": {"object": "invoice", "customer": "cus_demo"}}}))
-        client.webhook("github", f"delivery-{run}", {"X-GitHub-Event": "issues"},
-                       json.dumps({"action": "opened", "sender": {"login": "octocat"}}))
+        client.webhook(
+            "stripe",
+            f"evt_demo_{run}",
+            {"Stripe-Signature": "t=1,v1=demo"},
+            json.dumps({"type": "invoice.paid", "data": {"object": {"object": "invoice", "customer": "cus_demo"}}}),
+        )
+        client.webhook(
+            "github",
+            f"delivery-{run}",
+            {"X-GitHub-Event": "issues"},
+            json.dumps({"action": "opened", "sender": {"login": "octocat"}}),
+        )
     with UserPath(tokens.generate(Environment.LIVE), broker_url=broker_url) as stranger:
         stranger.track("Signed Up", user_id="intruder")  # a well-formed key nobody issued
     with UserPath(deleted_key, broker_url=broker_url) as revoked:
@@ -106,14 +116,17 @@ def _send(key: str, deleted_key: str, broker_url: str) -> None:
     # language would not, so send one the way it would.
     careless = Celery("careless-producer", broker=broker_url, set_as_current=False)
     envelope = {"api_key": key, "batch": [{"event": "Anonymous Nobody", "timestamp": utcnow().isoformat()}]}
-    careless.send_task(TRACK_TASK, args=[envelope], queue=EVENTS_QUEUE, serializer="json",
-                       argsrepr=summarize_arguments([envelope]))
+    careless.send_task(
+        TRACK_TASK, args=[envelope], queue=EVENTS_QUEUE, serializer="json", argsrepr=summarize_arguments([envelope])
+    )
     careless.close()
 
 
 def _counts(org_id: int, since: dt.datetime) -> tuple[int, int]:
     with runtime.session_factory()() as session:
-        events = session.scalar(select(func.count()).select_from(Event).where(Event.org_id == org_id, Event.received_at >= since))
+        events = session.scalar(
+            select(func.count()).select_from(Event).where(Event.org_id == org_id, Event.received_at >= since)
+        )
         dead = session.scalar(select(func.count()).select_from(DeadLetter).where(DeadLetter.received_at >= since))
         return events or 0, dead or 0
 

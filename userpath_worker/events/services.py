@@ -92,7 +92,10 @@ class Ingestor:
     def track(self, args: Sequence[Any], kwargs: dict[str, Any], source: Source, delivery: Delivery) -> Outcome:
         """Handle one ``userpath.track`` message."""
         return self._process(
-            args, kwargs, delivery, lambda envelope, identity: self._track_verdicts(envelope, identity, source, delivery)
+            args,
+            kwargs,
+            delivery,
+            lambda envelope, identity: self._track_verdicts(envelope, identity, source, delivery),
         )
 
     def webhook(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery) -> Outcome:
@@ -103,7 +106,9 @@ class Ingestor:
 
     # The shared path: argument shape, size, authentication, one transaction.
 
-    def _process(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery, verdicts_for: VerdictsFor) -> Outcome:
+    def _process(
+        self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery, verdicts_for: VerdictsFor
+    ) -> Outcome:
         message = _the_one_argument(args, kwargs)
         if isinstance(message, Rejection):
             return self._dead_letter_only([message], delivery)
@@ -148,7 +153,9 @@ class Ingestor:
 
     # Per-task verdicts: which events to store, which to dead-letter.
 
-    def _track_verdicts(self, envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery) -> _Verdicts:
+    def _track_verdicts(
+        self, envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery
+    ) -> _Verdicts:
         def refused(reason: Reason, detail: str, payload: Any) -> Rejection:
             return Rejection(reason, detail, payload, identity.org_id, identity.key_id)
 
@@ -163,10 +170,20 @@ class Ingestor:
             try:
                 encoded = canonical_json(raw)
             except (ValueError, RecursionError):
-                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: not storable JSON (NaN, lone surrogate or too deep)", raw))
+                rejections.append(
+                    refused(
+                        Reason.INVALID_EVENT, f"batch.{index}: not storable JSON (NaN, lone surrogate or too deep)", raw
+                    )
+                )
                 continue
             if len(encoded) > MAX_EVENT_BYTES:
-                rejections.append(refused(Reason.TOO_LARGE, f"batch.{index}: event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}", raw))
+                rejections.append(
+                    refused(
+                        Reason.TOO_LARGE,
+                        f"batch.{index}: event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}",
+                        raw,
+                    )
+                )
                 continue
             if has_nul(encoded):
                 rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: contains a NUL character", raw))
@@ -182,7 +199,11 @@ class Ingestor:
                 timestamp = event.timestamp.astimezone(dt.UTC)
                 occurred_at(timestamp, parsed.sent_at, delivery.received_at)
             except OverflowError:
-                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw))
+                rejections.append(
+                    refused(
+                        Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw
+                    )
+                )
                 continue
             rows.append(
                 _event_row(
@@ -205,14 +226,19 @@ class Ingestor:
         try:
             webhook = WebhookIn.model_validate(payload)
         except ValidationError as error:
-            rejection = Rejection(Reason.INVALID_ENVELOPE, describe(error), without_key(payload), identity.org_id, identity.key_id)
+            rejection = Rejection(
+                Reason.INVALID_ENVELOPE, describe(error), without_key(payload), identity.org_id, identity.key_id
+            )
             return _Verdicts([], [rejection])
         try:
             body: Any = json.loads(webhook.body)
         except ValueError:
             body = webhook.body  # not JSON: kept as text
+
         def refused(detail: str) -> _Verdicts:
-            return _Verdicts([], [Rejection(Reason.INVALID_EVENT, detail, without_key(payload), identity.org_id, identity.key_id)])
+            return _Verdicts(
+                [], [Rejection(Reason.INVALID_EVENT, detail, without_key(payload), identity.org_id, identity.key_id)]
+            )
 
         if has_nul(canonical_json([body, webhook.headers])):
             return refused("the webhook contains a NUL character")
@@ -231,7 +257,13 @@ class Ingestor:
             user_id=(normalized.user_id or f"webhook:{webhook.provider}")[:200],
             anonymous_id=None,
             properties=body if isinstance(body, dict) else {"body": body},
-            context={"webhook": {"provider": webhook.provider, "delivery_id": webhook.delivery_id, "headers": tokens.scrub(headers)}},
+            context={
+                "webhook": {
+                    "provider": webhook.provider,
+                    "delivery_id": webhook.delivery_id,
+                    "headers": tokens.scrub(headers),
+                }
+            },
             timestamp=received_at,
             sent_at=None,
             received_at=delivery.received_at,
@@ -239,7 +271,15 @@ class Ingestor:
         return _Verdicts([row], [])
 
 
-def _event_row(identity: KeyIdentity, source: Source, *, timestamp: dt.datetime, sent_at: dt.datetime | None, received_at: dt.datetime, **fields: Any) -> dict[str, Any]:
+def _event_row(
+    identity: KeyIdentity,
+    source: Source,
+    *,
+    timestamp: dt.datetime,
+    sent_at: dt.datetime | None,
+    received_at: dt.datetime,
+    **fields: Any,
+) -> dict[str, Any]:
     return {
         "org_id": identity.org_id,
         "api_key_id": identity.key_id,
@@ -262,7 +302,9 @@ def _the_one_argument(args: Sequence[Any], kwargs: dict[str, Any]) -> dict[str, 
             without_key({"args": list(args), "kwargs": kwargs}),
         )
     if not isinstance(args[0], dict):
-        return Rejection(Reason.INVALID_ENVELOPE, f"the argument must be a JSON object, not {type(args[0]).__name__}", args[0])
+        return Rejection(
+            Reason.INVALID_ENVELOPE, f"the argument must be a JSON object, not {type(args[0]).__name__}", args[0]
+        )
     return args[0]
 
 

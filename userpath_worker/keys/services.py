@@ -72,11 +72,7 @@ class KeyService:
         return key, plaintext
 
     def list(self, organization: Organization) -> list[ApiKey]:
-        return list(
-            self.session.scalars(
-                select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)
-            )
-        )
+        return list(self.session.scalars(select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)))
 
     def get(self, key_id: int) -> ApiKey:
         key = self.session.get(ApiKey, key_id)
@@ -84,9 +80,7 @@ class KeyService:
             raise NotFound(f"API key {key_id} not found; `userpath keys list --org ORG` shows ids")
         return key
 
-    def roll(
-        self, key_id: int, actor: str, grace: dt.timedelta = DEFAULT_ROLL_GRACE
-    ) -> tuple[ApiKey, str]:
+    def roll(self, key_id: int, actor: str, grace: dt.timedelta = DEFAULT_ROLL_GRACE) -> tuple[ApiKey, str]:
         """Replace a key: same name and environment; the old one works until now + grace."""
         if not dt.timedelta(0) <= grace <= MAX_ROLL_GRACE:
             raise UserError("the grace period must be between 0 and 7d")
@@ -127,9 +121,7 @@ class KeyService:
         key = self.session.scalar(select(ApiKey).where(ApiKey.digest == wanted))
         if key is None or not hmac.compare_digest(key.digest, wanted):
             return AuthFailure.UNKNOWN
-        return KeyIdentity(
-            key.id, key.org_id, key.environment, key.display, key.expires_at, key.deleted_at is not None
-        )
+        return KeyIdentity(key.id, key.org_id, key.environment, key.display, key.expires_at, key.deleted_at is not None)
 
     def authenticate(self, plaintext: object) -> KeyIdentity | AuthFailure:
         """The key's identity, or why it is refused."""
@@ -186,4 +178,3 @@ class KeyService:
             )
         )
         self.session.flush()
-

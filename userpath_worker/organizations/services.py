@@ -54,13 +54,10 @@ def add_member(session: Session, organization: Organization, email: str, role: R
 def require_owner(session: Session, organization: Organization, actor_email: str) -> Member:
     """The acting member, if they are an owner of the organization; PermissionDenied otherwise."""
     member = session.scalar(
-        select(Member).where(
-            Member.org_id == organization.id, Member.email == actor_email.strip().lower()
-        )
+        select(Member).where(Member.org_id == organization.id, Member.email == actor_email.strip().lower())
     )
     if member is None or member.role is not Role.OWNER:
         raise PermissionDenied(
-            f"{actor_email} is not an owner of '{organization.name}'; "
-            "only owners can create, roll or delete keys"
+            f"{actor_email} is not an owner of '{organization.name}'; only owners can create, roll or delete keys"
         )
     return member

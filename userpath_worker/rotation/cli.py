@@ -10,8 +10,7 @@ from collections import Counter
 
 import click
 
-from userpath_worker.cli import (
-    _when,
+from userpath_worker.cli.common import (
     celery_command,
     json_option,
     key_as_dict,
@@ -19,6 +18,7 @@ from userpath_worker.cli import (
     print_table,
     settings,
     transaction,
+    when,
 )
 from userpath_worker.db import utcnow
 from userpath_worker.organizations import services as organizations
@@ -41,8 +41,16 @@ def stale(org: str | None, as_json: bool) -> None:
     print_table(
         ["ID", "ORG", "NAME", "KEY", "REASONS", "FLAGGED", "LAST USED", "EXPIRES"],
         [
-            [str(key.id), org_name, key.name, key.display, ",".join(key.flag_reasons or []),
-             _when(key.flagged_at), _when(key.last_used_at), _when(key.expires_at)]
+            [
+                str(key.id),
+                org_name,
+                key.name,
+                key.display,
+                ",".join(key.flag_reasons or []),
+                when(key.flagged_at),
+                when(key.last_used_at),
+                when(key.expires_at),
+            ]
             for key, org_name in found
         ],
     )
@@ -78,8 +86,14 @@ def _describe(change: KeyChange) -> str:
 
 
 @click.command()
-@click.option("--schedule", "schedule_file", default="celerybeat-schedule", show_default=True,
-              type=click.Path(dir_okay=False), help="Beat's state file: when each entry last ran.")
+@click.option(
+    "--schedule",
+    "schedule_file",
+    default="celerybeat-schedule",
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Beat's state file: when each entry last ran.",
+)
 @click.option("--loglevel", "-l", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 def beat(schedule_file: str, loglevel: str | None) -> None:
     """Run the beat scheduler. Exactly one may run per deployment."""

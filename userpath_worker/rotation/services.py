@@ -105,9 +105,7 @@ class BatchResult:
         }
 
 
-def run_pass(
-    transaction: Transaction, policy: RotationPolicy, now: dt.datetime | None = None
-) -> Iterator[BatchResult]:
+def run_pass(transaction: Transaction, policy: RotationPolicy, now: dt.datetime | None = None) -> Iterator[BatchResult]:
     """One pass over every key, a batch per transaction; yields each batch after it is committed."""
     now = now or utcnow()
     after_id = 0
@@ -140,9 +138,17 @@ def _candidates(policy: RotationPolicy, now: dt.datetime, after_id: int) -> Any:
     """The next batch of keys that may be stale, flagged, or due to be marked expired."""
     return (
         select(
-            ApiKey.id, ApiKey.org_id, Organization.name.label("org"), ApiKey.name, ApiKey.display,
-            ApiKey.created_at, ApiKey.last_used_at, ApiKey.expires_at, ApiKey.rolled_at,
-            ApiKey.flagged_at, ApiKey.flag_reasons,
+            ApiKey.id,
+            ApiKey.org_id,
+            Organization.name.label("org"),
+            ApiKey.name,
+            ApiKey.display,
+            ApiKey.created_at,
+            ApiKey.last_used_at,
+            ApiKey.expires_at,
+            ApiKey.rolled_at,
+            ApiKey.flagged_at,
+            ApiKey.flag_reasons,
         )
         .join(Organization, Organization.id == ApiKey.org_id)
         .where(
@@ -256,9 +262,11 @@ def _record_reminders(
         literal(now, columns.created_at.type),
         literal(0),
     ).where(ApiKey.id.in_(ids))
-    return _insert_unless_recorded(session).from_select(
-        ["api_key_id", "org_id", "reasons", "due_at", "created_at", "attempts"], rows
-    ).returning(Reminder.api_key_id)
+    return (
+        _insert_unless_recorded(session)
+        .from_select(["api_key_id", "org_id", "reasons", "due_at", "created_at", "attempts"], rows)
+        .returning(Reminder.api_key_id)
+    )
 
 
 def _insert_unless_recorded(session: Session) -> Any:

@@ -1,0 +1,120 @@
+"""What every ``userpath`` command shares: settings, one transaction per command, output."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import click
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
+
+from config.celery import QUEUES
+from config.settings import Settings, get_settings
+from userpath_worker import runtime, schema
+from userpath_worker.db import utcnow
+from userpath_worker.errors import UserError
+from userpath_worker.keys.models import ApiKey
+from userpath_worker.keys.services import KeyService
+
+
+class UserPathGroup(click.Group):
+    """Turns a ``UserError`` anywhere below into click's one-line ``Error: ...`` and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UserError as error:
+            raise click.ClickException(str(error)) from None
+        except OperationalError as error:
+            reason = str(error.orig).strip().splitlines()[0] if error.orig else "unreachable"
+            raise click.ClickException(f"cannot use the database in USERPATH_DATABASE_URL: {reason}") from None
+
+
+def settings() -> Settings:
+    return get_settings()
+
+
+@contextlib.contextmanager
+def transaction() -> Iterator[Session]:
+    """One transaction per command, on a schema that is known to be current."""
+    schema.prepare(runtime.engine())
+    with runtime.session_factory().begin() as session:
+        yield session
+
+
+def key_service(session: Session) -> KeyService:
+    return KeyService(session, pepper=settings().key_pepper)
+
+
+def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
+
+
+def print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=lambda v: v.isoformat() if isinstance(v, dt.datetime) else str(v)))
+
+
+def when(value: dt.datetime | None) -> str:
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def key_as_dict(key: ApiKey, now: dt.datetime) -> dict[str, Any]:
+    return {
+        "id": key.id,
+        "name": key.name,
+        "display": key.display,
+        "environment": key.environment.value,
+        "status": key.status(now).value,
+        "created_at": key.created_at.isoformat(),
+        "created_by": key.created_by,
+        "last_used_at": key.last_used_at.isoformat() if key.last_used_at else None,
+        "expires_at": key.expires_at.isoformat() if key.expires_at else None,
+        "deleted_at": key.deleted_at.isoformat() if key.deleted_at else None,
+        "replaced_by_id": key.replaced_by_id,
+        "flagged_at": key.flagged_at.isoformat() if key.flagged_at else None,
+        "flag_reasons": key.flag_reasons or [],
+    }
+
+
+def print_table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=False)]
+    for row in [headers, *rows]:
+        click.echo("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def print_new_key(key: ApiKey, plaintext: str, as_json: bool, **extra: Any) -> None:
+    if as_json:
+        print_json({**key_as_dict(key, utcnow()), "key": plaintext, **extra})
+        return
+    click.echo(plaintext)
+    click.echo(
+        f"Copy this key now: it will not be shown again. (id {key.id}, '{key.name}', {key.environment.value})",
+        err=True,
+    )
+
+
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def celery_command(*arguments: str) -> list[str]:
+    """Celery's own command line on our app. The CLI runs Celery as a program rather than
+    importing the tasks package, so the core never depends on the task layer."""
+    return [sys.executable, "-m", "celery", "-A", "tasks.app", *arguments]
+
+
+def worker_arguments(concurrency: int | None, loglevel: str | None, beat: bool) -> list[str]:
+    arguments = ["worker", f"--queues={','.join(QUEUES)}", f"--loglevel={loglevel or settings().log_level}"]
+    if settings().uses_embedded_database:
+        # One SQLite file takes one writer at a time: more processes would only queue on its lock.
+        concurrency = concurrency or 1
+    if concurrency:
+        arguments.append(f"--concurrency={concurrency}")
+    if beat:
+        arguments.append("--beat")
+    return arguments

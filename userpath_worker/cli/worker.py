@@ -1,0 +1,42 @@
+"""``userpath worker`` and ``userpath demo``."""
+
+from __future__ import annotations
+
+import os
+
+import click
+
+from userpath_worker.cli.common import celery_command, transaction, worker_arguments
+from userpath_worker.cli.events import show_dead_letters, show_events
+from userpath_worker.deadletter import services as dead_letters
+from userpath_worker.events.services import newest_events
+
+
+@click.command()
+@click.option("--concurrency", "-c", type=click.IntRange(1, 512), help="Worker processes (default: one per core).")
+@click.option("--loglevel", "-l", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (one machine only).")
+def worker(concurrency: int | None, loglevel: str | None, beat: bool) -> None:
+    """Consume the event, job, webhook and maintenance queues."""
+    command = celery_command(*worker_arguments(concurrency, loglevel, beat))
+    os.execv(command[0], command)
+
+
+@click.command()
+def demo() -> None:
+    """Run the whole pipeline once on the configured broker and database, and show the result."""
+    from userpath_worker import demo as demonstration  # brings in the client only when asked
+
+    command = celery_command(*worker_arguments(concurrency=1, loglevel="WARNING", beat=False))
+    run = demonstration.run(command, click.echo)
+    with transaction() as session:
+        found = newest_events(session, run.org_id, run.events)
+        rejected = dead_letters.list_dead_letters(session, None, since=run.started_at)
+    click.echo(f"\nStored events ({run.events}):")
+    show_events(found, as_json=False)
+    click.echo(f"\nDead letters ({run.dead_letters}):")
+    show_dead_letters(rejected, as_json=False)
+    click.echo("\nEvery message was stored or dead-lettered. Try: userpath events list --org Demo")
+
+
+# Last, because these commands use the helpers above.
