@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kombu import Queue
+from kombu import Exchange, Queue
 
 from config.settings import Settings
 
@@ -48,7 +48,10 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         # Few messages held per process: with late acks these are what a crash re-delivers,
         # and envelopes can carry 1000 events each.
         "worker_prefetch_multiplier": 4,
-        "task_queues": [Queue(name) for name in QUEUES],
+        # Each queue on its own direct exchange, keyed by its name. A bare Queue(name) would be
+        # bound to the default queue's exchange and key, and a message routed to one queue
+        # would land in all four.
+        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
         "task_default_queue": EVENTS_QUEUE,
         "task_routes": {
             "userpath.webhook": {"queue": WEBHOOKS_QUEUE},

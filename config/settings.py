@@ -33,6 +33,8 @@ class Settings(BaseSettings):
     # is refused by every worker within this many seconds (the contract promises 5).
     auth_cache_seconds: Annotated[float, Field(ge=0, le=5)] = 2.0
     log_level: str = "INFO"
+    # Prometheus metrics of the worker's main process are served on this port; 0 turns them off.
+    metrics_port: Annotated[int, Field(ge=0, le=65535)] = 9808
     # Redis only: how long a delivered but unacknowledged message stays invisible before Redis
     # hands it to another worker. Longer than the slowest task; RabbitMQ needs no such setting.
     visibility_timeout: Annotated[int, Field(ge=1)] = 3600

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery, signals
@@ -9,7 +10,7 @@ from celery import Celery, signals
 from config.beat import beat_schedule
 from config.celery import celery_config
 from config.settings import get_settings
-from userpath_worker import runtime, schema
+from userpath_worker import logs, metrics, runtime, schema, status
 from userpath_worker.errors import SettingsError, UserError
 
 try:
@@ -24,14 +25,33 @@ app.conf.beat_schedule = beat_schedule(settings)
 app.conf.worker_consumer = "tasks.consumer:DeadLetteringConsumer"
 
 
+logger = logging.getLogger("userpath.worker")
+
+
+@signals.setup_logging.connect
+def _logging(loglevel: Any = None, **_: Any) -> None:
+    """Our formatters instead of Celery's: JSON lines, or text on a terminal, never a key.
+
+    USERPATH_LOG_LEVEL wins when it is set; otherwise the worker's --loglevel does.
+    """
+    explicit = "log_level" in settings.model_fields_set
+    logs.configure(settings.log_level if explicit or not loglevel else logging.getLevelName(loglevel))
+
+
 @signals.worker_init.connect
-def _prepare_schema(**_: Any) -> None:
-    """Migrate the embedded SQLite database; refuse to start on a PostgreSQL schema that is behind."""
+def _prepare(**_: Any) -> None:
+    """Migrate the embedded SQLite database; refuse to start on a PostgreSQL schema that is behind;
+    serve the metrics."""
     try:
         schema.prepare(runtime.engine())
     except UserError as error:
         raise SystemExit(f"userpath: {error}") from None
     runtime.engine().dispose()  # the pool children open their own connections
+    if settings.metrics_port:
+        try:
+            metrics.serve(settings.metrics_port, lambda: status.queue_depths(settings.broker_url))
+        except OSError as error:
+            logger.error("metrics are off: port %s is not free (%s)", settings.metrics_port, error.strerror)
 
 
 @signals.worker_process_init.connect

@@ -10,7 +10,7 @@ from typing import Any
 
 from kombu.message import Message
 
-from userpath_worker import runtime
+from userpath_worker import metrics, runtime
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import Reason
@@ -36,6 +36,7 @@ def dead_letter_message(message: Message, reason: Reason, detail: str) -> bool:
         logger.error("could not dead-letter a %s message (%s); it goes back to the queue", reason, type(error).__name__)
         return False
     logger.warning("dead-lettered a message: %s (task %s, queue %s)", reason, delivery.task, delivery.queue)
+    metrics.DEAD_LETTERS.labels(reason.value, "unknown").inc()
     return True
 
 

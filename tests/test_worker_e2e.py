@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from kombu import Connection, Producer
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
@@ -57,6 +58,11 @@ def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
 
 
 def empty_queues(broker_url: str) -> None:
+    """Start from empty queues. On Redis the whole test database goes, bindings included, so that
+    bindings left by an older configuration cannot route a message twice."""
+    if broker_url.startswith("redis"):
+        redis.Redis.from_url(broker_url).flushdb()
+        return
     with Connection(broker_url) as connection:
         channel = connection.channel()
         for queue in QUEUES:

@@ -134,7 +134,10 @@ def _counts(org_id: int, since: dt.datetime) -> tuple[int, int]:
 @contextlib.contextmanager
 def _worker(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
     with log_path.open("wb") as log:
-        worker = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        environment = {**os.environ, "USERPATH_METRICS_PORT": "0"}  # a demo serves no metrics
+        worker = subprocess.Popen(
+            command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         yield worker
     finally:

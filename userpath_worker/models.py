@@ -6,8 +6,18 @@ from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Member, Organization
-from userpath_worker.rotation.models import Reminder
+from userpath_worker.rotation.models import Reminder, RotationPass
 
 metadata = Base.metadata
 
-__all__ = ["ApiKey", "AuditEntry", "DeadLetter", "Event", "Member", "Organization", "Reminder", "metadata"]
+__all__ = [
+    "ApiKey",
+    "AuditEntry",
+    "DeadLetter",
+    "Event",
+    "Member",
+    "Organization",
+    "Reminder",
+    "RotationPass",
+    "metadata",
+]

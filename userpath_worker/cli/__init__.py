@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from userpath_worker.cli import events, keys, worker
+from userpath_worker.cli import events, keys, operations, worker
 from userpath_worker.cli.common import UserPathGroup, settings
 from userpath_worker.rotation import cli as rotation
 
@@ -29,6 +29,8 @@ for command in (
     worker.demo,
     rotation.rotation,
     rotation.beat,
+    operations.status,
+    operations.health,
 ):
     cli.add_command(command)
 keys.keys.add_command(rotation.stale)

@@ -43,3 +43,5 @@ class DeadLetter(Base):
     received_at: Mapped[dt.datetime]
     # The message or event with its API key replaced by the key's display form.
     payload: Mapped[dict[str, Any] | None]
+    # Set when ``userpath deadletter replay`` stored what this dead letter held.
+    replayed_at: Mapped[dt.datetime | None]

@@ -46,3 +46,17 @@ class Reminder(Base):
     delivered_at: Mapped[dt.datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(String(200))
+
+
+class RotationPass(Base):
+    """One completed rotation pass, for ``userpath status``: when it ran and what it changed."""
+
+    __tablename__ = "rotation_passes"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    started_at: Mapped[dt.datetime]
+    finished_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    flagged: Mapped[int]
+    cleared: Mapped[int]
+    reminded: Mapped[int]
+    expired: Mapped[int]

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -30,7 +30,7 @@ from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Organization
-from userpath_worker.rotation.models import Reminder, StaleReason
+from userpath_worker.rotation.models import Reminder, RotationPass, StaleReason
 
 Transaction = Callable[[], AbstractContextManager[Session]]
 
@@ -108,6 +108,7 @@ class BatchResult:
 def run_pass(transaction: Transaction, policy: RotationPolicy, now: dt.datetime | None = None) -> Iterator[BatchResult]:
     """One pass over every key, a batch per transaction; yields each batch after it is committed."""
     now = now or utcnow()
+    totals: Counter[str] = Counter()
     after_id = 0
     while True:
         with transaction() as session:
@@ -116,9 +117,12 @@ def run_pass(transaction: Transaction, policy: RotationPolicy, now: dt.datetime 
         # Not "fewer than BATCH_SIZE": under a concurrent pass, locked rows that no longer
         # match are skipped, so a short batch need not be the last one.
         if not candidates:
-            return
+            break
+        totals.update(result.counts())
         yield result
         after_id = candidates[-1].id
+    with transaction() as session:
+        session.add(RotationPass(started_at=now, **{kind: totals[kind] for kind in BatchResult().counts()}))
 
 
 def stale_keys(session: Session, organization: Organization | None = None) -> list[tuple[ApiKey, str]]:

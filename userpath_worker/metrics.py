@@ -1,0 +1,58 @@
+"""Prometheus metrics of a worker, kept in its main process.
+
+Pool children report what a message came to in the task's return value, which Celery hands
+back to the main process; counting there needs no multi-process collector.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+
+EVENTS_STORED = Counter("userpath_events_stored", "Events stored (new or already stored).", ["source"])
+DEAD_LETTERS = Counter("userpath_dead_letters", "Messages or events dead-lettered.", ["reason", "source"])
+BATCH_WRITE_SECONDS = Histogram(
+    "userpath_batch_write_seconds",
+    "Time to authenticate, validate and write one message.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+AUTH_CACHE = Counter("userpath_auth_cache", "Key lookups by outcome.", ["result"])  # hit | miss
+RETRIES = Counter("userpath_task_retries", "Messages retried after a database failure.", ["task"])
+
+
+def record(outcome: dict[str, Any]) -> None:
+    """Count what one message came to, from the summary its task returned."""
+    source = outcome.get("source", "unknown")
+    EVENTS_STORED.labels(source).inc(outcome.get("stored", 0))
+    for reason, count in outcome.get("dead_letters", {}).items():
+        DEAD_LETTERS.labels(reason, source).inc(count)
+    if "seconds" in outcome:
+        BATCH_WRITE_SECONDS.observe(outcome["seconds"])
+    for result in ("hit", "miss"):
+        AUTH_CACHE.labels(result).inc(outcome.get(f"auth_{result}", 0))
+
+
+class QueueDepthCollector(Collector):
+    """Reads the queue depths from the broker at scrape time."""
+
+    def __init__(self, read_depths: Callable[[], dict[str, int]]) -> None:
+        self.read_depths = read_depths
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        gauge = GaugeMetricFamily("userpath_queue_depth", "Messages waiting in a queue.", labels=["queue"])
+        try:
+            depths = self.read_depths()
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the broker is away
+            depths = {}
+        for queue, depth in depths.items():
+            gauge.add_metric([queue], depth)
+        yield gauge
+
+
+def serve(port: int, read_depths: Callable[[], dict[str, int]]) -> None:
+    REGISTRY.register(QueueDepthCollector(read_depths))
+    start_http_server(port, addr="0.0.0.0")

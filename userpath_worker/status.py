@@ -1,0 +1,101 @@
+"""What an operator needs at a glance: do events flow, what was rejected, which keys are stale,
+did rotation run, is a worker alive."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from celery import Celery
+from kombu import Connection, Queue
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from config.celery import QUEUES
+from userpath_worker.db import utcnow
+from userpath_worker.deadletter.models import DeadLetter
+from userpath_worker.events.models import Event
+from userpath_worker.keys.models import ApiKey
+from userpath_worker.rotation.models import Reminder, RotationPass
+
+
+@dataclass(frozen=True)
+class Status:
+    queues: dict[str, int]
+    workers: list[str] | None  # None: the broker cannot broadcast (the embedded one)
+    last_event_received_at: dt.datetime | None
+    dead_letters_24h: dict[str, int]
+    stale_keys: int
+    last_rotation_pass: dict[str, Any] | None
+    last_reminder_delivered_at: dt.datetime | None
+    reminders_waiting: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def broadcasts(broker_url: str) -> bool:
+    """Whether workers on this broker answer a ping (kombu's SQLAlchemy transport cannot)."""
+    return not broker_url.startswith("sqla+")
+
+
+def queue_depths(broker_url: str, timeout: float = 5.0) -> dict[str, int]:
+    """Messages waiting in each of our queues.
+
+    The queues are declared as the worker declares them (idempotent), so a queue that a
+    non-Python producer filled before any worker started is counted too.
+    """
+    with Connection(broker_url, connect_timeout=timeout) as connection:
+        connection.ensure_connection(max_retries=1)
+        channel = connection.default_channel
+        return {name: Queue(name)(channel).queue_declare().message_count for name in QUEUES}
+
+
+def ping_workers(broker_url: str, timeout: float) -> list[str]:
+    """Names of the workers that answered within ``timeout`` seconds."""
+    app = Celery("userpath-status", broker=broker_url, set_as_current=False)
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    finally:
+        app.close()
+    return sorted(name for reply in replies for name in reply)
+
+
+def collect(session: Session, broker_url: str, ping_timeout: float = 1.0) -> Status:
+    now = utcnow()
+    newest_event_id = session.scalar(select(func.max(Event.id)))
+    last_pass = session.scalars(select(RotationPass).order_by(RotationPass.finished_at.desc()).limit(1)).first()
+    rejected = session.execute(
+        select(DeadLetter.reason, func.count())
+        .where(DeadLetter.received_at >= now - dt.timedelta(hours=24))
+        .group_by(DeadLetter.reason)
+    ).all()
+    return Status(
+        queues=queue_depths(broker_url),
+        workers=ping_workers(broker_url, ping_timeout) if broadcasts(broker_url) else None,
+        last_event_received_at=(
+            session.scalar(select(Event.received_at).where(Event.id == newest_event_id)) if newest_event_id else None
+        ),
+        dead_letters_24h={reason: count for reason, count in rejected},
+        stale_keys=session.scalar(
+            select(func.count()).select_from(ApiKey).where(ApiKey.flagged_at.is_not(None), ApiKey.deleted_at.is_(None))
+        )
+        or 0,
+        last_rotation_pass=(
+            {
+                "finished_at": last_pass.finished_at,
+                "flagged": last_pass.flagged,
+                "cleared": last_pass.cleared,
+                "reminded": last_pass.reminded,
+                "expired": last_pass.expired,
+            }
+            if last_pass
+            else None
+        ),
+        last_reminder_delivered_at=session.scalar(select(func.max(Reminder.delivered_at))),
+        reminders_waiting=session.scalar(
+            select(func.count()).select_from(Reminder).where(Reminder.delivered_at.is_(None))
+        )
+        or 0,
+    )
