@@ -11,18 +11,22 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from config.settings import Settings
+from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
 
-EVENTS_QUEUE = "userpath.events"  # server-side events from backend services
-JOBS_QUEUE = "userpath.jobs"  # events reported by background jobs
-WEBHOOKS_QUEUE = "userpath.webhooks"  # third-party webhooks forwarded by receivers
 MAINTENANCE_QUEUE = "userpath.maintenance"  # beat's rotation pass and reminder deliveries
 QUEUES = (EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
     if settings.broker_url.startswith("redis"):
-        # Redis re-delivers an unacknowledged message after this many seconds.
-        return {"visibility_timeout": settings.visibility_timeout}
+        # Redis re-delivers an unacknowledged message after this many seconds. kombu looks for
+        # such messages only every interval x throttle seconds (100 s by default): look every
+        # 10 s at most, so a dead worker's messages come back soon after the timeout.
+        return {
+            "visibility_timeout": settings.visibility_timeout,
+            "unacked_restore_interval": min(10, settings.visibility_timeout),
+            "unacked_restore_throttle": 1,
+        }
     # RabbitMQ re-delivers as soon as the consumer's connection closes. The embedded SQLAlchemy
     # transport hands every option to create_engine, so it gets none.
     return {}

@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from config.celery import JOBS_QUEUE
 from config.settings import get_settings
 from tasks.app import app
 from tasks.base import UserPathTask
@@ -44,8 +43,7 @@ def _run(task: UserPathTask, handle: Any) -> dict[str, int]:
 @app.task(name=TRACK_TASK, bind=True, base=UserPathTask)
 def track(self: UserPathTask, *args: Any, **kwargs: Any) -> dict[str, int]:
     def handle(delivery: Delivery) -> Any:
-        source = Source.JOB if delivery.queue == JOBS_QUEUE else Source.SERVER
-        return ingestor().track(args, kwargs, source, delivery)
+        return ingestor().track(args, kwargs, Source.for_queue(delivery.queue), delivery)
 
     return _run(self, handle)
 

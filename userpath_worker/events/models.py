@@ -8,6 +8,7 @@ from sqlalchemy import BigInteger, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from userpath_worker.db import Base, string_enum
+from userpath_worker.events.schemas import JOBS_QUEUE
 from userpath_worker.keys.tokens import Environment
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
@@ -18,6 +19,11 @@ class Source(enum.StrEnum):
     SERVER = "server"
     JOB = "job"
     WEBHOOK = "webhook"
+
+    @classmethod
+    def for_queue(cls, queue: str | None) -> Source:
+        """Who sent a ``userpath.track`` message, by the queue it came from (the contract's rule)."""
+        return cls.JOB if queue == JOBS_QUEUE else cls.SERVER
 
 
 class Event(Base):

@@ -28,6 +28,9 @@ MAX_BATCH_EVENTS = 1000
 
 TRACK_TASK = "userpath.track"
 WEBHOOK_TASK = "userpath.webhook"
+EVENTS_QUEUE = "userpath.events"  # server-side events from backend services
+JOBS_QUEUE = "userpath.jobs"  # events reported by background jobs
+WEBHOOKS_QUEUE = "userpath.webhooks"  # third-party webhooks forwarded by receivers
 
 
 _CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)

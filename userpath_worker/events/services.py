@@ -29,6 +29,7 @@ from userpath_worker.events.models import Event, Source
 from userpath_worker.events.schemas import (
     MAX_ENVELOPE_BYTES,
     MAX_EVENT_BYTES,
+    WEBHOOK_TASK,
     EnvelopeIn,
     EventIn,
     WebhookIn,
@@ -95,13 +96,13 @@ class Ingestor:
             args,
             kwargs,
             delivery,
-            lambda envelope, identity: self._track_verdicts(envelope, identity, source, delivery),
+            lambda envelope, identity: _track_verdicts(envelope, identity, source, delivery),
         )
 
     def webhook(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery) -> Outcome:
         """Handle one ``userpath.webhook`` message."""
         return self._process(
-            args, kwargs, delivery, lambda payload, identity: self._webhook_verdicts(payload, identity, delivery)
+            args, kwargs, delivery, lambda payload, identity: _webhook_verdicts(payload, identity, delivery)
         )
 
     # The shared path: argument shape, size, authentication, one transaction.
@@ -151,124 +152,146 @@ class Ingestor:
             dead_letters.record(session, rejections, delivery)
         return Outcome(stored=0, dead_lettered=len(rejections))
 
-    # Per-task verdicts: which events to store, which to dead-letter.
 
-    def _track_verdicts(
-        self, envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery
-    ) -> _Verdicts:
-        def refused(reason: Reason, detail: str, payload: Any) -> Rejection:
-            return Rejection(reason, detail, payload, identity.org_id, identity.key_id)
+# Per-task verdicts: which events to store, which to dead-letter.
 
+
+def _track_verdicts(
+    envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery
+) -> _Verdicts:
+    def refused(reason: Reason, detail: str, payload: Any) -> Rejection:
+        return Rejection(reason, detail, payload, identity.org_id, identity.key_id)
+
+    try:
+        parsed = EnvelopeIn.model_validate(envelope)
+    except ValidationError as error:
+        return _Verdicts([], [refused(Reason.INVALID_ENVELOPE, describe(error), without_key(envelope))])
+
+    rows: list[dict[str, Any]] = []
+    rejections: list[Rejection] = []
+    for index, raw in enumerate(parsed.batch):
         try:
-            parsed = EnvelopeIn.model_validate(envelope)
+            encoded = canonical_json(raw)
+        except (ValueError, RecursionError):
+            rejections.append(
+                refused(
+                    Reason.INVALID_EVENT, f"batch.{index}: not storable JSON (NaN, lone surrogate or too deep)", raw
+                )
+            )
+            continue
+        if len(encoded) > MAX_EVENT_BYTES:
+            rejections.append(
+                refused(
+                    Reason.TOO_LARGE,
+                    f"batch.{index}: event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}",
+                    raw,
+                )
+            )
+            continue
+        if has_nul(encoded):
+            rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: contains a NUL character", raw))
+            continue
+        try:
+            event = EventIn.model_validate(raw)
         except ValidationError as error:
-            return _Verdicts([], [refused(Reason.INVALID_ENVELOPE, describe(error), without_key(envelope))])
-
-        rows: list[dict[str, Any]] = []
-        rejections: list[Rejection] = []
-        for index, raw in enumerate(parsed.batch):
-            try:
-                encoded = canonical_json(raw)
-            except (ValueError, RecursionError):
-                rejections.append(
-                    refused(
-                        Reason.INVALID_EVENT, f"batch.{index}: not storable JSON (NaN, lone surrogate or too deep)", raw
-                    )
-                )
-                continue
-            if len(encoded) > MAX_EVENT_BYTES:
-                rejections.append(
-                    refused(
-                        Reason.TOO_LARGE,
-                        f"batch.{index}: event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}",
-                        raw,
-                    )
-                )
-                continue
-            if has_nul(encoded):
-                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: contains a NUL character", raw))
-                continue
-            try:
-                event = EventIn.model_validate(raw)
-            except ValidationError as error:
-                rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: {describe(error)}", raw))
-                continue
-            if tokens.BYTES_KEY_PATTERN.search(encoded):
-                event = EventIn.model_validate(tokens.scrub(raw))
-            try:
-                timestamp = event.timestamp.astimezone(dt.UTC)
-                occurred_at(timestamp, parsed.sent_at, delivery.received_at)
-            except OverflowError:
-                rejections.append(
-                    refused(
-                        Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw
-                    )
-                )
-                continue
-            rows.append(
-                _event_row(
-                    identity,
-                    source,
-                    event_id=event.event_id or derived_event_id(str(identity.key_id), encoded),
-                    name=event.event,
-                    user_id=event.user_id,
-                    anonymous_id=event.anonymous_id,
-                    properties=event.properties,
-                    context=event.context,
-                    timestamp=timestamp,
-                    sent_at=parsed.sent_at,
-                    received_at=delivery.received_at,
-                )
-            )
-        return _Verdicts(rows, rejections)
-
-    def _webhook_verdicts(self, payload: dict[str, Any], identity: KeyIdentity, delivery: Delivery) -> _Verdicts:
+            rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: {describe(error)}", raw))
+            continue
+        if tokens.BYTES_KEY_PATTERN.search(encoded):
+            event = EventIn.model_validate(tokens.scrub(raw))
         try:
-            webhook = WebhookIn.model_validate(payload)
-        except ValidationError as error:
-            rejection = Rejection(
-                Reason.INVALID_ENVELOPE, describe(error), without_key(payload), identity.org_id, identity.key_id
-            )
-            return _Verdicts([], [rejection])
-        try:
-            body: Any = json.loads(webhook.body)
-        except ValueError:
-            body = webhook.body  # not JSON: kept as text
-
-        def refused(detail: str) -> _Verdicts:
-            return _Verdicts(
-                [], [Rejection(Reason.INVALID_EVENT, detail, without_key(payload), identity.org_id, identity.key_id)]
-            )
-
-        if has_nul(canonical_json([body, webhook.headers])):
-            return refused("the webhook contains a NUL character")
-        try:
-            received_at = webhook.received_at.astimezone(dt.UTC)
+            timestamp = event.timestamp.astimezone(dt.UTC)
+            occurred_at(timestamp, parsed.sent_at, delivery.received_at)
         except OverflowError:
-            return refused("received_at is out of range")
-        body = tokens.scrub(body)
-        normalized = normalizers.normalize(webhook.provider, webhook.headers, body)
-        headers = {name: value for name, value in webhook.headers.items() if name.lower() not in _CREDENTIAL_HEADERS}
-        row = _event_row(
-            identity,
-            Source.WEBHOOK,
-            event_id=derived_event_id("webhook", webhook.provider, webhook.delivery_id),
-            name=f"{webhook.provider}.{normalized.type}"[:200],
-            user_id=(normalized.user_id or f"webhook:{webhook.provider}")[:200],
-            anonymous_id=None,
-            properties=body if isinstance(body, dict) else {"body": body},
-            context={
-                "webhook": {
-                    "provider": webhook.provider,
-                    "delivery_id": webhook.delivery_id,
-                    "headers": tokens.scrub(headers),
-                }
-            },
-            timestamp=received_at,
-            sent_at=None,
-            received_at=delivery.received_at,
+            rejections.append(
+                refused(
+                    Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw
+                )
+            )
+            continue
+        rows.append(
+            _event_row(
+                identity,
+                source,
+                event_id=event.event_id or derived_event_id(str(identity.key_id), encoded),
+                name=event.event,
+                user_id=event.user_id,
+                anonymous_id=event.anonymous_id,
+                properties=event.properties,
+                context=event.context,
+                timestamp=timestamp,
+                sent_at=parsed.sent_at,
+                received_at=delivery.received_at,
+            )
         )
-        return _Verdicts([row], [])
+    return _Verdicts(rows, rejections)
+
+def _webhook_verdicts(payload: dict[str, Any], identity: KeyIdentity, delivery: Delivery) -> _Verdicts:
+    try:
+        webhook = WebhookIn.model_validate(payload)
+    except ValidationError as error:
+        rejection = Rejection(
+            Reason.INVALID_ENVELOPE, describe(error), without_key(payload), identity.org_id, identity.key_id
+        )
+        return _Verdicts([], [rejection])
+    try:
+        body: Any = json.loads(webhook.body)
+    except ValueError:
+        body = webhook.body  # not JSON: kept as text
+
+    def refused(detail: str) -> _Verdicts:
+        return _Verdicts(
+            [], [Rejection(Reason.INVALID_EVENT, detail, without_key(payload), identity.org_id, identity.key_id)]
+        )
+
+    if has_nul(canonical_json([body, webhook.headers])):
+        return refused("the webhook contains a NUL character")
+    try:
+        received_at = webhook.received_at.astimezone(dt.UTC)
+    except OverflowError:
+        return refused("received_at is out of range")
+    body = tokens.scrub(body)
+    normalized = normalizers.normalize(webhook.provider, webhook.headers, body)
+    headers = {name: value for name, value in webhook.headers.items() if name.lower() not in _CREDENTIAL_HEADERS}
+    row = _event_row(
+        identity,
+        Source.WEBHOOK,
+        event_id=derived_event_id("webhook", webhook.provider, webhook.delivery_id),
+        name=f"{webhook.provider}.{normalized.type}"[:200],
+        user_id=(normalized.user_id or f"webhook:{webhook.provider}")[:200],
+        anonymous_id=None,
+        properties=body if isinstance(body, dict) else {"body": body},
+        context={
+            "webhook": {
+                "provider": webhook.provider,
+                "delivery_id": webhook.delivery_id,
+                "headers": tokens.scrub(headers),
+            }
+        },
+        timestamp=received_at,
+        sent_at=None,
+        received_at=delivery.received_at,
+    )
+    return _Verdicts([row], [])
+
+
+def replay(session: Session, payload: Any, identity: KeyIdentity, delivery: Delivery) -> str | None:
+    """Validate a dead letter's payload again and store what passes now (after a contract fix).
+
+    The payload is a whole message (api_key shown in its display form) or one event of a batch;
+    the key is the one that sent it, authenticated when it arrived. Returns why it still fails,
+    or None when its events are stored (again, harmlessly: storage is idempotent).
+    """
+    if not isinstance(payload, dict) or "preview" in payload:
+        return "only a text preview was kept"
+    if delivery.task == WEBHOOK_TASK:
+        verdicts = _webhook_verdicts(payload, identity, delivery)
+    else:
+        envelope = payload if "batch" in payload else {"api_key": identity.display, "batch": [payload]}
+        verdicts = _track_verdicts(envelope, identity, Source.for_queue(delivery.queue), delivery)
+    if verdicts.rejections:
+        return "; ".join(rejection.detail for rejection in verdicts.rejections)
+    _insert_events(session, verdicts.rows)
+    return None
 
 
 def _event_row(
