@@ -1,0 +1,193 @@
+"""What every measurement needs: a fresh database and key, Redis queues, worker processes, /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.orm import Session
+
+from config.celery import QUEUES
+from userpath_worker import schema
+from userpath_worker.db import make_engine
+from userpath_worker.keys.services import KeyService
+from userpath_worker.organizations.services import create_organization
+
+REPOSITORY = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
+DATABASE = "userpath_bench"
+DATABASE_URL = f"{POSTGRES_SERVER}/{DATABASE}"
+BROKER_URL = "redis://127.0.0.1:6379/11"
+
+
+class BenchError(RuntimeError):
+    """A measurement could not finish (a worker died, a deadline passed)."""
+
+
+def fresh_database() -> Engine:
+    """Drop and re-create the bench database at the current schema."""
+    admin = create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
+    admin.dispose()
+    engine = make_engine(DATABASE_URL)
+    schema.upgrade(engine)
+    return engine
+
+
+def new_key(engine: Engine) -> str:
+    with Session(engine) as session, session.begin():
+        organization = create_organization(session, "Bench", "bench@example.com")
+        _, plaintext = KeyService(session).create(organization, "bench", "bench@example.com")
+        return plaintext
+
+
+def empty_events(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(text("TRUNCATE events, dead_letters RESTART IDENTITY"))
+        connection.execute(text("CHECKPOINT"))  # each scenario starts without the last one's dirty pages
+
+
+def broker() -> redis.Redis:
+    return redis.Redis.from_url(BROKER_URL)
+
+
+def empty_queues(extra: Iterable[str] = ()) -> None:
+    broker().delete(*QUEUES, *extra)
+
+
+def preload(queue: str, documents: Iterable[bytes], chunk: int = 1000) -> int:
+    """LPUSH every document onto ``queue``, as the contract's Redis producers do; returns the count."""
+    client = broker()
+    pushed = 0
+    pending: list[bytes] = []
+    for document in documents:
+        pending.append(document)
+        if len(pending) == chunk:
+            client.lpush(queue, *pending)
+            pushed += len(pending)
+            pending.clear()
+    if pending:
+        client.lpush(queue, *pending)
+        pushed += len(pending)
+    return pushed
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other work on the machine skews every figure."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@dataclass
+class Worker:
+    process: subprocess.Popen[bytes]
+    log: Path
+    started: float  # time.time() at Popen
+    ready: float = 0.0  # time.time() when it logged that it consumes
+
+    def pids(self) -> dict[str, int]:
+        """The main process and its pool children, by role."""
+        children: list[int] = []
+        for thread in Path(f"/proc/{self.process.pid}/task").iterdir():
+            with contextlib.suppress(FileNotFoundError):
+                children += [int(child) for child in (thread / "children").read_text().split()]
+        return {"main": self.process.pid} | {f"child{n}": pid for n, pid in enumerate(sorted(children), 1)}
+
+    def memory_mib(self, field: str) -> dict[str, float]:
+        """``field`` of /proc/PID/status (VmRSS now, VmHWM the peak) of each process, in MiB."""
+        return {role: status_kib(pid, field) / 1024 for role, pid in self.pids().items()}
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise BenchError(f"the worker exited:\n{self.log.read_text(errors='replace')[-2000:]}")
+
+
+def status_kib(pid: int, field: str) -> int:
+    with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+@contextlib.contextmanager
+def running_worker(
+    app: str, queues: Iterable[str], environment: dict[str, str], name: str, concurrency: int
+) -> Iterator[Worker]:
+    """A real ``celery worker`` process group, ready to consume; stopped (killed if need be) on exit."""
+    RESULTS.mkdir(exist_ok=True)
+    log = RESULTS / f"{name}.log"
+    command = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        app,
+        "worker",
+        f"--queues={','.join(queues)}",
+        f"--concurrency={concurrency}",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+        "--loglevel=INFO",
+    ]
+    with log.open("wb") as output:
+        process = subprocess.Popen(
+            command,
+            env={name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")} | environment,
+            cwd=REPOSITORY,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    worker = Worker(process, log, started=time.time())
+    try:
+        wait_until(lambda: b"ready." in log.read_bytes() or process.poll() is not None, 60, f"{name} to start", 0.01)
+        worker.ready = time.time()
+        worker.check_alive()
+        yield worker
+    finally:
+        stop(process)
+
+
+def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout)
+
+
+def product_environment() -> dict[str, str]:
+    return {
+        "USERPATH_DATABASE_URL": DATABASE_URL,
+        "USERPATH_BROKER_URL": BROKER_URL,
+        "USERPATH_METRICS_PORT": "0",
+    }

@@ -1,0 +1,84 @@
+"""Messages exactly as producers put them on Redis (docs/contract.md, "(a) Redis")."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from config.celery import EVENTS_QUEUE, WEBHOOKS_QUEUE
+from userpath_worker.client import _task_headers  # the real producer's headers, byte for byte
+from userpath_worker.events.schemas import TRACK_TASK, WEBHOOK_TASK
+
+_EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+
+
+def redis_document(task: str, queue: str, argument: Any) -> bytes:
+    """The list item kombu's Redis transport stores for one Celery protocol-2 task message."""
+    task_id = str(uuid.uuid4())
+    body = json.dumps([[argument], {}, _EMBED], separators=(",", ":"), ensure_ascii=False).encode()
+    document = {
+        "body": base64.b64encode(body).decode(),
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": _task_headers(task, task_id, "(<bench>,)"),
+        "properties": {
+            "correlation_id": task_id,
+            "reply_to": "",
+            "delivery_mode": 2,
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "priority": 0,
+            "body_encoding": "base64",
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() // 1000 % 1_000_000:06d}+00:00"
+
+
+def event(number: int, prefix: str, enqueued_at: float | None = None) -> dict[str, Any]:
+    """A typical server-side event, about 300 bytes of JSON."""
+    properties: dict[str, Any] = {"plan": "pro", "seats": number % 50, "path": f"/pricing/{number % 7}"}
+    if enqueued_at is not None:
+        properties["enqueued_at"] = enqueued_at
+    return {
+        "event_id": f"{prefix}-{number}",
+        "event": "Page Viewed",
+        "user_id": f"user-{number % 10_000}",
+        "timestamp": now_iso(),
+        "properties": properties,
+        "context": {"ip": "203.0.113.9", "library": {"name": "bench", "version": "1"}},
+    }
+
+
+def envelopes(api_key: str, events: int, per_envelope: int, prefix: str) -> Iterator[bytes]:
+    """``events`` events in ``userpath.track`` messages of ``per_envelope`` events each."""
+    for start in range(0, events, per_envelope):
+        batch = [event(number, prefix) for number in range(start, min(start + per_envelope, events))]
+        yield redis_document(TRACK_TASK, EVENTS_QUEUE, {"api_key": api_key, "sent_at": now_iso(), "batch": batch})
+
+
+def webhooks(api_key: str, count: int, prefix: str) -> Iterator[bytes]:
+    """``count`` Stripe deliveries, one ``userpath.webhook`` message each."""
+    for number in range(count):
+        delivery_id = f"evt_{prefix}_{number}"
+        body = {
+            "id": delivery_id,
+            "type": "invoice.paid",
+            "data": {"object": {"object": "invoice", "customer": f"cus_{number % 1000}", "amount_paid": 4200}},
+        }
+        delivery = {
+            "api_key": api_key,
+            "provider": "stripe",
+            "delivery_id": delivery_id,
+            "received_at": now_iso(),
+            "headers": {"Content-Type": "application/json", "Stripe-Signature": "t=1714564806,v1=5257a869"},
+            "body": json.dumps(body),
+        }
+        yield redis_document(WEBHOOK_TASK, WEBHOOKS_QUEUE, delivery)

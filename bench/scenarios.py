@@ -1,0 +1,177 @@
+"""Each measurement of the benchmark, returning plain figures for the report."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import psycopg
+from sqlalchemy import Engine, func, select, text
+
+from bench import harness, messages, naive
+from config.celery import EVENTS_QUEUE, QUEUES, WEBHOOKS_QUEUE
+from userpath_worker.client import UserPath
+from userpath_worker.deadletter.models import DeadLetter
+from userpath_worker.events.models import Event
+
+# Seconds a drain may take per event before the benchmark gives up: 200 events/s, far below any target.
+_SECONDS_PER_EVENT_ALLOWED = 1 / 200
+
+
+def _count(engine: Engine, model: Any) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).select_from(model)) or 0
+
+
+def _highest_id(engine: Engine) -> int:
+    """max(id): one index probe, cheap enough to poll while the worker writes (ids are not reused)."""
+    with engine.connect() as connection:
+        return connection.scalar(select(func.max(Event.id))) or 0
+
+
+def copy_rate(rows: int) -> dict[str, Any]:
+    """PostgreSQL's raw COPY rate from one Python connection, into a table shaped like ``events``."""
+    columns = (
+        "org_id, api_key_id, environment, source, event_id, name, user_id, anonymous_id, properties, context, "
+        "timestamp, sent_at, received_at, occurred_at"
+    )
+    now = messages.now_iso()
+    context = '{"ip":"203.0.113.9","library":{"name":"bench","version":"1"}}'
+    with psycopg.connect(harness.DATABASE_URL.replace("+psycopg", "")) as connection:
+        connection.execute("DROP TABLE IF EXISTS copy_scratch")
+        connection.execute("CREATE TABLE copy_scratch (LIKE events INCLUDING ALL)")
+        connection.commit()
+        started = time.perf_counter()
+        with connection.cursor() as cursor, cursor.copy(f"COPY copy_scratch ({columns}) FROM STDIN") as copy:
+            for number in range(rows):
+                properties = f'{{"plan":"pro","seats":{number % 50},"path":"/pricing/{number % 7}"}}'
+                copy.write_row(
+                    (1, 1, "live", "server", f"copy-{number}", "Page Viewed", f"user-{number % 10_000}", None,
+                     properties, context, now, now, now, now)
+                )  # fmt: skip
+        connection.commit()
+        seconds = time.perf_counter() - started
+        connection.execute("DROP TABLE copy_scratch")
+        connection.commit()
+    return {"rows": rows, "seconds": seconds, "rows_per_second": rows / seconds}
+
+
+def naive_baseline(engine: Engine, events: int, concurrency: int) -> dict[str, Any]:
+    """The one-task-per-event design, drained by its own worker from its own queue and table."""
+    naive.NaiveEvent.metadata.drop_all(engine)
+    naive.NaiveEvent.metadata.create_all(engine)
+    harness.empty_queues([naive.QUEUE])
+    harness.preload(
+        naive.QUEUE,
+        (messages.redis_document(naive.TASK, naive.QUEUE, messages.event(n, "naive")) for n in range(events)),
+    )
+    environment = {"BENCH_NAIVE_DATABASE_URL": harness.DATABASE_URL, "BENCH_NAIVE_BROKER_URL": harness.BROKER_URL}
+    with harness.running_worker("bench.naive", [naive.QUEUE], environment, "naive", concurrency) as worker:
+        deadline = time.monotonic() + 60 + events / 50
+        while _count(engine, naive.NaiveEvent) < events:
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                raise harness.BenchError("the naive baseline did not finish in time")
+            time.sleep(0.05)
+        seconds = time.time() - worker.ready
+    return {"events": events, "seconds": seconds, "events_per_second": events / seconds}
+
+
+def drain(
+    engine: Engine, api_key: str, kind: str, events: int, concurrency: int, checkpoint: int | None = None
+) -> dict[str, Any]:
+    """Preload ``events`` events of ``kind`` and time one worker from ready to the last stored row.
+
+    ``checkpoint``: also note each process's resident memory once that many events are stored, to
+    compare with the end of the run.
+    """
+    harness.empty_events(engine)
+    harness.empty_queues()
+    if kind == "webhooks":
+        sent = harness.preload(WEBHOOKS_QUEUE, messages.webhooks(api_key, events, kind))
+    else:
+        per_envelope = 100 if kind == "envelopes_100" else 1
+        sent = harness.preload(EVENTS_QUEUE, messages.envelopes(api_key, events, per_envelope, kind))
+    result: dict[str, Any] = {"events": events, "messages": sent}
+    with harness.running_worker("tasks.app", QUEUES, harness.product_environment(), kind, concurrency) as worker:
+        deadline = time.monotonic() + 60 + events * _SECONDS_PER_EVENT_ALLOWED
+        while True:
+            highest = _highest_id(engine)
+            if checkpoint and highest >= checkpoint and "rss_mib_at_checkpoint" not in result:
+                result["rss_mib_at_checkpoint"] = worker.memory_mib("VmRSS")
+                result["checkpoint_events"] = highest
+            if highest >= events and _count(engine, Event) >= events:
+                break
+            worker.check_alive()
+            if time.monotonic() > deadline:
+                raise harness.BenchError(f"{kind}: {highest} of {events} events stored before the deadline")
+            time.sleep(0.05)
+        finished = time.time()
+        result["rss_mib_at_end"] = worker.memory_mib("VmRSS")
+        result["peak_rss_mib"] = worker.memory_mib("VmHWM")
+    dead_letters = _count(engine, DeadLetter)
+    if dead_letters or _count(engine, Event) != events:
+        raise harness.BenchError(f"{kind}: {_count(engine, Event)} events stored and {dead_letters} dead letters")
+    result["startup_seconds"] = worker.ready - worker.started
+    result["seconds"] = finished - worker.ready
+    result["events_per_second"] = events / result["seconds"]
+    return result
+
+
+def latency(engine: Engine, api_key: str, rate: int, seconds: float, concurrency: int) -> dict[str, Any]:
+    """Enqueue-to-stored latency at a steady offered load, in envelopes of 10 events.
+
+    Each event carries its enqueue time; the worker stamps ``received_at`` (same machine, same clock).
+    """
+    per_envelope = 10
+    harness.empty_events(engine)
+    harness.empty_queues()
+    client = harness.broker()
+    total_messages = int(rate * seconds / per_envelope)
+    with harness.running_worker("tasks.app", QUEUES, harness.product_environment(), "latency", concurrency) as worker:
+        started = time.time()
+        for number in range(total_messages):
+            delay = started + number * per_envelope / rate - time.time()
+            if delay > 0:
+                time.sleep(delay)
+            enqueued_at = time.time()
+            first = number * per_envelope
+            batch = [messages.event(n, "latency", enqueued_at) for n in range(first, first + per_envelope)]
+            envelope = {"api_key": api_key, "sent_at": messages.now_iso(), "batch": batch}
+            client.lpush(EVENTS_QUEUE, messages.redis_document("userpath.track", EVENTS_QUEUE, envelope))
+        offered_seconds = time.time() - started
+        events = total_messages * per_envelope
+        harness.wait_until(lambda: _count(engine, Event) >= events, 60, "the latency run's last events")
+        worker.check_alive()
+    with engine.connect() as connection:
+        p50, p99 = connection.execute(
+            text(
+                "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY delay), "
+                "percentile_cont(0.99) WITHIN GROUP (ORDER BY delay) FROM ("
+                "SELECT extract(epoch FROM received_at) - (properties->>'enqueued_at')::float8 AS delay FROM events"
+                ") AS delays"
+            )
+        ).one()
+    return {
+        "offered_events_per_second": events / offered_seconds,
+        "events": events,
+        "events_per_envelope": per_envelope,
+        "p50_ms": p50 * 1000,
+        "p99_ms": p99 * 1000,
+    }
+
+
+def client_track(api_key: str, calls: int) -> dict[str, Any]:
+    """How fast ``UserPath.track()`` takes events into its buffer, its sender thread running."""
+    harness.empty_queues()
+    client = UserPath(api_key, harness.BROKER_URL, max_queue_size=calls + 1)
+    properties = {"plan": "pro", "seats": 3}
+    try:
+        started = time.perf_counter()
+        for number in range(calls):
+            client.track("Page Viewed", user_id=f"user-{number % 1000}", properties=properties)
+        seconds = time.perf_counter() - started
+    finally:
+        client.close(timeout=60)
+        harness.empty_queues()
+    return {"calls": calls, "seconds": seconds, "calls_per_second": calls / seconds}
