@@ -7,12 +7,13 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import text
+from sqlalchemy import insert, text
 
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
 from userpath_worker import schema
 from userpath_worker.cli import cli
-from userpath_worker.db import make_engine
+from userpath_worker.db import make_engine, utcnow
+from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.keys import tokens
 
 
@@ -34,7 +35,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Itera
     if request.param == "postgresql":
         engine = make_engine(url)
         with engine.begin() as connection:
-            connection.execute(text("TRUNCATE organizations, members, api_keys, audit_log RESTART IDENTITY CASCADE"))
+            connection.execute(
+                text(
+                    "TRUNCATE organizations, members, api_keys, audit_log, events, dead_letters RESTART IDENTITY CASCADE"
+                )
+            )
         engine.dispose()
 
 
@@ -179,3 +184,34 @@ def test_no_key_reaches_the_tables(acme: str, database_url: str) -> None:
         dump = table_dump(connection, engine)
     engine.dispose()
     assert "key.created" in dump and key not in dump
+
+
+def test_deadletter_replay_and_purge(acme: str, database_url: str) -> None:
+    key = json.loads(ok("keys", "create", "--org", acme, "--name", "Server", "--as", "owner@acme.io", "--json").stdout)
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        # A dead letter whose event is valid under today's contract, as after a contract fix.
+        connection.execute(
+            insert(DeadLetter),
+            [
+                {
+                    "org_id": 1,
+                    "api_key_id": key["id"],
+                    "reason": "invalid_event",
+                    "detail": "old contract",
+                    "queue": "userpath.events",
+                    "task": "userpath.track",
+                    "received_at": utcnow(),
+                    "payload": {"event": "Signed Up", "user_id": "u1", "timestamp": "2026-03-01T11:59:00+00:00"},
+                }
+            ],
+        )
+    engine.dispose()
+    refused = run("deadletter", "replay", "--org", acme, "--as", "nobody@acme.io")
+    assert refused.exit_code == 1 and "only owners" in refused.output
+    replayed = ok("deadletter", "replay", "--org", acme, "--as", "owner@acme.io", "--since", "1h")
+    assert "Examined 1 dead letters: 1 now stored, 0 still failing." in replayed.stdout
+    assert "Signed Up" in ok("events", "list", "--org", acme).stdout
+    assert "Examined 0" in ok("deadletter", "replay", "--org", acme, "--as", "owner@acme.io").stdout
+    assert "Deleted 0 dead letters" in ok("deadletter", "purge", "--older-than", "30d").stdout
+    assert "Deleted 1 dead letters" in ok("deadletter", "purge", "--older-than", "0").stdout

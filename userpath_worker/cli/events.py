@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import sys
 
 import click
 
 from userpath_worker.cli.common import json_option, print_json, print_table, shorten, transaction, when
+from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import DeadLetter, Reason
+from userpath_worker.deadletter.replay import (
+    REPLAYABLE,
+    ReplayResult,
+    count_replayable,
+    purge_dead_letters,
+    replay_dead_letters,
+)
+from userpath_worker.durations import parse_duration
+from userpath_worker.errors import UserError
 from userpath_worker.events.models import Event
 from userpath_worker.events.services import newest_events
 from userpath_worker.organizations import services as organizations
@@ -111,3 +123,45 @@ def show_dead_letters(found: list[DeadLetter], as_json: bool) -> None:
         ["ID", "RECEIVED", "REASON", "QUEUE", "DETAIL"],
         [[str(d.id), when(d.received_at), d.reason, d.queue or "-", shorten(d.detail, 70)] for d in found],
     )
+
+
+@deadletter.command("replay")
+@click.option("--org", required=True, help="Organization name.")
+@click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
+@click.option("--reason", type=click.Choice([reason.value for reason in REPLAYABLE]), help="Only this reason.")
+@click.option(
+    "--since", metavar="WHEN", help="Only dead letters received since then: a duration (24h, 7d) or an ISO time."
+)
+def deadletter_replay(org: str, actor: str, reason: str | None, since: str | None) -> None:
+    """Validate dead letters again and store what passes now (after a contract fix)."""
+    chosen = Reason(reason) if reason else None
+    cutoff = _since(since) if since else None
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        total = count_replayable(session, organization.id, chosen, cutoff)
+    result = ReplayResult()
+    with click.progressbar(length=total, label="Replaying", file=sys.stderr) as progress:
+        for result in replay_dead_letters(transaction, organization, actor, chosen, cutoff):
+            progress.update(result.examined - progress.pos)
+    click.echo(
+        f"Examined {result.examined} dead letters: {result.stored} now stored, {result.still_failing} still failing."
+    )
+
+
+@deadletter.command("purge")
+@click.option("--older-than", required=True, metavar="DURATION", help="Delete dead letters older than this, e.g. 30d.")
+def deadletter_purge(older_than: str) -> None:
+    """Delete old dead letters (retention)."""
+    age = parse_duration(older_than, what="--older-than")
+    purged = purge_dead_letters(transaction, age)
+    click.echo(f"Deleted {purged} dead letters received more than {older_than} ago.")
+
+
+def _since(text: str) -> dt.datetime:
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return utcnow() - parse_duration(text, what="--since")
+    if moment.tzinfo is None:
+        raise UserError(f"--since {text!r} has no time zone; add one, such as +00:00")
+    return moment

@@ -1,0 +1,134 @@
+"""Replay and retention of dead letters.
+
+Replay validates stored dead letters again and stores the events of those that pass now, for
+instance after a contract fix. It is idempotent twice over: a replayed dead letter is marked
+and skipped next time, and storage dedupes on (org_id, event_id) anyway.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+
+from sqlalchemy import Select, delete, func, select
+from sqlalchemy.orm import Session
+
+from userpath_worker.audit.models import AuditEntry
+from userpath_worker.db import utcnow
+from userpath_worker.deadletter.models import DeadLetter, Reason
+from userpath_worker.deadletter.services import Delivery
+from userpath_worker.errors import UserError
+from userpath_worker.events.services import replay
+from userpath_worker.keys.models import ApiKey
+from userpath_worker.keys.services import KeyIdentity
+from userpath_worker.organizations.models import Organization
+from userpath_worker.organizations.services import require_owner
+
+# What a replay can fix: the content. A refused key stays refused; a message whose key was
+# never known has no organization to store into.
+REPLAYABLE = (Reason.INVALID_ENVELOPE, Reason.INVALID_EVENT, Reason.TOO_LARGE)
+BATCH_SIZE = 500
+
+Transaction = Callable[[], AbstractContextManager[Session]]
+
+
+@dataclass
+class ReplayResult:
+    examined: int = 0
+    stored: int = 0  # dead letters whose events are now stored
+    still_failing: int = 0
+
+
+def _pending(org_id: int, reason: Reason | None, since: dt.datetime | None) -> Select[tuple[DeadLetter]]:
+    query = select(DeadLetter).where(
+        DeadLetter.org_id == org_id,
+        DeadLetter.replayed_at.is_(None),
+        DeadLetter.api_key_id.is_not(None),
+        DeadLetter.reason.in_([reason.value] if reason else [r.value for r in REPLAYABLE]),
+    )
+    return query.where(DeadLetter.received_at >= since) if since else query
+
+
+def count_replayable(session: Session, org_id: int, reason: Reason | None, since: dt.datetime | None) -> int:
+    return session.scalar(select(func.count()).select_from(_pending(org_id, reason, since).subquery())) or 0
+
+
+def replay_dead_letters(
+    transaction: Transaction,
+    organization: Organization,
+    actor: str,
+    reason: Reason | None = None,
+    since: dt.datetime | None = None,
+) -> Iterator[ReplayResult]:
+    """Replay in batches, one transaction each; yields the running totals after each batch."""
+    if reason is not None and reason not in REPLAYABLE:
+        raise UserError(f"{reason} dead letters cannot be replayed; replayable: {', '.join(REPLAYABLE)}")
+    with transaction() as session:
+        require_owner(session, organization, actor)
+    totals = ReplayResult()
+    after_id = 0
+    while True:
+        with transaction() as session:
+            letters = list(
+                session.scalars(
+                    _pending(organization.id, reason, since)
+                    .where(DeadLetter.id > after_id)
+                    .order_by(DeadLetter.id)
+                    .limit(BATCH_SIZE)
+                )
+            )
+            if not letters:
+                break
+            keys = {
+                key.id: key
+                for key in session.scalars(
+                    select(ApiKey).where(ApiKey.id.in_({letter.api_key_id for letter in letters}))
+                )
+            }
+            now = utcnow()
+            for letter in letters:
+                key = keys[letter.api_key_id]
+                # The key was authenticated when the message arrived; that verdict stands.
+                identity = KeyIdentity(key.id, key.org_id, key.environment, key.display, None)
+                failure = replay(
+                    session, letter.payload, identity, Delivery(letter.task, letter.queue, letter.received_at)
+                )
+                if failure is None:
+                    letter.replayed_at = now
+                    totals.stored += 1
+                else:
+                    totals.still_failing += 1
+            totals.examined += len(letters)
+            after_id = letters[-1].id
+        yield totals
+    with transaction() as session:
+        session.add(
+            AuditEntry(
+                org_id=organization.id,
+                actor=actor.strip().lower(),
+                action="deadletter.replayed",
+                detail={
+                    "reason": reason.value if reason else None,
+                    "since": since.isoformat() if since else None,
+                    "examined": totals.examined,
+                    "stored": totals.stored,
+                    "still_failing": totals.still_failing,
+                },
+            )
+        )
+
+
+def purge_dead_letters(transaction: Transaction, older_than: dt.timedelta, batch: int = 10_000) -> int:
+    """Delete dead letters received more than ``older_than`` ago, in batches; returns how many."""
+    cutoff = utcnow() - older_than
+    purged = 0
+    while True:
+        with transaction() as session:
+            ids = list(session.scalars(select(DeadLetter.id).where(DeadLetter.received_at < cutoff).limit(batch)))
+            if ids:
+                session.execute(delete(DeadLetter).where(DeadLetter.id.in_(ids)))
+        purged += len(ids)
+        if len(ids) < batch:
+            return purged
