@@ -91,3 +91,12 @@ def all_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG)
     caplog.set_level(logging.DEBUG, logger="sqlalchemy.engine")
     return caplog
+
+
+def truncate_all(engine: Engine) -> None:
+    """Empty every table of a PostgreSQL test database shared by several tests."""
+    from userpath_worker.models import metadata
+
+    tables = ", ".join(table.name for table in metadata.sorted_tables)
+    with engine.begin() as connection:
+        connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import insert, text
+from sqlalchemy import insert
 
-from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
+from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump, truncate_all
 from userpath_worker import schema
 from userpath_worker.cli import cli
 from userpath_worker.db import make_engine, utcnow
@@ -34,12 +34,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Itera
     yield url
     if request.param == "postgresql":
         engine = make_engine(url)
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "TRUNCATE organizations, members, api_keys, audit_log, events, dead_letters RESTART IDENTITY CASCADE"
-                )
-            )
+        truncate_all(engine)
         engine.dispose()
 
 

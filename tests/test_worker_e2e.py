@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 import redis
 from kombu import Connection, Producer
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from config.celery import EVENTS_QUEUE, JOBS_QUEUE, QUEUES, WEBHOOKS_QUEUE
-from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
+from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump, truncate_all
 from tests.workers import REPOSITORY, counts, producer, running_worker, wait_for, worker_environment
 from userpath_worker import schema
 from userpath_worker.db import make_engine
@@ -50,10 +50,7 @@ def database() -> Iterator[tuple[str, Engine]]:
 @pytest.fixture
 def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
     url, engine = database
-    with engine.begin() as connection:
-        connection.execute(
-            text("TRUNCATE organizations, members, api_keys, audit_log, events, dead_letters RESTART IDENTITY CASCADE")
-        )
+    truncate_all(engine)
     return url, engine
 
 
