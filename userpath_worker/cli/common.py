@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
+from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -33,6 +34,8 @@ class UserPathGroup(click.Group):
         except OperationalError as error:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else "unreachable"
             raise click.ClickException(f"cannot use the database in USERPATH_DATABASE_URL: {reason}") from None
+        except BrokerError as error:
+            raise click.ClickException(f"cannot reach the broker in USERPATH_BROKER_URL: {error}") from None
 
 
 def settings() -> Settings:
