@@ -64,7 +64,8 @@ _ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 
 
 def has_nul(encoded: bytes) -> bool:
-    return _ESCAPED_NUL.search(encoded) is not None
+    # The substring test first: the expression's look-behind makes it scan ten times slower.
+    return b"\\u0000" in encoded and _ESCAPED_NUL.search(encoded) is not None
 
 
 def describe(error: ValidationError) -> str:
