@@ -29,6 +29,7 @@ POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DATABASE = "userpath_bench"
 DATABASE_URL = f"{POSTGRES_SERVER}/{DATABASE}"
 BROKER_URL = "redis://127.0.0.1:6379/11"
+UNREACHABLE_BROKER_URL = "redis://127.0.0.1:1/11"  # nothing listens on port 1: the client only buffers
 
 
 class BenchError(RuntimeError):

@@ -34,6 +34,9 @@ def test_the_smoke_benchmark_writes_every_figure(tmp_path: Path) -> None:
         assert figures["events_per_second"] > 0 and figures["times_naive"] > 0 and figures["share_of_copy"] > 0
         assert figures["peak_rss_mib"]["main"] > 0 and len(figures["peak_rss_mib"]) == 1 + results["concurrency"]
     assert results["latency"]["p50_ms"] > 0 and results["latency"]["p99_ms"] >= results["latency"]["p50_ms"]
-    assert results["client_track"]["calls_per_second"] > 0
+    assert (
+        results["client_track"]["calls_per_second"] > 0
+        and results["client_track"]["calls_per_second_while_sending"] > 0
+    )
     assert set(results["memory_growth_mib"]) == set(results["drain"]["envelopes_100"]["peak_rss_mib"])
     assert set(results["targets"]) >= {"envelopes_100_events_per_second", "no_memory_growth"}
