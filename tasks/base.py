@@ -3,12 +3,13 @@ an unexpected failure."""
 
 from __future__ import annotations
 
+import datetime as dt
 import random
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Ignore, Reject, Retry
+from celery.exceptions import Ignore, InvalidTaskError, Reject, Retry
 from celery.worker.request import Request
 
 from tasks.deadletters import dead_letter_message, settle
@@ -18,6 +19,12 @@ from userpath_worker.events.schemas import summarize_arguments
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+# Deeper than this, a message could not be pickled to a pool process (the interpreter's recursion
+# limit) and would stop the worker, again at each re-delivery. No event needs such depth.
+MAX_NESTING = 200
+# Our retries come back with an ETA at most RETRY_MAX_SECONDS ahead; a later one would sit in the
+# worker's memory, unacknowledged, for as long as the producer asked.
+MAX_ETA_AHEAD = dt.timedelta(seconds=2 * RETRY_MAX_SECONDS)
 
 # Failures that Celery settles itself: retries, deliberate rejections, a lost worker process
 # (the message is re-delivered) and a shutdown.
@@ -32,8 +39,15 @@ class RedactedRequest(Request):
     """
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
-        super().__init__(message, *args, **kwargs)
         payload = message.payload
+        if _nested_deeper_than(payload, MAX_NESTING):
+            raise InvalidTaskError(f"the message is nested more than {MAX_NESTING} levels deep")
+        super().__init__(message, *args, **kwargs)
+        if self._expires is not None:
+            # Celery would drop an expired message without a trace: the contract says null.
+            raise InvalidTaskError("expires is not part of the contract; send null")
+        if self._eta is not None and self._eta > dt.datetime.now(dt.UTC) + MAX_ETA_AHEAD:
+            raise InvalidTaskError(f"eta is more than {MAX_ETA_AHEAD.seconds} s ahead")
         arguments = payload[0] if isinstance(payload, list | tuple) and payload else None
         self._argsrepr = self._request_dict["argsrepr"] = summarize_arguments(arguments)
         self._kwargsrepr = self._request_dict["kwargsrepr"] = (
@@ -62,6 +76,22 @@ class RedactedRequest(Request):
                 settle(self._message, stored=False)
                 return
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+def _nested_deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` has lists or objects more than ``limit`` levels deep (level by level: no recursion)."""
+    level = [value]
+    for _ in range(limit):
+        below: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                below.extend(item.values())
+            elif isinstance(item, list | tuple):
+                below.extend(item)
+        if not below:
+            return False
+        level = below
+    return any(isinstance(item, dict | list | tuple) for item in level)
 
 
 class UserPathTask(Task):

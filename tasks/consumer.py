@@ -7,9 +7,11 @@ then acknowledged; its body never reaches a log line.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from celery.worker.consumer import Consumer
+from celery.worker.consumer.consumer import promise
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
@@ -18,6 +20,25 @@ from userpath_worker.deadletter.models import Reason
 
 
 class DeadLetteringConsumer(Consumer):
+    def create_task_handler(self, promise: Any = promise) -> Callable[[Message], Any]:
+        on_task_received = super().create_task_handler(promise)
+        # kombu's Redis transport counts KeyError as a connection error; here it is a missing header.
+        broker_errors = tuple(error for error in self.connection_errors + self.channel_errors if error is not KeyError)
+
+        def on_task_received_or_dead_letter(message: Message) -> Any:
+            try:
+                return on_task_received(message)
+            except broker_errors:
+                raise
+            except Exception as exc:  # noqa: BLE001 - see below
+                # Celery's strategy takes the body's shape on trust ([args, kwargs, embed], a hashable
+                # task name...): what it raises on would stop the worker, and the message, never
+                # acknowledged, would stop the next one too.
+                detail = f"not a valid task message: {type(exc).__name__}"
+                settle(message, dead_letter_message(message, Reason.INVALID_ENVELOPE, detail))
+
+        return on_task_received_or_dead_letter
+
     def on_decode_error(self, message: Message, exc: Exception) -> None:
         stored = dead_letter_message(message, Reason.UNDECODABLE, f"cannot decode the body: {type(exc).__name__}")
         settle(message, stored)

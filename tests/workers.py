@@ -13,18 +13,55 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
 from config.celery import QUEUES
+from tests.conftest import fresh_postgres_database
+from userpath_worker import schema
+from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
+def migrated_database(name: str) -> tuple[str, Engine]:
+    """A fresh PostgreSQL database ``name`` at the current schema: (url, engine)."""
+    url = fresh_postgres_database(name)
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    return url, engine
+
+
+def truncate_everything(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.execute(
+            text("TRUNCATE organizations, members, api_keys, audit_log, events, dead_letters RESTART IDENTITY CASCADE")
+        )
+
+
+def rabbitmq_vhost(name: str) -> str:
+    """The URL of RabbitMQ virtual host ``name`` on 127.0.0.1, created if need be (idempotent)."""
+    subprocess.run(["rabbitmqctl", "-q", "add_vhost", name], capture_output=True, timeout=60)  # fails if it exists
+    subprocess.run(
+        ["rabbitmqctl", "-q", "set_permissions", "-p", name, "guest", ".*", ".*", ".*"],
+        capture_output=True,
+        timeout=60,
+        check=True,
+    )
+    return f"amqp://guest:guest@127.0.0.1:5672/{name}"
+
+
 def worker_environment(database_url: str, broker_url: str, **extra: str) -> dict[str, str]:
-    environment = {name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")}
-    environment.update(USERPATH_DATABASE_URL=database_url, USERPATH_BROKER_URL=broker_url, **extra)
+    # Nothing of this process's own settings, nor its metrics directory, leaks into the worker.
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("USERPATH_") and name != "PROMETHEUS_MULTIPROC_DIR"
+    }
+    # Several workers run at once in the tests: none of them binds the metrics port unless asked.
+    environment.update(USERPATH_DATABASE_URL=database_url, USERPATH_BROKER_URL=broker_url, USERPATH_METRICS_PORT="0")
+    environment.update(extra)
     return environment
 
 
@@ -75,6 +112,33 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
             process.wait(timeout)
 
 
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a worker started by ``running_worker`` and whatever is left of its pool."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(20)
+
+
+def pool_children(pid: int) -> list[int]:
+    """The direct children of process ``pid`` (a prefork worker's pool processes)."""
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return children
+
+
+def resident_kib(pids: list[int]) -> int:
+    """The summed resident memory (VmRSS) of ``pids``, in KiB; processes gone meanwhile count 0."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll ``condition`` until it is true; fail after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
@@ -93,6 +157,13 @@ def counts(engine: Engine) -> tuple[int, int]:
             connection.scalar(select(func.count()).select_from(Event)) or 0,
             connection.scalar(select(func.count()).select_from(DeadLetter)) or 0,
         )
+
+
+def settle_at(engine: Engine, expected: tuple[int, int], timeout: float, quiet_seconds: float = 2.0) -> None:
+    """Wait until (stored events, dead letters) is ``expected``, then check that it stays there."""
+    wait_for(lambda: counts(engine) == expected, timeout, f"{expected} (events, dead letters); have {counts(engine)}")
+    time.sleep(quiet_seconds)  # a duplicate or a late extra would show up now
+    assert counts(engine) == expected
 
 
 def producer(broker_url: str) -> Celery:

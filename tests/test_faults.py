@@ -1,0 +1,209 @@
+"""Fault injection with real processes and the real servers on 127.0.0.1: a worker killed in the
+middle of a drain, the database gone for 30 s, the broker gone for 10 s. Afterwards every event
+is stored exactly once and nothing is dead-lettered because of the fault.
+
+Late acks give at-least-once delivery (RabbitMQ re-delivers the moment the consumer's connection
+dies, Redis after its visibility timeout); the unique constraint on (org_id, event_id) makes
+storage exactly-once.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, func, select
+
+from config.celery import EVENTS_QUEUE
+from tests.conftest import TEST_DATABASE_PREFIX
+from tests.proxy import faulty_proxy
+from tests.test_worker_e2e import empty_queues, envelope, new_key
+from tests.workers import (
+    counts,
+    kill_group,
+    migrated_database,
+    pool_children,
+    producer,
+    rabbitmq_vhost,
+    running_worker,
+    settle_at,
+    truncate_everything,
+    wait_for,
+    worker_environment,
+)
+from userpath_worker.events.models import Event
+
+pytestmark = pytest.mark.slow
+
+REDIS_URL = os.environ.get("USERPATH_TEST_FAULTS_REDIS_URL", "redis://127.0.0.1:6379/12")
+RABBITMQ_VHOST = "userpath_faults"
+REDIS_PORT, RABBITMQ_PORT, POSTGRES_PORT = 6379, 5672, 5432
+# Short enough that Redis re-delivers a dead worker's messages within the test.
+VISIBILITY_TIMEOUT_SECONDS = "10"
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[tuple[str, Engine]]:
+    url, engine = migrated_database(f"{TEST_DATABASE_PREFIX}_faults")
+    yield url, engine
+    engine.dispose()
+
+
+@pytest.fixture
+def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
+    truncate_everything(database[1])
+    return database
+
+
+@pytest.fixture(scope="module")
+def rabbitmq_url() -> str:
+    return rabbitmq_vhost(RABBITMQ_VHOST)
+
+
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "redis":
+        # Our own database: also drops what a killed worker left unacknowledged.
+        redis.Redis.from_url(REDIS_URL).flushdb()
+        url = REDIS_URL
+    else:
+        url = request.getfixturevalue("rabbitmq_url")
+    empty_queues(url)
+    return url
+
+
+def publish_events(broker_url: str, key: str, prefix: str, total: int, per_envelope: int) -> None:
+    app = producer(broker_url)
+    with app.producer_or_acquire() as publisher:
+        for first in range(0, total, per_envelope):
+            message = envelope(key, per_envelope, f"{prefix}-{first // per_envelope}")
+            app.send_task("userpath.track", args=[message], queue=EVENTS_QUEUE, producer=publisher)
+
+
+def stored_with_prefix(engine: Engine, prefix: str) -> int:
+    with engine.connect() as connection:
+        query = select(func.count(func.distinct(Event.event_id))).where(Event.event_id.startswith(f"{prefix}-"))
+        return connection.scalar(query) or 0
+
+
+def through(proxy_port: int, url: str, real_port: int) -> str:
+    """``url`` with the server's port replaced by the proxy's."""
+    return url.replace(f"127.0.0.1:{real_port}", f"127.0.0.1:{proxy_port}", 1)
+
+
+@pytest.mark.parametrize("victim", ["main process", "pool child"])
+def test_a_killed_worker_loses_and_duplicates_nothing(
+    clean_database: tuple[str, Engine], broker_url: str, victim: str, tmp_path: Path
+) -> None:
+    database_url, engine = clean_database
+    _, _, key = new_key(engine)
+    total = 20_000
+    publish_events(broker_url, key, "kill", total, per_envelope=20)
+    environment = worker_environment(database_url, broker_url, USERPATH_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT_SECONDS)
+    log = tmp_path / "worker.log"
+
+    with running_worker(environment, log, "--concurrency=2") as worker:
+        wait_for(lambda: counts(engine)[0] >= 2_000, 120, "the drain to be under way")
+        children = pool_children(worker.pid)
+        assert len(children) == 2
+        if victim == "main process":
+            os.kill(worker.pid, signal.SIGKILL)
+            time.sleep(1)  # the pool is orphaned, as after a real crash; then make sure it is gone
+            kill_group(worker)
+        else:
+            os.kill(children[0], signal.SIGKILL)
+        stored_at_kill = counts(engine)[0]
+        assert stored_at_kill < total, "the drain finished before the kill: the test proved nothing"
+        if victim == "pool child":
+            settle_at(engine, (total, 0), timeout=240)
+            assert worker.poll() is None, "the worker survives the loss of a pool process"
+    if victim == "main process":
+        with running_worker(environment, log, "--concurrency=2"):
+            settle_at(engine, (total, 0), timeout=240)
+
+    assert stored_with_prefix(engine, "kill") == total
+    if victim == "pool child":
+        assert "WorkerLostError" in log.read_text(), "the lost task was rejected back to the queue"
+
+
+def test_a_30_second_database_outage_loses_duplicates_and_dead_letters_nothing(
+    clean_database: tuple[str, Engine], broker_url: str, tmp_path: Path
+) -> None:
+    database_url, engine = clean_database
+    _, _, key = new_key(engine)
+    total = 5_000
+    publish_events(broker_url, key, "outage", total, per_envelope=10)
+    log = tmp_path / "worker.log"
+    with faulty_proxy(POSTGRES_PORT) as database_proxy:
+        environment = worker_environment(through(database_proxy.port, database_url, POSTGRES_PORT), broker_url)
+        with running_worker(environment, log, "--concurrency=2") as worker:
+            wait_for(lambda: counts(engine)[0] >= 500, 120, "the drain to be under way")
+            database_proxy.cut()
+            stored_at_cut = counts(engine)[0]  # through our own connection, not the proxy
+            time.sleep(30)
+            assert counts(engine) == (stored_at_cut, 0), "nothing is written, and nothing dead-lettered, while cut"
+            assert stored_at_cut < total, "the drain finished before the outage: the test proved nothing"
+            database_proxy.restore()
+            # Retries back off up to 60 s, so the last of them may come a minute after the outage.
+            settle_at(engine, (total, 0), timeout=240)
+            assert worker.poll() is None, "the worker recovered without a restart"
+    assert stored_with_prefix(engine, "outage") == total
+    assert "Retry in" in log.read_text()
+
+
+def test_a_10_second_broker_outage_is_survived_by_reconnecting(
+    clean_database: tuple[str, Engine], broker_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if broker_url.startswith("redis"):
+        # Seen in about 1 run of 4: one message (10 events) gone, with nothing left in the queue
+        # or in the unacked hash. kombu's Redis transport pops a message (BRPOP) and only then
+        # records it as unacknowledged; a connection dropped in between loses it.
+        request.applymarker(pytest.mark.xfail(reason="kombu/Redis: a message popped as the link drops is lost"))
+    database_url, engine = clean_database
+    _, _, key = new_key(engine)
+    total = 10_000
+    publish_events(broker_url, key, "broker", total, per_envelope=10)
+    log = tmp_path / "worker.log"
+    broker_port = REDIS_PORT if broker_url.startswith("redis") else RABBITMQ_PORT
+    with faulty_proxy(broker_port) as broker_proxy:
+        environment = worker_environment(
+            database_url,
+            through(broker_proxy.port, broker_url, broker_port),
+            USERPATH_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT_SECONDS,
+        )
+        with running_worker(environment, log, "--concurrency=2") as worker:
+            wait_for(lambda: counts(engine)[0] >= 1_000, 120, "the drain to be under way")
+            broker_proxy.cut()
+            time.sleep(10)
+            stored_during_outage = counts(engine)[0]
+            assert stored_during_outage < total, "the drain finished before the outage: the test proved nothing"
+            refused_during_outage = broker_proxy.refused
+            broker_proxy.restore()
+            settle_at(engine, (total, 0), timeout=240)
+            assert worker.poll() is None, "the worker reconnected by itself, without a restart"
+    assert refused_during_outage > 0, "the worker tried to reconnect during the outage"
+    assert stored_with_prefix(engine, "broker") == total
+
+
+def test_the_proxy_really_cuts() -> None:
+    """The fault tests rely on the proxy: while cut, a live connection is closed and a new one
+    is refused; after restore() connections work again."""
+    with faulty_proxy(REDIS_PORT) as proxy:
+        live = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        live.sendall(b"PING\r\n")
+        assert live.recv(64) == b"+PONG\r\n"
+        proxy.cut()
+        assert live.recv(64) == b"", "the live connection is closed"
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as refused:
+            assert refused.recv(64) == b"", "a new connection is closed at once"
+        proxy.restore()
+        with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as restored:
+            restored.sendall(b"PING\r\n")
+            assert restored.recv(64) == b"+PONG\r\n"
+        live.close()
