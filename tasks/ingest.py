@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import functools
+import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 from config.settings import get_settings
 from tasks.app import app
 from tasks.base import UserPathTask
-from userpath_worker import runtime
+from userpath_worker import metrics, runtime
 from userpath_worker.db import is_transient, utcnow
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import TRACK_TASK, WEBHOOK_TASK
-from userpath_worker.events.services import Ingestor
+from userpath_worker.events.services import Ingestor, Outcome
 from userpath_worker.keys.auth import KeyAuthenticator
+
+logger = logging.getLogger("userpath.worker")
 
 
 @functools.cache
@@ -29,25 +34,45 @@ def _delivery(task: UserPathTask) -> Delivery:
     return Delivery(task=task.name, queue=queue, received_at=utcnow())
 
 
-def _run(task: UserPathTask, handle: Any) -> dict[str, int]:
+def _run(task: UserPathTask, source: Source, handle: Callable[[], Outcome]) -> dict[str, Any]:
+    """Handle one message: count it, log it, and return a summary (Celery logs it too)."""
+    authenticator = ingestor().authenticator
+    hits, misses, started = authenticator.hits, authenticator.misses, time.perf_counter()
     try:
-        outcome = handle(_delivery(task))
+        outcome = handle()
     except Exception as error:
         if not is_transient(error):
             raise
         # The database, not the message, is at fault: try again later, never dead-letter.
+        metrics.RETRIES.labels(task.name).inc()
         raise task.retry(exc=error, countdown=task.retry_delay(), max_retries=None) from None
-    return {"stored": outcome.stored, "dead_lettered": outcome.dead_lettered}
+    summary = {
+        "stored": outcome.stored,
+        "dead_lettered": outcome.dead_lettered,
+        "dead_letters": outcome.reasons,
+        "source": source.value,
+        "org_id": outcome.org_id,
+        "key": outcome.key,
+        "seconds": round(time.perf_counter() - started, 6),
+        "auth_hit": authenticator.hits - hits,
+        "auth_miss": authenticator.misses - misses,
+    }
+    metrics.record(summary)
+    logger.info(
+        "message handled",
+        extra={name: summary[name] for name in ("org_id", "key", "source", "stored", "dead_lettered")},
+    )
+    return summary
 
 
 @app.task(name=TRACK_TASK, bind=True, base=UserPathTask)
-def track(self: UserPathTask, *args: Any, **kwargs: Any) -> dict[str, int]:
-    def handle(delivery: Delivery) -> Any:
-        return ingestor().track(args, kwargs, Source.for_queue(delivery.queue), delivery)
-
-    return _run(self, handle)
+def track(self: UserPathTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    delivery = _delivery(self)
+    source = Source.for_queue(delivery.queue)
+    return _run(self, source, lambda: ingestor().track(args, kwargs, source, delivery))
 
 
 @app.task(name=WEBHOOK_TASK, bind=True, base=UserPathTask)
-def webhook(self: UserPathTask, *args: Any, **kwargs: Any) -> dict[str, int]:
-    return _run(self, lambda delivery: ingestor().webhook(args, kwargs, delivery))
+def webhook(self: UserPathTask, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    delivery = _delivery(self)
+    return _run(self, Source.WEBHOOK, lambda: ingestor().webhook(args, kwargs, delivery))

@@ -1,17 +1,27 @@
-"""Prometheus metrics of a worker, kept in its main process.
+"""Prometheus metrics of a worker.
 
-Pool children report what a message came to in the task's return value, which Celery hands
-back to the main process; counting there needs no multi-process collector.
+The pool children count what they handle and the main process serves the sum: Prometheus'
+multi-process mode, which must be chosen before prometheus_client is first imported. Each
+worker (main process and its children) shares one fresh directory of counter files.
 """
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import REGISTRY, Collector
+if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _directory = tempfile.mkdtemp(prefix="userpath-metrics-")
+    _owner = os.getpid()
+    atexit.register(lambda: os.getpid() == _owner and shutil.rmtree(_directory, ignore_errors=True))
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server  # noqa: E402
+from prometheus_client.core import GaugeMetricFamily  # noqa: E402
+from prometheus_client.registry import Collector  # noqa: E402
 
 EVENTS_STORED = Counter("userpath_events_stored", "Events stored (new or already stored).", ["source"])
 DEAD_LETTERS = Counter("userpath_dead_letters", "Messages or events dead-lettered.", ["reason", "source"])
@@ -54,5 +64,7 @@ class QueueDepthCollector(Collector):
 
 
 def serve(port: int, read_depths: Callable[[], dict[str, int]]) -> None:
-    REGISTRY.register(QueueDepthCollector(read_depths))
-    start_http_server(port, addr="0.0.0.0")
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    registry.register(QueueDepthCollector(read_depths))
+    start_http_server(port, addr="0.0.0.0", registry=registry)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -57,10 +58,26 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """What became of one message: events accepted (new or already stored) and dead letters."""
+    """What became of one message: events accepted (new or already stored) and dead letters.
+
+    The other fields are for logs and metrics; two outcomes are equal when their counts are.
+    """
 
     stored: int
     dead_lettered: int
+    reasons: dict[str, int] = field(default_factory=dict, compare=False)  # dead letters by reason
+    org_id: int | None = field(default=None, compare=False)
+    key: str | None = field(default=None, compare=False)  # the key's display form
+
+    @classmethod
+    def of(cls, stored: int, rejections: Sequence[Rejection], identity: KeyIdentity | None = None) -> Outcome:
+        return cls(
+            stored=stored,
+            dead_lettered=len(rejections),
+            reasons=dict(Counter(rejection.reason.value for rejection in rejections)),
+            org_id=identity.org_id if identity else None,
+            key=identity.display if identity else None,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,27 +155,25 @@ class Ingestor:
                     api_key_id=known.key_id if known else None,
                 )
                 dead_letters.record(session, [rejection], delivery)
-                return Outcome(stored=0, dead_lettered=1)
+                return Outcome.of(0, [rejection], known)
 
             verdicts = verdicts_for(message, identity)
             _insert_events(session, verdicts.rows)
             dead_letters.record(session, verdicts.rejections, delivery)
             if verdicts.rows:
                 self.authenticator.mark_used(session, identity.key_id)
-            return Outcome(stored=len(verdicts.rows), dead_lettered=len(verdicts.rejections))
+            return Outcome.of(len(verdicts.rows), verdicts.rejections, identity)
 
     def _dead_letter_only(self, rejections: list[Rejection], delivery: Delivery) -> Outcome:
         with self.session_factory.begin() as session:
             dead_letters.record(session, rejections, delivery)
-        return Outcome(stored=0, dead_lettered=len(rejections))
+        return Outcome.of(0, rejections)
 
 
 # Per-task verdicts: which events to store, which to dead-letter.
 
 
-def _track_verdicts(
-    envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery
-) -> _Verdicts:
+def _track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery) -> _Verdicts:
     def refused(reason: Reason, detail: str, payload: Any) -> Rejection:
         return Rejection(reason, detail, payload, identity.org_id, identity.key_id)
 
@@ -206,9 +221,7 @@ def _track_verdicts(
             occurred_at(timestamp, parsed.sent_at, delivery.received_at)
         except OverflowError:
             rejections.append(
-                refused(
-                    Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw
-                )
+                refused(Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw)
             )
             continue
         rows.append(
@@ -228,6 +241,7 @@ def _track_verdicts(
             )
         )
     return _Verdicts(rows, rejections)
+
 
 def _webhook_verdicts(payload: dict[str, Any], identity: KeyIdentity, delivery: Delivery) -> _Verdicts:
     try:
