@@ -100,3 +100,9 @@ def truncate_all(engine: Engine) -> None:
     tables = ", ".join(table.name for table in metadata.sorted_tables)
     with engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--soak-seconds", type=float, default=120.0, help="how long tests/test_soak.py offers load (default 120)"
+    )
