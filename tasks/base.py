@@ -13,7 +13,6 @@ from celery.exceptions import Ignore, InvalidTaskError, Reject, Retry
 from celery.worker.request import Request
 
 from tasks.deadletters import dead_letter_message, settle
-from userpath_worker import metrics
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.events.schemas import summarize_arguments
 
@@ -53,17 +52,6 @@ class RedactedRequest(Request):
         self._kwargsrepr = self._request_dict["kwargsrepr"] = (
             "{...}" if payload and len(payload) > 1 and payload[1] else "{}"
         )
-
-    def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> None:
-        # Runs in the worker's main process, where the metrics live (see userpath_worker.metrics).
-        failed, outcome, _ = failed__retval__runtime
-        if not failed and isinstance(outcome, dict):
-            metrics.record(outcome)
-        super().on_success(failed__retval__runtime, **kwargs)
-
-    def on_retry(self, exc_info: Any) -> None:
-        metrics.RETRIES.labels(self.task.name).inc()
-        super().on_retry(exc_info)
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         error = getattr(exc_info.exception, "exc", exc_info.exception)
