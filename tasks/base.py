@@ -84,6 +84,9 @@ def _nested_deeper_than(value: Any, limit: int) -> bool:
 
 class UserPathTask(Task):
     Request = RedactedRequest
+    # Database outages are retried for as long as they last. retry(max_retries=None) does not
+    # say so: Celery reads None there as "the task's default", which is 3.
+    max_retries = None
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         # Also covers self.retry(), which re-publishes the message through here.
