@@ -29,6 +29,8 @@ from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX
 from tests.test_worker_e2e import empty_queues, new_key
 from tests.workers import (
+    FAULTS_RABBITMQ_VHOST,
+    FAULTS_REDIS_URL,
     migrated_database,
     rabbitmq_vhost,
     running_worker,
@@ -43,8 +45,6 @@ from userpath_worker.keys.tokens import Environment
 
 pytestmark = pytest.mark.slow
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
-RABBITMQ_VHOST = "userpath_faults"
 GENERATED_MESSAGES = 150
 NO_WORKFLOW = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 
@@ -307,10 +307,10 @@ def database() -> Iterator[tuple[str, Engine]]:
 def broker_url(request: pytest.FixtureRequest, database: tuple[str, Engine]) -> str:
     truncate_everything(database[1])
     if request.param == "redis":
-        redis.Redis.from_url(REDIS_URL).flushdb()
-        url = REDIS_URL
+        redis.Redis.from_url(FAULTS_REDIS_URL).flushdb()
+        url = FAULTS_REDIS_URL
     else:
-        url = rabbitmq_vhost(RABBITMQ_VHOST)
+        url = rabbitmq_vhost(FAULTS_RABBITMQ_VHOST)
     empty_queues(url)
     return url
 

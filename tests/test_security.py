@@ -23,6 +23,7 @@ from config.celery import EVENTS_QUEUE, WEBHOOKS_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX
 from tests.test_worker_e2e import empty_queues, envelope, new_key
 from tests.workers import (
+    FAULTS_REDIS_URL,
     migrated_database,
     producer,
     running_worker,
@@ -38,8 +39,6 @@ from userpath_worker.events.services import Ingestor
 from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.tokens import Environment
-
-REDIS_URL = "redis://127.0.0.1:6379/13"
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +56,13 @@ def test_a_key_stores_only_in_its_own_organization_and_environment(
     in the test environment: through a real worker, not only in the core."""
     database_url, engine = database
     truncate_everything(engine)
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    empty_queues(REDIS_URL)
+    redis.Redis.from_url(FAULTS_REDIS_URL).flushdb()
+    empty_queues(FAULTS_REDIS_URL)
     org_a, key_a_id, key_a = new_key(engine)
     org_b, _, _ = new_key(engine)
     org_t, key_t_id, test_key = new_key(engine, Environment.TEST)
     claims = {"org_id": org_b, "organization": org_b, "environment": "live", "api_key_id": 1}
-    app = producer(REDIS_URL)
+    app = producer(FAULTS_REDIS_URL)
     for message in (
         envelope(key_a, 5, "a", properties=claims, context=claims),
         {**envelope(key_a, 1, "claim"), "org_id": org_b},  # not a field: refused
@@ -84,7 +83,7 @@ def test_a_key_stores_only_in_its_own_organization_and_environment(
         queue=WEBHOOKS_QUEUE,
     )
 
-    with running_worker(worker_environment(database_url, REDIS_URL), tmp_path / "worker.log", "--concurrency=1"):
+    with running_worker(worker_environment(database_url, FAULTS_REDIS_URL), tmp_path / "worker.log", "--concurrency=1"):
         settle_at(engine, (5 + 3 + 1, 1), timeout=60)
 
     with Session(engine) as session:

@@ -13,6 +13,7 @@ from config.celery import EVENTS_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX
 from tests.test_worker_e2e import empty_queues, envelope, new_key
 from tests.workers import (
+    FAULTS_REDIS_URL,
     migrated_database,
     pool_children,
     producer,
@@ -24,7 +25,6 @@ from tests.workers import (
 
 pytestmark = pytest.mark.slow
 
-REDIS_URL = "redis://127.0.0.1:6379/13"
 EVENTS_PER_SECOND = 500
 EVENTS_PER_ENVELOPE = 10
 TICK_SECONDS = 0.1
@@ -38,15 +38,15 @@ RSS_GROWTH_LIMIT_KIB = 30 * 1024
 def test_a_steady_load_loses_nothing_and_memory_stays_flat(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     duration = float(request.config.getoption("--soak-seconds"))
     database_url, engine = migrated_database(f"{TEST_DATABASE_PREFIX}_soak")
-    redis.Redis.from_url(REDIS_URL).flushdb()
-    empty_queues(REDIS_URL)
+    redis.Redis.from_url(FAULTS_REDIS_URL).flushdb()
+    empty_queues(FAULTS_REDIS_URL)
     _, _, key = new_key(engine)
-    app = producer(REDIS_URL)
+    app = producer(FAULTS_REDIS_URL)
     envelopes_per_tick = round(EVENTS_PER_SECOND * TICK_SECONDS / EVENTS_PER_ENVELOPE)
     samples: list[tuple[float, int]] = []  # (seconds since start, KiB)
     sent = 0
 
-    environment = worker_environment(database_url, REDIS_URL)
+    environment = worker_environment(database_url, FAULTS_REDIS_URL)
     with (
         running_worker(environment, tmp_path / "worker.log", "--concurrency=2") as worker,
         app.producer_or_acquire() as publisher,

@@ -16,13 +16,17 @@ from celery import Celery
 from sqlalchemy import Engine, func, select, text
 
 from config.celery import QUEUES
-from tests.conftest import fresh_postgres_database
+from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 
 REPOSITORY = Path(__file__).resolve().parent.parent
+# The brokers of the fault, bad-input, security and soak tests. Two runs of the suite on one
+# machine need different ones: the vhost follows the database prefix, Redis is set here.
+FAULTS_REDIS_URL = os.environ.get("USERPATH_TEST_FAULTS_REDIS_URL", "redis://127.0.0.1:6379/12")
+FAULTS_RABBITMQ_VHOST = f"{TEST_DATABASE_PREFIX}_faults"
 
 
 def migrated_database(name: str) -> tuple[str, Engine]:
