@@ -55,7 +55,9 @@ class RedactedRequest(Request):
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         error = getattr(exc_info.exception, "exc", exc_info.exception)
-        if not isinstance(error, _CELERY_OUTCOMES) and self.task.acks_late:
+        # A Retry carries the error it retries as .exc too: it is settled, not unexpected.
+        settled = isinstance(exc_info.exception, _CELERY_OUTCOMES) or isinstance(error, _CELERY_OUTCOMES)
+        if not settled and self.task.acks_late:
             # The task body dead-letters every fault of the input itself; reaching here is a bug
             # of ours or a time limit. Keep the message for replay instead of dropping it.
             detail = f"the task failed unexpectedly: {type(error).__name__}"
