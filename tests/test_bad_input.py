@@ -26,7 +26,7 @@ from kombu import Connection, Producer
 from sqlalchemy import Engine, func, select
 
 from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
-from tests.conftest import TEST_DATABASE_PREFIX
+from tests.conftest import TEST_DATABASE_PREFIX, truncate_all
 from tests.test_worker_e2e import empty_queues, new_key
 from tests.workers import (
     FAULTS_RABBITMQ_VHOST,
@@ -35,7 +35,6 @@ from tests.workers import (
     rabbitmq_vhost,
     running_worker,
     settle_at,
-    truncate_everything,
     worker_environment,
 )
 from userpath_worker.deadletter.models import DeadLetter
@@ -305,7 +304,7 @@ def database() -> Iterator[tuple[str, Engine]]:
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def broker_url(request: pytest.FixtureRequest, database: tuple[str, Engine]) -> str:
-    truncate_everything(database[1])
+    truncate_all(database[1])
     if request.param == "redis":
         redis.Redis.from_url(FAULTS_REDIS_URL).flushdb()
         url = FAULTS_REDIS_URL

@@ -21,7 +21,7 @@ import redis
 from sqlalchemy import Engine, func, select
 
 from config.celery import EVENTS_QUEUE
-from tests.conftest import TEST_DATABASE_PREFIX
+from tests.conftest import TEST_DATABASE_PREFIX, truncate_all
 from tests.proxy import faulty_proxy
 from tests.test_worker_e2e import empty_queues, envelope, new_key
 from tests.workers import (
@@ -35,7 +35,6 @@ from tests.workers import (
     rabbitmq_vhost,
     running_worker,
     settle_at,
-    truncate_everything,
     wait_for,
     worker_environment,
 )
@@ -57,7 +56,7 @@ def database() -> Iterator[tuple[str, Engine]]:
 
 @pytest.fixture
 def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
-    truncate_everything(database[1])
+    truncate_all(database[1])
     return database
 
 

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from config.celery import EVENTS_QUEUE, WEBHOOKS_QUEUE
-from tests.conftest import TEST_DATABASE_PREFIX
+from tests.conftest import TEST_DATABASE_PREFIX, truncate_all
 from tests.test_worker_e2e import empty_queues, envelope, new_key
 from tests.workers import (
     FAULTS_REDIS_URL,
@@ -28,7 +28,6 @@ from tests.workers import (
     producer,
     running_worker,
     settle_at,
-    truncate_everything,
     worker_environment,
 )
 from userpath_worker.cli import cli
@@ -55,7 +54,7 @@ def test_a_key_stores_only_in_its_own_organization_and_environment(
     """Whatever a payload claims, events land in the key's organization, and a test key's events
     in the test environment: through a real worker, not only in the core."""
     database_url, engine = database
-    truncate_everything(engine)
+    truncate_all(engine)
     redis.Redis.from_url(FAULTS_REDIS_URL).flushdb()
     empty_queues(FAULTS_REDIS_URL)
     org_a, key_a_id, key_a = new_key(engine)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from config.celery import QUEUES
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database
@@ -35,13 +35,6 @@ def migrated_database(name: str) -> tuple[str, Engine]:
     engine = make_engine(url)
     schema.upgrade(engine)
     return url, engine
-
-
-def truncate_everything(engine: Engine) -> None:
-    with engine.begin() as connection:
-        connection.execute(
-            text("TRUNCATE organizations, members, api_keys, audit_log, events, dead_letters RESTART IDENTITY CASCADE")
-        )
 
 
 def rabbitmq_vhost(name: str) -> str:
