@@ -18,9 +18,6 @@ from userpath_worker.events.schemas import summarize_arguments
 
 RETRY_BASE_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
-# Deeper than this, a message could not be pickled to a pool process (the interpreter's recursion
-# limit) and would stop the worker, again at each re-delivery. No event needs such depth.
-MAX_NESTING = 200
 # Our retries come back with an ETA at most RETRY_MAX_SECONDS ahead; a later one would sit in the
 # worker's memory, unacknowledged, for as long as the producer asked.
 MAX_ETA_AHEAD = dt.timedelta(seconds=2 * RETRY_MAX_SECONDS)
@@ -38,10 +35,12 @@ class RedactedRequest(Request):
     """
 
     def __init__(self, message: Any, *args: Any, **kwargs: Any) -> None:
-        payload = message.payload
-        if _nested_deeper_than(payload, MAX_NESTING):
-            raise InvalidTaskError(f"the message is nested more than {MAX_NESTING} levels deep")
         super().__init__(message, *args, **kwargs)
+        # Celery decodes the body here and again in the pool process, and would pickle this
+        # decoded copy to the pool along with the body: a second copy per message to send, and
+        # one that a deeply nested message cannot be pickled as. The pool process needs only the body.
+        del self._request_dict["args"], self._request_dict["kwargs"]
+        payload = message.payload
         if self._expires is not None:
             # Celery would drop an expired message without a trace: the contract says null.
             raise InvalidTaskError("expires is not part of the contract; send null")
@@ -66,22 +65,6 @@ class RedactedRequest(Request):
                 settle(self._message, stored=False)
                 return
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
-
-
-def _nested_deeper_than(value: Any, limit: int) -> bool:
-    """Whether ``value`` has lists or objects more than ``limit`` levels deep (level by level: no recursion)."""
-    level = [value]
-    for _ in range(limit):
-        below: list[Any] = []
-        for item in level:
-            if isinstance(item, dict):
-                below.extend(item.values())
-            elif isinstance(item, list | tuple):
-                below.extend(item)
-        if not below:
-            return False
-        level = below
-    return any(isinstance(item, dict | list | tuple) for item in level)
 
 
 class UserPathTask(Task):

@@ -6,7 +6,9 @@ Each case runs on SQLite and on real PostgreSQL, inside a transaction rolled bac
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -487,7 +489,7 @@ def test_stored_plus_dead_lettered_equals_received(session: Session, ingestor: I
     ("change", "detail"),
     [
         ({"timestamp": "0001-01-01T00:00:00+01:00"}, "out of range"),
-        ({"properties": {"when": dt.datetime(2026, 1, 1)}}, "not storable JSON"),  # kombu's __type__ objects
+        ({"properties": {"price": decimal.Decimal("1.5")}}, "not storable JSON"),  # kombu's "decimal" objects
         ({"properties": {"ratio": float("nan")}}, "not storable JSON"),
         ({"properties": {"text": "\ud800"}}, "not storable JSON"),
     ],
@@ -501,6 +503,21 @@ def test_values_no_database_can_store_are_invalid_events(
     )
     [letter] = dead(session)
     assert letter.reason == "invalid_event" and detail in letter.detail
+
+
+def test_the_datetimes_and_uuids_kombu_decodes_are_stored_as_their_text(
+    session: Session, ingestor: Ingestor, org_and_key
+) -> None:
+    _, _, plaintext = org_and_key
+    when = dt.datetime(2026, 1, 1, 12, 30, tzinfo=dt.UTC)
+    properties = {"when": when, "day": when.date(), "id": uuid.UUID(int=7)}
+    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(properties=properties)]}) == Outcome(1, 0)
+    stored = session.scalars(select(Event)).one()
+    assert stored.properties == {
+        "when": "2026-01-01T12:30:00+00:00",
+        "day": "2026-01-01",
+        "id": "00000000-0000-0000-0000-000000000007",
+    }
 
 
 @pytest.mark.parametrize(

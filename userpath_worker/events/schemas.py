@@ -6,10 +6,13 @@ accepts is an event the worker stores.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
+import uuid
 from typing import Annotated, Any
 
+import orjson
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -33,29 +36,56 @@ JOBS_QUEUE = "userpath.jobs"  # events reported by background jobs
 WEBHOOKS_QUEUE = "userpath.webhooks"  # third-party webhooks forwarded by receivers
 
 
-_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False)
+def _as_json_text(value: Any) -> str:
+    """What orjson writes for the Python values kombu's decoder makes (datetimes, dates, times,
+    UUIDs), so both encoders below agree."""
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_CANONICAL = json.JSONEncoder(
+    separators=(",", ":"), sort_keys=True, ensure_ascii=False, allow_nan=False, default=_as_json_text
+)
+_LENIENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
 
 
 def canonical_json(value: Any) -> bytes:
-    """The one JSON encoding we measure and hash: compact, sorted keys, UTF-8.
+    """The one JSON encoding we measure, hash and store: compact, sorted keys, UTF-8.
 
-    Raises ValueError for what no database can store as JSON: NaN or infinite numbers, lone
-    surrogates, and objects that are not JSON at all (kombu's decoder turns {"__type__": ...,
-    "__value__": ...} into Python objects).
+    Datetimes, dates, times and UUIDs (kombu's decoder makes them from {"__type__": ...,
+    "__value__": ...} objects) become ISO-8601 and UUID text. Raises ValueError for what no
+    database can store as JSON: NaN or infinite numbers, lone surrogates, other objects.
+
+    orjson encodes ten times faster than the standard library. Where it cannot (integers beyond
+    64 bits, lone surrogates, more than 254 levels) the standard encoder decides; orjson writes
+    NaN as null, so output with a null in it is checked by the standard encoder too.
     """
+    try:
+        encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        return _standard_canonical_json(value)
+    if b"null" in encoded:
+        _standard_canonical_json(value)  # raises on NaN and infinities
+    return encoded
+
+
+def _standard_canonical_json(value: Any) -> bytes:
     try:
         return _CANONICAL.encode(value).encode()
     except TypeError as error:
         raise ValueError(f"not JSON: {error}") from None
 
 
-_LENIENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=repr)
-
-
 def encoded_size(value: Any) -> int:
     """The size of ``value`` as compact UTF-8 JSON, even when parts of it are not storable, so
     a message's size is judged before its events are (each then gets its own verdict)."""
-    return len(_LENIENT.encode(value).encode("utf-8", "surrogatepass"))
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        return len(_LENIENT.encode(value).encode("utf-8", "surrogatepass"))
 
 
 # A JSON-escaped NUL (an odd number of backslashes, then u0000): PostgreSQL refuses it in text
