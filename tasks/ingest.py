@@ -45,7 +45,9 @@ def _run(task: UserPathTask, source: Source, handle: Callable[[], Outcome]) -> d
             raise
         # The database, not the message, is at fault: try again later, never dead-letter.
         metrics.RETRIES.labels(task.name).inc()
-        raise task.retry(exc=error, countdown=task.retry_delay(), max_retries=None) from None
+        delay = task.retry_delay()
+        logger.warning("database unavailable, message retried", extra={"retry_in": round(delay, 1)})
+        raise task.retry(exc=error, countdown=delay, max_retries=None) from None
     summary = {
         "stored": outcome.stored,
         "dead_lettered": outcome.dead_lettered,

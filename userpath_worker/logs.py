@@ -15,7 +15,18 @@ from typing import Any
 from userpath_worker.keys import tokens
 
 # Structured fields that our log calls pass with ``extra=``; they become JSON keys.
-FIELDS = ("task_id", "task_name", "org_id", "key", "queue", "source", "stored", "dead_lettered", "reason")
+FIELDS = (
+    "task_id",
+    "task_name",
+    "org_id",
+    "key",
+    "queue",
+    "source",
+    "stored",
+    "dead_lettered",
+    "reason",
+    "retry_in",
+)
 
 
 def _task_context() -> dict[str, Any]:
@@ -60,3 +71,9 @@ def configure(level: str, stream: Any = None) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # Each message gets one line at INFO, ours ("message handled", with its counts). Celery's
+    # "received" and "succeeded" lines would triple that and cost a formatting each: they show
+    # at DEBUG only. Celery's warnings and errors still show.
+    quiet = logging.DEBUG if logging.getLevelName(level) == logging.DEBUG else logging.WARNING
+    for per_message in ("celery.worker.strategy", "celery.app.trace"):
+        logging.getLogger(per_message).setLevel(quiet)

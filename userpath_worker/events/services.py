@@ -219,7 +219,7 @@ def _track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Sou
             stored_json = canonical_json(scrubbed)
         try:
             timestamp = event.timestamp.astimezone(dt.UTC)
-            occurred_at(timestamp, parsed.sent_at, delivery.received_at)
+            occurred = occurred_at(timestamp, parsed.sent_at, delivery.received_at)
         except OverflowError:
             rejections.append(
                 refused(Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw)
@@ -239,6 +239,7 @@ def _track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Sou
                 timestamp=timestamp,
                 sent_at=parsed.sent_at,
                 received_at=delivery.received_at,
+                occurred=occurred,
             )
         )
     return _Verdicts(rows, rejections)
@@ -321,6 +322,7 @@ def _event_row(
     sent_at: dt.datetime | None,
     received_at: dt.datetime,
     event_json: bytes | None = None,
+    occurred: dt.datetime | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """An events row, plus ``event_json``: the event (name, users, properties, context) as
@@ -336,7 +338,7 @@ def _event_row(
         "timestamp": timestamp,
         "sent_at": sent_at,
         "received_at": received_at,
-        "occurred_at": occurred_at(timestamp, sent_at, received_at),
+        "occurred_at": occurred or occurred_at(timestamp, sent_at, received_at),
         **fields,
     }
 
