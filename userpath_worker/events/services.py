@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import uuid
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from userpath_worker.events.models import Event, Source
 from userpath_worker.events.schemas import (
     MAX_ENVELOPE_BYTES,
     MAX_EVENT_BYTES,
+    TRACK_TASK,
     WEBHOOK_TASK,
     EnvelopeIn,
     EventIn,
@@ -87,7 +88,30 @@ class _Verdicts:
     rejections: list[Rejection]
 
 
-VerdictsFor = Callable[[dict[str, Any], KeyIdentity], _Verdicts]
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    """One ``userpath.track`` or ``userpath.webhook`` message, decoded."""
+
+    task: str
+    args: Sequence[Any]
+    kwargs: dict[str, Any]
+    source: Source
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
+class _Judgement:
+    """One message's rows and dead letters, before they are written."""
+
+    delivery: Delivery
+    rows: list[dict[str, Any]]
+    rejections: list[Rejection]
+    identity: KeyIdentity | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        return Outcome.of(len(self.rows), self.rejections, self.identity)
 
 
 def derived_event_id(*parts: str | bytes) -> str:
@@ -110,65 +134,59 @@ class Ingestor:
 
     def track(self, args: Sequence[Any], kwargs: dict[str, Any], source: Source, delivery: Delivery) -> Outcome:
         """Handle one ``userpath.track`` message."""
-        return self._process(
-            args,
-            kwargs,
-            delivery,
-            lambda envelope, identity: _track_verdicts(envelope, identity, source, delivery),
-        )
+        [outcome] = self.ingest([Incoming(TRACK_TASK, args, kwargs, source, delivery)])
+        return outcome
 
     def webhook(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery) -> Outcome:
         """Handle one ``userpath.webhook`` message."""
-        return self._process(
-            args, kwargs, delivery, lambda payload, identity: _webhook_verdicts(payload, identity, delivery)
-        )
+        [outcome] = self.ingest([Incoming(WEBHOOK_TASK, args, kwargs, Source.WEBHOOK, delivery)])
+        return outcome
 
-    # The shared path: argument shape, size, authentication, one transaction.
+    def ingest(self, messages: Sequence[Incoming]) -> list[Outcome]:
+        """Handle messages in one transaction: their events (one INSERT for all), their dead
+        letters and their keys' last-used times commit together or not at all."""
+        with self.session_factory.begin() as session:
+            judgements = [self._judge(session, message) for message in messages]
+            _insert_events(session, [row for judgement in judgements for row in judgement.rows])
+            for judgement in judgements:
+                dead_letters.record(session, judgement.rejections, judgement.delivery)
+            for key_id in {j.identity.key_id for j in judgements if j.rows and j.identity}:
+                self.authenticator.mark_used(session, key_id)
+        return [judgement.outcome for judgement in judgements]
 
-    def _process(
-        self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery, verdicts_for: VerdictsFor
-    ) -> Outcome:
-        message = _the_one_argument(args, kwargs)
+    # One message: argument shape, size, authentication, then the task's own verdicts.
+
+    def _judge(self, session: Session, incoming: Incoming) -> _Judgement:
+        delivery = incoming.delivery
+        message = _the_one_argument(incoming.args, incoming.kwargs)
         if isinstance(message, Rejection):
-            return self._dead_letter_only([message], delivery)
+            return _Judgement(delivery, [], [message])
         try:
             size = encoded_size(message)
         except RecursionError:
             rejection = Rejection(Reason.INVALID_ENVELOPE, "the message is nested too deeply", without_key(message))
-            return self._dead_letter_only([rejection], delivery)
+            return _Judgement(delivery, [], [rejection])
         if size > MAX_ENVELOPE_BYTES:
             detail = f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}"
-            return self._dead_letter_only([Rejection(Reason.TOO_LARGE, detail, without_key(message))], delivery)
+            return _Judgement(delivery, [], [Rejection(Reason.TOO_LARGE, detail, without_key(message))])
 
-        return self._store(message, delivery, verdicts_for)
-
-    def _store(self, message: dict[str, Any], delivery: Delivery, verdicts_for: VerdictsFor) -> Outcome:
-        with self.session_factory.begin() as session:
-            identity = self.authenticator.authenticate(session, message.get("api_key"))
-            refusal = identity if isinstance(identity, AuthFailure) else identity.refusal(utcnow())
-            if refusal is not None:
-                known = identity if isinstance(identity, KeyIdentity) else None
-                rejection = Rejection(
-                    _REFUSED_KEY[refusal],
-                    f"API key refused: {refusal.value}",
-                    without_key(message),
-                    org_id=known.org_id if known else None,
-                    api_key_id=known.key_id if known else None,
-                )
-                dead_letters.record(session, [rejection], delivery)
-                return Outcome.of(0, [rejection], known)
-
-            verdicts = verdicts_for(message, identity)
-            _insert_events(session, verdicts.rows)
-            dead_letters.record(session, verdicts.rejections, delivery)
-            if verdicts.rows:
-                self.authenticator.mark_used(session, identity.key_id)
-            return Outcome.of(len(verdicts.rows), verdicts.rejections, identity)
-
-    def _dead_letter_only(self, rejections: list[Rejection], delivery: Delivery) -> Outcome:
-        with self.session_factory.begin() as session:
-            dead_letters.record(session, rejections, delivery)
-        return Outcome.of(0, rejections)
+        identity = self.authenticator.authenticate(session, message.get("api_key"))
+        refusal = identity if isinstance(identity, AuthFailure) else identity.refusal(utcnow())
+        if refusal is not None:
+            known = identity if isinstance(identity, KeyIdentity) else None
+            rejection = Rejection(
+                _REFUSED_KEY[refusal],
+                f"API key refused: {refusal.value}",
+                without_key(message),
+                org_id=known.org_id if known else None,
+                api_key_id=known.key_id if known else None,
+            )
+            return _Judgement(delivery, [], [rejection], known)
+        if incoming.task == WEBHOOK_TASK:
+            verdicts = _webhook_verdicts(message, identity, delivery)
+        else:
+            verdicts = _track_verdicts(message, identity, incoming.source, delivery)
+        return _Judgement(delivery, verdicts.rows, verdicts.rejections, identity)
 
 
 # Per-task verdicts: which events to store, which to dead-letter.
