@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     # Redis only: how long a delivered but unacknowledged message stays invisible before Redis
     # hands it to another worker. Longer than the slowest task; RabbitMQ needs no such setting.
     visibility_timeout: Annotated[int, Field(ge=1)] = 3600
+    # Redis only: messages a worker takes from an ingestion queue at once and stores in one
+    # transaction (tasks/batching.py); 1 makes every message a Celery task of its own.
+    ingest_batch_messages: Annotated[int, Field(ge=1, le=10_000)] = 1000
 
     # Key rotation policy (the celery beat task userpath.flag_stale_keys).
     rotation_max_age_days: Annotated[int, Field(ge=1)] = 90

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from typing import Any
 
@@ -23,6 +24,7 @@ app = Celery("userpath", include=["tasks.ingest", "tasks.rotation"])
 app.conf.update(celery_config(settings))
 app.conf.beat_schedule = beat_schedule(settings)
 app.conf.worker_consumer = "tasks.consumer:DeadLetteringConsumer"
+app.steps["consumer"].add("tasks.batching:BatchedIngestion")
 
 
 logger = logging.getLogger("userpath.worker")
@@ -57,3 +59,8 @@ def _prepare(**_: Any) -> None:
 @signals.worker_process_init.connect
 def _fresh_connections(**_: Any) -> None:
     runtime.forget_connections_after_fork()
+    # A batch allocates a few hundred thousand short-lived, acyclic objects (decoded events):
+    # with the default thresholds the cycle collector ran hundreds of times a batch, each time
+    # walking everything the process had imported. Measured: a tenth of the drain rate.
+    gc.freeze()  # what exists at fork (modules, settings) is never collected: skip it
+    gc.set_threshold(50_000, 20, 10)

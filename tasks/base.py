@@ -80,6 +80,10 @@ class UserPathTask(Task):
         return super().apply_async(args, kwargs, **options)
 
     def retry_delay(self) -> float:
-        """Exponential backoff with full jitter, capped: 1 s, 2 s, 4 s ... 60 s."""
-        ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**self.request.retries)
-        return random.uniform(ceiling / 2, ceiling)
+        return backoff_seconds(self.request.retries)
+
+
+def backoff_seconds(attempts: int) -> float:
+    """Exponential backoff with full jitter, capped: 1 s, 2 s, 4 s ... 60 s after 0, 1, 2 ... failed attempts."""
+    ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**attempts)
+    return random.uniform(ceiling / 2, ceiling)

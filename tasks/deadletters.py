@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from kombu.message import Message
 
@@ -20,15 +20,33 @@ from userpath_worker.keys import tokens
 logger = logging.getLogger("userpath.worker")
 
 
-def dead_letter_message(message: Message, reason: Reason, detail: str) -> bool:
-    """Store the raw message as a dead letter; False when the database could not take it."""
+class MessageLike(Protocol):
+    """What a dead letter keeps of a message: a kombu Message, or a raw Redis delivery (tasks/batching.py)."""
+
+    @property
+    def headers(self) -> dict[str, Any] | None: ...
+    @property
+    def delivery_info(self) -> dict[str, Any] | None: ...
+    @property
+    def body(self) -> Any: ...
+    @property
+    def content_type(self) -> str | None: ...
+
+
+def rejection_of(message: MessageLike, reason: Reason, detail: str) -> tuple[Rejection, Delivery]:
+    """The dead letter of a whole message, the raw key never in it."""
     headers = message.headers or {}
     delivery = Delivery(
         task=str(headers.get("task"))[:200] if headers.get("task") else None,
         queue=(message.delivery_info or {}).get("routing_key"),
         received_at=utcnow(),
     )
-    rejection = Rejection(reason, tokens.scrub_text(detail)[:500], _payload(message))
+    return Rejection(reason, tokens.scrub_text(detail)[:500], _payload(message)), delivery
+
+
+def dead_letter_message(message: MessageLike, reason: Reason, detail: str) -> bool:
+    """Store the raw message as a dead letter; False when the database could not take it."""
+    rejection, delivery = rejection_of(message, reason, detail)
     try:
         with runtime.session_factory().begin() as session:
             dead_letters.record(session, [rejection], delivery)
@@ -49,7 +67,7 @@ def settle(message: Message, stored: bool) -> None:
         message.reject(requeue=True)
 
 
-def _payload(message: Message) -> Any:
+def _payload(message: MessageLike) -> Any:
     """The message body as a dead letter holds it. Only JSON is ever parsed: a pickle or yaml
     body is kept as escaped text and never deserialized."""
     body = message.body

@@ -26,6 +26,8 @@ FIELDS = (
     "dead_lettered",
     "reason",
     "retry_in",
+    "messages",
+    "seconds",
 )
 
 

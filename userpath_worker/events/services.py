@@ -88,7 +88,6 @@ class _Verdicts:
     rejections: list[Rejection]
 
 
-
 @dataclass(frozen=True, slots=True)
 class Incoming:
     """One ``userpath.track`` or ``userpath.webhook`` message, decoded."""
@@ -142,10 +141,16 @@ class Ingestor:
         [outcome] = self.ingest([Incoming(WEBHOOK_TASK, args, kwargs, Source.WEBHOOK, delivery)])
         return outcome
 
-    def ingest(self, messages: Sequence[Incoming]) -> list[Outcome]:
+    def ingest(self, messages: Sequence[Incoming], refused: Sequence[tuple[Rejection, Delivery]] = ()) -> list[Outcome]:
         """Handle messages in one transaction: their events (one INSERT for all), their dead
-        letters and their keys' last-used times commit together or not at all."""
+        letters and their keys' last-used times commit together or not at all.
+
+        ``refused``: dead letters of messages that could not even be decoded, written in the same
+        transaction so that a retried batch records them once.
+        """
         with self.session_factory.begin() as session:
+            for rejection, delivery in refused:
+                dead_letters.record(session, [rejection], delivery)
             judgements = [self._judge(session, message) for message in messages]
             _insert_events(session, [row for judgement in judgements for row in judgement.rows])
             for judgement in judgements:
