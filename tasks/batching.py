@@ -50,6 +50,8 @@ MAX_BATCH_BYTES = 2 * 1024 * 1024  # two full-size envelopes: bounds a pool proc
 POLL_SECONDS = 0.02  # how often an idle step looks at its queues: the latency it adds at most
 # kombu's Redis transport keeps each priority in a list of its own (the contract says 0).
 _PRIORITY_SEPARATOR, _PRIORITIES = "\x06\x16", (3, 6, 9)
+_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"  # kombu's names (no key prefix is configured)
+_TAG_COUNTER = "userpath.batch_tags"
 
 # Moves up to ARGV[1] messages (and about ARGV[2] bytes) from the queue's lists into kombu's
 # unacked hash and index, in kombu's own form ([message, exchange, routing key]; exchange ""
@@ -84,6 +86,32 @@ return #ARGV
 """
 
 
+class RedisBatches:
+    """kombu's Redis queues and unacked structures, a batch at a time."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._take = client.register_script(_TAKE)
+        self._give_back = client.register_script(_GIVE_BACK)
+
+    def take(self, queue: str, messages: int, max_bytes: int) -> tuple[list[bytes], list[bytes]]:
+        """Up to ``messages`` messages (and about ``max_bytes``), oldest first: (tags, messages)."""
+        lists = [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{priority}" for priority in _PRIORITIES]
+        taken = self._take(
+            keys=[_UNACKED, _UNACKED_INDEX, _TAG_COUNTER, *lists],
+            args=[messages, max_bytes, time.time(), json.dumps(queue)],
+        )
+        return taken[0::2], taken[1::2]
+
+    def acknowledge(self, tags: Sequence[bytes]) -> None:
+        self.client.pipeline(transaction=False).hdel(_UNACKED, *tags).zrem(_UNACKED_INDEX, *tags).execute()
+
+    def give_back(self, tags: Sequence[bytes], queue: str) -> None:
+        """Put the messages back where the next take finds them first."""
+        suffix = f',"",{json.dumps(queue)}]'
+        self._give_back(keys=[_UNACKED, _UNACKED_INDEX, queue, suffix], args=list(tags))
+
+
 class DatabaseUnavailable(Exception):
     """The batch met a database outage: give it back and pause."""
 
@@ -115,8 +143,19 @@ def ingest_batch(messages: Sequence[bytes]) -> dict[str, int]:
         # One message the database refuses (our bug) must not hold up the others.
         outcomes = _one_at_a_time(incoming, refused)
     seconds = time.perf_counter() - started
-    for (_, message), outcome in zip(incoming, outcomes, strict=False):
+    for (raw, message), outcome in zip(incoming, outcomes, strict=False):
         metrics.record(_summary(outcome, message.source))
+        logger.debug(
+            "message handled",
+            extra={
+                "task_id": (raw.headers or {}).get("id"),
+                "org_id": outcome.org_id,
+                "key": outcome.key,
+                "source": message.source.value,
+                "stored": outcome.stored,
+                "dead_lettered": outcome.dead_lettered,
+            },
+        )
     for rejection, _ in refused:
         metrics.DEAD_LETTERS.labels(rejection.reason.value, "unknown").inc()
     metrics.BATCH_WRITE_SECONDS.observe(seconds)
@@ -209,7 +248,6 @@ class BatchedIngestion(bootsteps.StartStopStep):
     def __init__(self, c: Any, **kwargs: Any) -> None:
         super().__init__(c, **kwargs)
         self.settings = get_settings()
-        self.client: redis.Redis | None = None
         self.queues: list[str] = []
         self.in_flight = 0
         self.paused_until = 0.0
@@ -223,9 +261,7 @@ class BatchedIngestion(bootsteps.StartStopStep):
         self.queues = [queue for queue in BATCHED_QUEUES if queue in consumed]
         for queue in self.queues:
             c.task_consumer.cancel_by_queue(queue)
-        self.client = redis.Redis.from_url(self.settings.broker_url)
-        self.take_script = self.client.register_script(_TAKE)
-        self.give_back_script = self.client.register_script(_GIVE_BACK)
+        self.batches = RedisBatches(redis.Redis.from_url(self.settings.broker_url))
         self.pool, self.slots = c.pool, max(1, getattr(c.pool, "limit", None) or 1)
         self.time_limits = {"soft_timeout": c.app.conf.task_soft_time_limit, "timeout": c.app.conf.task_time_limit}
         self.next_queue = 0
@@ -261,10 +297,9 @@ class BatchedIngestion(bootsteps.StartStopStep):
     def _dispatch_one(self) -> bool:
         for offset in range(len(self.queues)):
             queue = self.queues[(self.next_queue + offset) % len(self.queues)]
-            taken = self._take(queue)
-            if taken:
+            tags, messages = self.batches.take(queue, self.batch_messages, MAX_BATCH_BYTES)
+            if tags:
                 self.next_queue = (self.next_queue + offset + 1) % len(self.queues)
-                tags, messages = taken[0::2], taken[1::2]
                 self.in_flight += 1
                 self.pool.apply_async(
                     ingest_batch,
@@ -276,18 +311,11 @@ class BatchedIngestion(bootsteps.StartStopStep):
                 return True
         return False
 
-    def _take(self, queue: str) -> list[bytes]:
-        lists = [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{priority}" for priority in _PRIORITIES]
-        return self.take_script(
-            keys=["unacked", "unacked_index", "userpath.batch_tags", *lists],
-            args=[self.batch_messages, MAX_BATCH_BYTES, time.time(), json.dumps(queue)],
-        )
-
     def _done(self, tags: list[bytes]) -> None:
         self.in_flight -= 1
         self.failures = 0
         try:
-            self.client.pipeline(transaction=False).hdel("unacked", *tags).zrem("unacked_index", *tags).execute()
+            self.batches.acknowledge(tags)
         except redis.RedisError as error:
             # Stored but not acknowledged: kombu re-delivers them later, and storage is idempotent.
             logger.warning("could not acknowledge a stored batch (%s)", type(error).__name__)
@@ -304,8 +332,7 @@ class BatchedIngestion(bootsteps.StartStopStep):
         else:
             logger.error("a batch failed (%s); its messages go back to the queue", type(error).__name__)
         try:
-            suffix = f',"",{json.dumps(queue)}]'
-            self.give_back_script(keys=["unacked", "unacked_index", queue, suffix], args=tags)
+            self.batches.give_back(tags, queue)
         except redis.RedisError as failure:
             # Still in kombu's unacked hash: re-delivered after the visibility timeout.
             logger.warning("could not give a batch back (%s)", type(failure).__name__)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -89,7 +90,8 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
         assert 'userpath_events_stored_total{source="server"} 3.0' in metrics
         assert 'userpath_dead_letters_total{reason="invalid_event",source="server"} 1.0' in metrics
         assert 'userpath_queue_depth{queue="userpath.events"} 0.0' in metrics
-        assert "userpath_batch_write_seconds_count 2.0" in metrics
+        # On Redis both messages may share a batch: one transaction or two.
+        assert re.search(r"^userpath_batch_write_seconds_count [12]\.0$", metrics, re.MULTILINE)
 
         health = userpath("health", "--timeout", "5", env=env)
         assert health.returncode == 0 and health.stdout.startswith("healthy: celery@")
@@ -97,8 +99,9 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
         assert status["dead_letters_24h"] == {"invalid_event": 1} and len(status["workers"]) == 1
     engine.dispose()
 
+    # At INFO, one line per batch (tasks/batching.py); each message has its own line at DEBUG.
     handled = [
-        json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and "message handled" in line
+        json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and "batch handled" in line
     ]
-    assert {entry["stored"] for entry in handled} == {3, 0}
-    assert all(entry["key"].startswith("up_live_") and "..." in entry["key"] and entry["task_id"] for entry in handled)
+    assert sum(entry["stored"] for entry in handled) == 3 and sum(entry["dead_lettered"] for entry in handled) == 1
+    assert sum(entry["messages"] for entry in handled) == 2

@@ -212,9 +212,9 @@ def test_secrets_stay_out_of_debug_logs_tables_and_task_events(clean_database, t
     time.sleep(1)
     log = tmp_path / "worker.log"
     try:
-        with running_worker(
-            worker_environment(database_url, REDIS_URL), log, "--concurrency=1", "--loglevel=DEBUG", "--task-events"
-        ):
+        # Task events exist for messages run as Celery tasks: not batched (tasks/batching.py).
+        unbatched = worker_environment(database_url, REDIS_URL, USERPATH_INGEST_BATCH_MESSAGES="1")
+        with running_worker(unbatched, log, "--concurrency=1", "--loglevel=DEBUG", "--task-events"):
             expected = send_mixed_traffic(REDIS_URL, key)
             wait_for(lambda: counts(engine) == expected, 60, "the traffic to be handled")
             wait_for(lambda: sum(e.get("type") == "task-received" for e in seen_events) >= 10, 10, "task events")

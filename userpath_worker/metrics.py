@@ -27,7 +27,7 @@ EVENTS_STORED = Counter("userpath_events_stored", "Events stored (new or already
 DEAD_LETTERS = Counter("userpath_dead_letters", "Messages or events dead-lettered.", ["reason", "source"])
 BATCH_WRITE_SECONDS = Histogram(
     "userpath_batch_write_seconds",
-    "Time to authenticate, validate and write one message.",
+    "Time to authenticate, validate and write one transaction: a message, or a batch of them on Redis.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
 AUTH_CACHE = Counter("userpath_auth_cache", "Key lookups by outcome.", ["result"])  # hit | miss

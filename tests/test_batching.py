@@ -1,0 +1,155 @@
+"""Batched ingestion on Redis (tasks/batching.py): how a raw delivery is judged, and that a batch
+lives in kombu's own unacked structures, so kombu's re-delivery works on it."""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from kombu import Connection
+
+from tasks.batching import RedisBatches, _decode
+from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.services import Rejection
+from userpath_worker.events.models import Source
+from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
+from userpath_worker.events.services import Incoming
+from userpath_worker.keys import tokens
+from userpath_worker.keys.tokens import Environment
+
+REDIS_URL = "redis://127.0.0.1:6379/13"
+KEY = tokens.generate(Environment.LIVE)  # never stored: it must not reach a dead letter as it is
+
+
+def redis_message(
+    body: Any,
+    task: str | None = TRACK_TASK,
+    queue: str = EVENTS_QUEUE,
+    content_type: str = "application/json",
+    **headers: Any,
+) -> bytes:
+    """One message as kombu's Redis transport stores it (docs/contract.md, "(a) Redis")."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    document = {
+        "body": base64.b64encode(raw).decode(),
+        "content-encoding": "utf-8",
+        "content-type": content_type,
+        "headers": ({"task": task, "id": "t-1", "eta": None, "expires": None} if task else {}) | headers,
+        "properties": {
+            "delivery_info": {"exchange": "", "routing_key": queue},
+            "body_encoding": "base64",
+            "delivery_tag": "d-1",
+            "priority": 0,
+        },
+    }
+    return json.dumps(document).encode()
+
+
+def envelope() -> list[Any]:
+    event = {"event": "Signed Up", "user_id": "u1", "timestamp": "2026-05-01T12:00:00+00:00"}
+    return [[{"api_key": KEY, "batch": [event]}], {}, {"callbacks": None}]
+
+
+@pytest.mark.parametrize(
+    ("queue", "task", "source"),
+    [
+        (EVENTS_QUEUE, TRACK_TASK, Source.SERVER),
+        (JOBS_QUEUE, TRACK_TASK, Source.JOB),
+        (WEBHOOKS_QUEUE, WEBHOOK_TASK, Source.WEBHOOK),
+    ],
+)
+def test_an_ingestion_message_becomes_the_core_s_input(queue: str, task: str, source: Source) -> None:
+    _, incoming = _decode(redis_message(envelope(), task=task, queue=queue))
+    assert isinstance(incoming, Incoming)
+    assert (incoming.task, incoming.source, incoming.delivery.queue) == (task, source, queue)
+    assert incoming.args[0]["api_key"] == KEY and incoming.kwargs == {}
+
+
+@pytest.mark.parametrize(
+    ("item", "reason", "detail"),
+    [
+        (b"not json", Reason.INVALID_ENVELOPE, "not a message in kombu's Redis form"),
+        (redis_message(envelope(), task=None), Reason.INVALID_ENVELOPE, "no task header"),
+        (redis_message(envelope(), task="proj.tasks.add"), Reason.UNKNOWN_TASK, "no task named 'proj.tasks.add'"),
+        (
+            redis_message(pickle.dumps(envelope()), content_type="application/x-python-serialize"),
+            Reason.UNDECODABLE,
+            "application/x-python-serialize is refused",
+        ),
+        (redis_message(b'[[{"api_key": "' + KEY.encode() + b'"'), Reason.UNDECODABLE, "cannot decode the body"),
+        (redis_message({"api_key": KEY}), Reason.INVALID_ENVELOPE, "not [args, kwargs, embed]"),
+        (redis_message(envelope(), expires="2026-05-01T12:00:00+00:00"), Reason.INVALID_ENVELOPE, "expires"),
+    ],
+)
+def test_what_is_not_an_ingestion_message_is_dead_lettered_with_its_reason_and_no_key(
+    item: bytes, reason: Reason, detail: str
+) -> None:
+    rejection, delivery = _decode(item)
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason == reason and detail in rejection.detail
+    assert KEY not in json.dumps(rejection.payload, default=str) and KEY not in rejection.detail
+    assert delivery.queue in (EVENTS_QUEUE, None)
+
+
+@pytest.fixture
+def broker() -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
+
+
+def test_a_batch_is_held_in_kombus_unacked_hash_until_acknowledged(broker: redis.Redis) -> None:
+    messages = [redis_message(envelope() + [n]) for n in range(5)]
+    broker.lpush(EVENTS_QUEUE, *messages)  # as producers do; consumers pop from the other end
+    batches = RedisBatches(broker)
+
+    tags, taken = batches.take(EVENTS_QUEUE, messages=3, max_bytes=10**6)
+    assert taken == messages[:3] and broker.llen(EVENTS_QUEUE) == 2
+    held = {tag: json.loads(broker.hget("unacked", tag)) for tag in tags}
+    assert [entry[0] for entry in held.values()] == [json.loads(message) for message in messages[:3]]
+    assert all(entry[1:] == ["", EVENTS_QUEUE] for entry in held.values())  # kombu's [message, exchange, key]
+    assert broker.zcard("unacked_index") == 3
+
+    batches.acknowledge(tags)
+    assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0
+
+
+def test_a_failed_batch_goes_back_to_the_consuming_end_of_its_queue(broker: redis.Redis) -> None:
+    messages = [redis_message(envelope() + [n]) for n in range(4)]
+    broker.lpush(EVENTS_QUEUE, *messages)
+    batches = RedisBatches(broker)
+    tags, _ = batches.take(EVENTS_QUEUE, messages=2, max_bytes=10**6)
+
+    batches.give_back(tags, EVENTS_QUEUE)
+
+    assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0
+    _, again = batches.take(EVENTS_QUEUE, messages=10, max_bytes=10**6)
+    assert sorted(again) == sorted(messages)
+
+
+def test_a_batch_whose_worker_died_is_restored_by_kombu_itself(broker: redis.Redis) -> None:
+    message = redis_message(envelope())
+    broker.lpush(EVENTS_QUEUE, message)
+    tags, _ = RedisBatches(broker).take(EVENTS_QUEUE, messages=10, max_bytes=10**6)
+    assert broker.llen(EVENTS_QUEUE) == 0
+
+    with Connection(REDIS_URL) as connection:
+        connection.default_channel.qos.restore_by_tag(tags[0])  # what its visibility timeout does
+
+    [restored] = broker.lrange(EVENTS_QUEUE, 0, -1)
+    assert json.loads(restored)["body"] == json.loads(message)["body"]
+    assert broker.hlen("unacked") == 0
+
+
+def test_a_batch_is_bounded_in_bytes(broker: redis.Redis) -> None:
+    messages = [redis_message(envelope() + ["x" * 1000]) for _ in range(10)]
+    broker.lpush(EVENTS_QUEUE, *messages)
+    _, taken = RedisBatches(broker).take(EVENTS_QUEUE, messages=10, max_bytes=2500)
+    assert len(taken) == 2  # the message that passes the bound is the last one taken
