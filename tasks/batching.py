@@ -321,8 +321,9 @@ class BatchedIngestion(bootsteps.StartStopStep):
             logger.warning("could not acknowledge a stored batch (%s)", type(error).__name__)
         self.fill()
 
-    def _failed(self, tags: list[bytes], queue: str, error: BaseException) -> None:
+    def _failed(self, tags: list[bytes], queue: str, failure: Any) -> None:
         self.in_flight -= 1
+        error = getattr(failure, "exception", failure)  # billiard hands over an ExceptionInfo
         if isinstance(error, DatabaseUnavailable):
             delay = backoff_seconds(self.failures)
             self.failures += 1
@@ -333,6 +334,6 @@ class BatchedIngestion(bootsteps.StartStopStep):
             logger.error("a batch failed (%s); its messages go back to the queue", type(error).__name__)
         try:
             self.batches.give_back(tags, queue)
-        except redis.RedisError as failure:
+        except redis.RedisError as unreachable:
             # Still in kombu's unacked hash: re-delivered after the visibility timeout.
-            logger.warning("could not give a batch back (%s)", type(failure).__name__)
+            logger.warning("could not give a batch back (%s)", type(unreachable).__name__)
