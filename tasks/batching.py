@@ -228,7 +228,13 @@ def _decode(item: bytes) -> tuple[RawMessage, Incoming] | tuple[Rejection, Deliv
         return rejection_of(raw, Reason.UNDECODABLE, f"content type {raw.content_type} is refused; send JSON")
     except (DecodeError, RecursionError) as error:
         return rejection_of(raw, Reason.UNDECODABLE, f"cannot decode the body: {type(error).__name__}")
-    if not (isinstance(payload, list) and len(payload) == 3 and isinstance(payload[0], list)):
+    if not (
+        isinstance(payload, list)
+        and len(payload) == 3
+        and isinstance(payload[0], list)
+        and isinstance(payload[1], dict)
+        and isinstance(payload[2], dict | None)
+    ):
         detail = "not a valid task message: the body is not [args, kwargs, embed]"
         return rejection_of(raw, Reason.INVALID_ENVELOPE, detail)
     if headers.get("expires") is not None:
@@ -237,7 +243,7 @@ def _decode(item: bytes) -> tuple[RawMessage, Incoming] | tuple[Rejection, Deliv
     queue = (raw.delivery_info or {}).get("routing_key")
     source = Source.WEBHOOK if task == WEBHOOK_TASK else Source.for_queue(queue)
     delivery = Delivery(task=task, queue=queue, received_at=utcnow())
-    return raw, Incoming(task, args, kwargs if isinstance(kwargs, dict) else {"": kwargs}, source, delivery)
+    return raw, Incoming(task, args, kwargs, source, delivery)
 
 
 class BatchedIngestion(bootsteps.StartStopStep):
@@ -250,6 +256,7 @@ class BatchedIngestion(bootsteps.StartStopStep):
         self.settings = get_settings()
         self.queues: list[str] = []
         self.in_flight = 0
+        self.running = False
         self.paused_until = 0.0
         self.failures = 0
         self.timer: Any = None
@@ -266,9 +273,11 @@ class BatchedIngestion(bootsteps.StartStopStep):
         self.time_limits = {"soft_timeout": c.app.conf.task_soft_time_limit, "timeout": c.app.conf.task_time_limit}
         self.next_queue = 0
         self.timer = c.hub.call_repeatedly(POLL_SECONDS, self.fill)
+        self.running = True
         logger.info("batched ingestion: up to %s messages a batch from %s", self.batch_messages, ", ".join(self.queues))
 
     def stop(self, c: Any) -> None:
+        self.running = False  # batches that finish now must not start new ones
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
@@ -287,7 +296,7 @@ class BatchedIngestion(bootsteps.StartStopStep):
     def fill(self) -> None:
         """Keep every pool process busy with a batch while the queues have messages."""
         try:
-            while self.in_flight < self.slots and time.monotonic() >= self.paused_until:
+            while self.running and self.in_flight < self.slots and time.monotonic() >= self.paused_until:
                 if not self._dispatch_one():
                     return
         except redis.RedisError as error:

@@ -83,6 +83,7 @@ def test_an_ingestion_message_becomes_the_core_s_input(queue: str, task: str, so
         ),
         (redis_message(b'[[{"api_key": "' + KEY.encode() + b'"'), Reason.UNDECODABLE, "cannot decode the body"),
         (redis_message({"api_key": KEY}), Reason.INVALID_ENVELOPE, "not [args, kwargs, embed]"),
+        (redis_message([[{"api_key": KEY}], [], None]), Reason.INVALID_ENVELOPE, "not [args, kwargs, embed]"),
         (redis_message(envelope(), expires="2026-05-01T12:00:00+00:00"), Reason.INVALID_ENVELOPE, "expires"),
     ],
 )
