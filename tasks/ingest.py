@@ -71,14 +71,15 @@ def _run(task: UserPathTask, source: Source, handle: Callable[[], Outcome]) -> s
     return f"stored {outcome.stored}, dead-lettered {outcome.dead_lettered}"
 
 
-@app.task(name=TRACK_TASK, bind=True, base=UserPathTask)
+# shared=False: these tasks belong to this app only, not to every Celery app the process makes.
+@app.task(name=TRACK_TASK, bind=True, base=UserPathTask, shared=False)
 def track(self: UserPathTask, *args: Any, **kwargs: Any) -> str:
     delivery = _delivery(self)
     source = Source.for_queue(delivery.queue)
     return _run(self, source, lambda: ingestor().track(args, kwargs, source, delivery))
 
 
-@app.task(name=WEBHOOK_TASK, bind=True, base=UserPathTask)
+@app.task(name=WEBHOOK_TASK, bind=True, base=UserPathTask, shared=False)
 def webhook(self: UserPathTask, *args: Any, **kwargs: Any) -> str:
     delivery = _delivery(self)
     return _run(self, Source.WEBHOOK, lambda: ingestor().webhook(args, kwargs, delivery))

@@ -22,7 +22,7 @@ def _transaction() -> AbstractContextManager[Session]:
     return runtime.session_factory().begin()
 
 
-@app.task(name="userpath.flag_stale_keys", base=UserPathTask)
+@app.task(name="userpath.flag_stale_keys", base=UserPathTask, shared=False)
 def flag_stale_keys() -> dict[str, int]:
     policy = services.RotationPolicy.from_settings(get_settings())
     totals: Counter[str] = Counter()
@@ -37,7 +37,7 @@ def flag_stale_keys() -> dict[str, int]:
     return dict(totals)
 
 
-@app.task(name="userpath.deliver_reminder", bind=True, base=UserPathTask, max_retries=MAX_ATTEMPTS - 1)
+@app.task(name="userpath.deliver_reminder", bind=True, base=UserPathTask, max_retries=MAX_ATTEMPTS - 1, shared=False)
 def deliver_reminder(self: UserPathTask, reminder_id: int) -> str:
     result = delivery.deliver(_transaction, int(reminder_id), get_settings().reminder_webhook_url)
     if result.outcome is Outcome.FAILED and self.request.retries < self.max_retries:
