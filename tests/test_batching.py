@@ -7,14 +7,21 @@ import base64
 import json
 import pickle
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from kombu import Connection
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from tasks.batching import RedisBatches, _decode
-from userpath_worker.deadletter.models import Reason
+from tests.conftest import TEST_DATABASE_PREFIX
+from tests.test_worker_e2e import envelope as e2e_envelope
+from tests.test_worker_e2e import new_key
+from tests.workers import migrated_database, producer, running_worker, settle_at, worker_environment
+from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Rejection
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
@@ -154,3 +161,36 @@ def test_a_batch_is_bounded_in_bytes(broker: redis.Redis) -> None:
     broker.lpush(EVENTS_QUEUE, *messages)
     _, taken = RedisBatches(broker).take(EVENTS_QUEUE, messages=10, max_bytes=2500)
     assert len(taken) == 2  # the message that passes the bound is the last one taken
+
+
+def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_batch_stored(
+    broker: redis.Redis, tmp_path: Path
+) -> None:
+    database_url, engine = migrated_database(f"{TEST_DATABASE_PREFIX}_batching")
+    with engine.begin() as connection:  # a refusal our validation cannot foresee: a bug, for the worker
+        connection.execute(
+            text(
+                "CREATE FUNCTION refuse_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.name = 'Poison' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+            )
+        )
+        connection.execute(
+            text("CREATE TRIGGER refuse_poison BEFORE INSERT ON events FOR EACH ROW EXECUTE FUNCTION refuse_poison()")
+        )
+    _, _, key = new_key(engine)
+    app = producer(REDIS_URL)
+    for message in (e2e_envelope(key, 2, "first"), e2e_envelope(key, 1, "poison"), e2e_envelope(key, 2, "last")):
+        if message["batch"][0]["event_id"].startswith("poison"):
+            message["batch"][0]["event"] = "Poison"
+        app.send_task(TRACK_TASK, args=[message], queue=EVENTS_QUEUE)  # queued first: one batch
+
+    log = tmp_path / "worker.log"
+    with running_worker(worker_environment(database_url, REDIS_URL), log, "--concurrency=1"):
+        settle_at(engine, (4, 1), timeout=30)
+
+    with Session(engine) as session:
+        [letter] = session.scalars(select(DeadLetter)).all()
+        assert letter.reason == Reason.INTERNAL_ERROR.value and "failed unexpectedly" in letter.detail
+        assert key not in json.dumps(letter.payload) and "Poison" in json.dumps(letter.payload)
+    assert '"messages": 3' in log.read_text()  # the three shared a batch
+    engine.dispose()
