@@ -12,8 +12,7 @@ from celery import Task
 from celery.exceptions import Ignore, InvalidTaskError, Reject, Retry
 from celery.worker.request import Request
 
-from tasks.deadletters import dead_letter_message, settle
-from userpath_worker.deadletter.models import Reason
+from tasks.deadletters import EXPIRES_REFUSED, dead_letter_message, failed_unexpectedly, settle
 from userpath_worker.events.schemas import summarize_arguments
 
 RETRY_BASE_SECONDS = 1.0
@@ -43,7 +42,7 @@ class RedactedRequest(Request):
         payload = message.payload
         if self._expires is not None:
             # Celery would drop an expired message without a trace: the contract says null.
-            raise InvalidTaskError("expires is not part of the contract; send null")
+            raise InvalidTaskError(EXPIRES_REFUSED)
         if self._eta is not None and self._eta > dt.datetime.now(dt.UTC) + MAX_ETA_AHEAD:
             raise InvalidTaskError(f"eta is more than {MAX_ETA_AHEAD.seconds} s ahead")
         arguments = payload[0] if isinstance(payload, list | tuple) and payload else None
@@ -59,8 +58,7 @@ class RedactedRequest(Request):
         if not settled and self.task.acks_late:
             # The task body dead-letters every fault of the input itself; reaching here is a bug
             # of ours or a time limit. Keep the message for replay instead of dropping it.
-            detail = f"the task failed unexpectedly: {type(error).__name__}"
-            stored = dead_letter_message(self._message, Reason.INTERNAL_ERROR, detail)
+            stored = dead_letter_message(self._message, *failed_unexpectedly(error))
             if not stored:
                 settle(self._message, stored=False)
                 return

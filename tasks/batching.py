@@ -32,7 +32,16 @@ from kombu.serialization import loads
 
 from config.settings import get_settings
 from tasks.base import backoff_seconds
-from tasks.deadletters import rejection_of
+from tasks.deadletters import (
+    EXPIRES_REFUSED,
+    NO_TASK_HEADER,
+    failed_unexpectedly,
+    invalid_message,
+    refused_content,
+    rejection_of,
+    undecodable,
+    unknown_task,
+)
 from tasks.ingest import ingestor
 from userpath_worker import metrics
 from userpath_worker.db import is_transient, utcnow
@@ -183,9 +192,9 @@ def _one_at_a_time(
                 if is_transient(error):
                     raise
                 logger.exception("a message failed unexpectedly; it is dead-lettered as internal_error")
-                detail = f"the task failed unexpectedly: {type(error).__name__}"
-                ingestor().ingest([], [rejection_of(raw, Reason.INTERNAL_ERROR, detail)])
-                outcome = Outcome(0, 1, {Reason.INTERNAL_ERROR.value: 1})
+                verdict = failed_unexpectedly(error)
+                ingestor().ingest([], [rejection_of(raw, *verdict)])
+                outcome = Outcome(0, 1, {verdict[0].value: 1})
             outcomes.append(outcome)
     except Exception as error:
         if is_transient(error):
@@ -219,15 +228,15 @@ def _decode(item: bytes) -> tuple[RawMessage, Incoming] | tuple[Rejection, Deliv
     headers = raw.headers if isinstance(raw.headers, dict) else {}
     task = headers.get("task")
     if task is None:
-        return rejection_of(raw, Reason.INVALID_ENVELOPE, "not a Celery protocol 2 task message (no task header)")
+        return rejection_of(raw, *NO_TASK_HEADER)
     if task not in INGESTION_TASKS:
-        return rejection_of(raw, Reason.UNKNOWN_TASK, f"no task named {str(task)[:200]!r} here; see docs/contract.md")
+        return rejection_of(raw, *unknown_task(task))
     try:
         payload = loads(raw.body, raw.content_type, raw.content_encoding or "utf-8", accept={"application/json"})
     except ContentDisallowed:
-        return rejection_of(raw, Reason.UNDECODABLE, f"content type {raw.content_type} is refused; send JSON")
+        return rejection_of(raw, *refused_content(raw.content_type))
     except (DecodeError, RecursionError) as error:
-        return rejection_of(raw, Reason.UNDECODABLE, f"cannot decode the body: {type(error).__name__}")
+        return rejection_of(raw, *undecodable(error))
     if not (
         isinstance(payload, list)
         and len(payload) == 3
@@ -235,10 +244,9 @@ def _decode(item: bytes) -> tuple[RawMessage, Incoming] | tuple[Rejection, Deliv
         and isinstance(payload[1], dict)
         and isinstance(payload[2], dict | None)
     ):
-        detail = "not a valid task message: the body is not [args, kwargs, embed]"
-        return rejection_of(raw, Reason.INVALID_ENVELOPE, detail)
+        return rejection_of(raw, *invalid_message("the body is not [args, kwargs, embed]"))
     if headers.get("expires") is not None:
-        return rejection_of(raw, Reason.INVALID_ENVELOPE, "expires is not part of the contract; send null")
+        return rejection_of(raw, *invalid_message(EXPIRES_REFUSED))
     args, kwargs, _ = payload
     queue = (raw.delivery_info or {}).get("routing_key")
     source = Source.WEBHOOK if task == WEBHOOK_TASK else Source.for_queue(queue)

@@ -15,8 +15,15 @@ from celery.worker.consumer.consumer import promise
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
-from tasks.deadletters import dead_letter_message, settle
-from userpath_worker.deadletter.models import Reason
+from tasks.deadletters import (
+    NO_TASK_HEADER,
+    dead_letter_message,
+    invalid_message,
+    refused_content,
+    settle,
+    undecodable,
+    unknown_task,
+)
 
 
 class DeadLetteringConsumer(Consumer):
@@ -34,27 +41,21 @@ class DeadLetteringConsumer(Consumer):
                 # Celery's strategy takes the body's shape on trust ([args, kwargs, embed], a hashable
                 # task name...): what it raises on would stop the worker, and the message, never
                 # acknowledged, would stop the next one too.
-                detail = f"not a valid task message: {type(exc).__name__}"
-                settle(message, dead_letter_message(message, Reason.INVALID_ENVELOPE, detail))
+                settle(message, dead_letter_message(message, *invalid_message(type(exc).__name__)))
 
         return on_task_received_or_dead_letter
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
-        stored = dead_letter_message(message, Reason.UNDECODABLE, f"cannot decode the body: {type(exc).__name__}")
-        settle(message, stored)
+        settle(message, dead_letter_message(message, *undecodable(exc)))
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
-        if isinstance(exc, ContentDisallowed):
-            reason, detail = Reason.UNDECODABLE, f"content type {message.content_type} is refused; send JSON"
-        else:
-            reason, detail = Reason.INVALID_ENVELOPE, f"not a valid task message: {exc}"
-        settle(message, dead_letter_message(message, reason, detail))
+        verdict = (
+            refused_content(message.content_type) if isinstance(exc, ContentDisallowed) else invalid_message(str(exc))
+        )
+        settle(message, dead_letter_message(message, *verdict))
 
     def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
-        task = (message.headers or {}).get("task")
-        detail = f"no task named {str(task)[:200]!r} here; see docs/contract.md"
-        settle(message, dead_letter_message(message, Reason.UNKNOWN_TASK, detail))
+        settle(message, dead_letter_message(message, *unknown_task((message.headers or {}).get("task"))))
 
     def on_unknown_message(self, body: Any, message: Message) -> None:
-        detail = "not a Celery protocol 2 task message (no task header)"
-        settle(message, dead_letter_message(message, Reason.INVALID_ENVELOPE, detail))
+        settle(message, dead_letter_message(message, *NO_TASK_HEADER))

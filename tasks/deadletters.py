@@ -20,6 +20,32 @@ from userpath_worker.keys import tokens
 logger = logging.getLogger("userpath.worker")
 
 
+# Why a whole message is dead-lettered, in the same words whichever consumer found it: Celery's
+# (tasks/consumer.py, tasks/base.py) or the batched one on Redis (tasks/batching.py).
+EXPIRES_REFUSED = "expires is not part of the contract; send null"
+NO_TASK_HEADER = (Reason.INVALID_ENVELOPE, "not a Celery protocol 2 task message (no task header)")
+
+
+def invalid_message(why: str) -> tuple[Reason, str]:
+    return Reason.INVALID_ENVELOPE, f"not a valid task message: {why}"
+
+
+def unknown_task(task: object) -> tuple[Reason, str]:
+    return Reason.UNKNOWN_TASK, f"no task named {str(task)[:200]!r} here; see docs/contract.md"
+
+
+def refused_content(content_type: str | None) -> tuple[Reason, str]:
+    return Reason.UNDECODABLE, f"content type {content_type} is refused; send JSON"
+
+
+def undecodable(error: BaseException) -> tuple[Reason, str]:
+    return Reason.UNDECODABLE, f"cannot decode the body: {type(error).__name__}"
+
+
+def failed_unexpectedly(error: BaseException) -> tuple[Reason, str]:
+    return Reason.INTERNAL_ERROR, f"the task failed unexpectedly: {type(error).__name__}"
+
+
 class MessageLike(Protocol):
     """What a dead letter keeps of a message: a kombu Message, or a raw Redis delivery (tasks/batching.py)."""
 

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 
 import pytest
+import redis
 from sqlalchemy import Engine, create_engine, inspect, text
 from sqlalchemy.orm import Session
 
@@ -32,6 +33,15 @@ def fresh_postgres_database(name: str) -> str:
         connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
     return f"{POSTGRES_SERVER}/{name}"
+
+
+def flushed_redis(url: str) -> Iterator[redis.Redis]:
+    """A client of the Redis database at ``url``, empty before the test and after it (for fixtures)."""
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield client
+    client.flushdb()
+    client.close()
 
 
 @pytest.fixture(scope="session")

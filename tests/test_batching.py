@@ -17,7 +17,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from tasks.batching import RedisBatches, _decode
-from tests.conftest import TEST_DATABASE_PREFIX
+from tests.conftest import TEST_DATABASE_PREFIX, flushed_redis
 from tests.test_worker_e2e import envelope as e2e_envelope
 from tests.test_worker_e2e import new_key
 from tests.workers import migrated_database, producer, running_worker, settle_at, worker_environment
@@ -106,11 +106,7 @@ def test_what_is_not_an_ingestion_message_is_dead_lettered_with_its_reason_and_n
 
 @pytest.fixture
 def broker() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(REDIS_URL)
 
 
 def test_a_batch_is_held_in_kombus_unacked_hash_until_acknowledged(broker: redis.Redis) -> None:

@@ -30,6 +30,7 @@ from kombu.message import Message
 from pydantic import ValidationError
 
 from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
+from tests.conftest import flushed_redis
 from userpath_worker.client import ClientClosed, InvalidEvent, InvalidKey, NotSent, QueueFull, UserPath
 from userpath_worker.events.schemas import (
     MAX_ENVELOPE_BYTES,
@@ -56,11 +57,7 @@ def api_key() -> str:
 
 @pytest.fixture
 def redis_db() -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(REDIS_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-    client.close()
+    yield from flushed_redis(REDIS_URL)
 
 
 @pytest.fixture
