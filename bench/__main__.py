@@ -1,4 +1,5 @@
-"""``python -m bench --size full|smoke``: run every measurement, print a table, write JSON."""
+"""``python -m bench --size full|smoke --broker redis|rabbitmq|both``: run every measurement, print
+the tables, write JSON."""
 
 from __future__ import annotations
 
@@ -13,7 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine, create_engine, text
+
 from bench import harness, scenarios
+from bench.brokers import BROKERS, Broker
 
 
 @dataclass(frozen=True)
@@ -35,19 +39,28 @@ SIZES = {
     "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000),
 }
 
+# The drain scenarios, in the report's order, and their labels in the table.
+SCENARIOS = {"envelopes_100": "envelopes of 100", "envelopes_1": "envelopes of 1", "webhooks": "webhooks"}
+BROKER_CHOICES = {"both": tuple(BROKERS), **{name: (name,) for name in BROKERS}}
+
 TARGETS = {
-    "envelopes_100_events_per_second": 50_000,
-    "envelopes_100_share_of_copy": 0.35,
-    "envelopes_1_events_per_second": 5_000,
-    "envelopes_1_times_naive": 8,
-    "client_track_calls_per_second": 100_000,
+    "rabbitmq_share_of_redis": 0.8,  # in envelopes of 100 and of 1
+    "envelopes_100_share_of_copy": 0.5,  # on each broker
+    "envelopes_1_events_per_second": 25_000,  # on each broker
     "peak_rss_mib_per_process": 200,
+    "client_track_calls_per_second": 100_000,
 }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--size", choices=SIZES, default="full")
+    parser.add_argument(
+        "--broker",
+        choices=BROKER_CHOICES,
+        default="both",
+        help="the brokers the drain scenarios run on (default both); the other measurements use Redis",
+    )
     parser.add_argument(
         "--concurrency",
         type=int,
@@ -56,48 +69,65 @@ def main() -> None:
     )
     parser.add_argument("--output", type=Path, default=harness.RESULTS / "latest.json")
     options = parser.parse_args()
-    results = run(options.size, options.concurrency)
+    results = run(options.size, BROKER_CHOICES[options.broker], options.concurrency)
     print(table(results))
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {options.output}")
 
 
-def run(size_name: str, concurrency: int) -> dict[str, Any]:
+def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
     size = SIZES[size_name]
-    results: dict[str, Any] = {"size": size_name, "parameters": asdict(size), "concurrency": concurrency}
-    results["machine"] = machine()
+    results: dict[str, Any] = {
+        "size": size_name,
+        "parameters": asdict(size),
+        "brokers": list(broker_names),
+        "concurrency": concurrency,
+    }
+    results["machine"] = machine(broker_names)
     engine = harness.fresh_database()
     try:
         api_key = harness.new_key(engine)
         results["copy"] = scenarios.copy_rate(size.copy_rows)
         results["naive"] = scenarios.naive_baseline(engine, size.naive_events, concurrency)
-        results["drain"] = {
-            "envelopes_100": scenarios.drain(
-                engine, api_key, "envelopes_100", size.envelopes_100_events, concurrency, size.memory_checkpoint
-            ),
-            "envelopes_1": scenarios.drain(engine, api_key, "envelopes_1", size.envelopes_1_events, concurrency),
-            "webhooks": scenarios.drain(engine, api_key, "webhooks", size.webhooks, concurrency),
-        }
+        results["drain"] = {name: drains(engine, api_key, BROKERS[name], size, concurrency) for name in broker_names}
         results["latency"] = scenarios.latency(engine, api_key, size.latency_rate, size.latency_seconds, concurrency)
         results["client_track"] = scenarios.client_track(api_key, size.client_calls)
     finally:
         engine.dispose()
     copy_rate, naive_rate = results["copy"]["rows_per_second"], results["naive"]["events_per_second"]
-    for figures in results["drain"].values():
-        figures["times_naive"] = figures["events_per_second"] / naive_rate
-        figures["share_of_copy"] = figures["events_per_second"] / copy_rate
-    long_run = results["drain"]["envelopes_100"]
+    for by_scenario in results["drain"].values():
+        for figures in by_scenario.values():
+            figures["times_naive"] = figures["events_per_second"] / naive_rate
+            figures["share_of_copy"] = figures["events_per_second"] / copy_rate
+    if {"redis", "rabbitmq"} <= results["drain"].keys():
+        redis = results["drain"]["redis"]
+        for scenario, figures in results["drain"]["rabbitmq"].items():
+            figures["share_of_redis"] = figures["events_per_second"] / redis[scenario]["events_per_second"]
     results["memory_growth_mib"] = {
-        role: long_run["rss_mib_at_end"].get(role, 0.0) - at_checkpoint
-        for role, at_checkpoint in long_run["rss_mib_at_checkpoint"].items()
+        broker: {
+            role: by_scenario["envelopes_100"]["rss_mib_at_end"].get(role, 0.0) - at_checkpoint
+            for role, at_checkpoint in by_scenario["envelopes_100"]["rss_mib_at_checkpoint"].items()
+        }
+        for broker, by_scenario in results["drain"].items()
     }
     results["machine"]["load_average_after"] = harness.load_average()
     results["targets"] = targets(results)
     return results
 
 
-def machine() -> dict[str, Any]:
+def drains(engine: Engine, api_key: str, broker: Broker, size: Size, concurrency: int) -> dict[str, Any]:
+    """The three drain scenarios on ``broker``; the long one notes memory at the checkpoint."""
+    return {
+        "envelopes_100": scenarios.drain(
+            engine, api_key, broker, "envelopes_100", size.envelopes_100_events, concurrency, size.memory_checkpoint
+        ),
+        "envelopes_1": scenarios.drain(engine, api_key, broker, "envelopes_1", size.envelopes_1_events, concurrency),
+        "webhooks": scenarios.drain(engine, api_key, broker, "webhooks", size.webhooks, concurrency),
+    }
+
+
+def machine(broker_names: tuple[str, ...]) -> dict[str, Any]:
     cpu = next(
         (
             line.split(":", 1)[1].strip()
@@ -116,7 +146,8 @@ def machine() -> dict[str, Any]:
         "memory_gib": round(memory_kib / 1024 / 1024, 1),
         "python": sys.version.split()[0],
         "postgresql": _server_version(),
-        "redis": harness.broker().info("server")["redis_version"],
+        # Redis carries the naive baseline, the latency run and the client's figures whatever --broker says.
+        **{name: BROKERS[name].version() for name in dict.fromkeys(("redis", *broker_names))},
         "commit": commit.stdout.strip(),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "load_average_before": harness.load_average(),
@@ -124,8 +155,6 @@ def machine() -> dict[str, Any]:
 
 
 def _server_version() -> str:
-    from sqlalchemy import create_engine, text
-
     engine = create_engine(f"{harness.POSTGRES_SERVER}/postgres")
     with engine.connect() as connection:
         version = connection.scalar(text("SHOW server_version"))
@@ -133,71 +162,115 @@ def _server_version() -> str:
     return str(version)
 
 
-def targets(results: dict[str, Any]) -> dict[str, bool]:
-    """Which of issue 5's targets this run met (meaningful at the full size only)."""
+def targets(results: dict[str, Any]) -> dict[str, bool | None]:
+    """Which targets this run met; None for one it did not measure (meaningful at the full size only)."""
     drain = results["drain"]
-    peak = max(rss for figures in drain.values() for rss in figures["peak_rss_mib"].values())
-    return {
-        "envelopes_100_events_per_second": drain["envelopes_100"]["events_per_second"]
-        >= TARGETS["envelopes_100_events_per_second"],
-        "envelopes_100_share_of_copy": drain["envelopes_100"]["share_of_copy"]
-        >= TARGETS["envelopes_100_share_of_copy"],
-        "envelopes_1_events_per_second": drain["envelopes_1"]["events_per_second"]
-        >= TARGETS["envelopes_1_events_per_second"],
-        "envelopes_1_times_naive": drain["envelopes_1"]["times_naive"] >= TARGETS["envelopes_1_times_naive"],
-        "client_track_calls_per_second": results["client_track"]["calls_per_second"]
-        >= TARGETS["client_track_calls_per_second"],
-        "peak_rss_mib_per_process": peak < TARGETS["peak_rss_mib_per_process"],
-        # "No growth": within 10 MiB per process (allocator noise) between the checkpoint and the end.
-        "no_memory_growth": all(growth < 10 for growth in results["memory_growth_mib"].values()),
+
+    def figure(broker: str, scenario: str, name: str) -> float | None:
+        return drain.get(broker, {}).get(scenario, {}).get(name)
+
+    def at_least(value: float | None, target: float) -> bool | None:
+        return None if value is None else value >= target
+
+    met = {
+        f"rabbitmq_{scenario}_share_of_redis": at_least(
+            figure("rabbitmq", scenario, "share_of_redis"), TARGETS["rabbitmq_share_of_redis"]
+        )
+        for scenario in ("envelopes_100", "envelopes_1")
     }
+    met |= {
+        f"{broker}_envelopes_100_share_of_copy": at_least(
+            figure(broker, "envelopes_100", "share_of_copy"), TARGETS["envelopes_100_share_of_copy"]
+        )
+        for broker in BROKERS
+    }
+    met |= {
+        f"{broker}_envelopes_1_events_per_second": at_least(
+            figure(broker, "envelopes_1", "events_per_second"), TARGETS["envelopes_1_events_per_second"]
+        )
+        for broker in BROKERS
+    }
+    peak = max(
+        rss
+        for by_scenario in drain.values()
+        for figures in by_scenario.values()
+        for rss in figures["peak_rss_mib"].values()
+    )
+    met["peak_rss_mib_per_process"] = peak < TARGETS["peak_rss_mib_per_process"]
+    met["client_track_calls_per_second"] = at_least(
+        results["client_track"]["calls_per_second"], TARGETS["client_track_calls_per_second"]
+    )
+    return met
 
 
 def table(results: dict[str, Any]) -> str:
     copy_rate = results["copy"]["rows_per_second"]
     naive_rate = results["naive"]["events_per_second"]
-    rows = [("measure", "events/s", "x naive", "of COPY", "peak RSS MiB (main / children)")]
-    rows.append(("PostgreSQL COPY, events' shape", f"{copy_rate:,.0f}", f"{copy_rate / naive_rate:.1f}", "100%", ""))
-    rows.append(
-        ("naive: one task + commit per event", f"{naive_rate:,.0f}", "1.0", f"{naive_rate / copy_rate:.1%}", "")
-    )
-    for name, label in (
-        ("envelopes_100", "worker: envelopes of 100"),
-        ("envelopes_1", "worker: envelopes of 1"),
-        ("webhooks", "worker: webhooks"),
-    ):
-        figures = results["drain"][name]
-        peak = figures["peak_rss_mib"]
-        children = " ".join(f"{value:.0f}" for role, value in sorted(peak.items()) if role != "main")
-        rows.append(
-            (
-                f"{label} ({figures['events']:,})",
-                f"{figures['events_per_second']:,.0f}",
-                f"{figures['times_naive']:.1f}",
-                f"{figures['share_of_copy']:.1%}",
-                f"{peak['main']:.0f} / {children}",
-            )
+    client = results["client_track"]
+    once = [
+        ("measured once per run", "per second", "of COPY"),
+        ("PostgreSQL COPY, events' shape", f"{copy_rate:,.0f}", "100%"),
+        ("naive: one task + commit per event (Redis)", f"{naive_rate:,.0f}", f"{naive_rate / copy_rate:.1%}"),
+        ("client track() into its buffer (calls)", f"{client['calls_per_second']:,.0f}", ""),
+        ("client track() while sending to Redis (calls)", f"{client['calls_per_second_while_sending']:,.0f}", ""),
+    ]
+
+    drain = results["drain"]
+    labels = [BROKERS[name].label for name in drain]
+    both = {"redis", "rabbitmq"} <= drain.keys()
+    header = ["worker drain (events)", *(f"events/s {label}" for label in labels)]
+    header += ["RabbitMQ / Redis"] if both else []
+    header += [f"of COPY {label}" for label in labels]
+    header += [f"peak RSS MiB {label} (main / children)" for label in labels]
+    drains = [tuple(header)]
+    for scenario, label in SCENARIOS.items():
+        by_broker = [by_scenario[scenario] for by_scenario in drain.values()]
+        row = [f"{label} ({by_broker[0]['events']:,})", *(f"{f['events_per_second']:,.0f}" for f in by_broker)]
+        row += [f"{drain['rabbitmq'][scenario]['share_of_redis']:.0%}"] if both else []
+        row += [f"{f['share_of_copy']:.1%}" for f in by_broker]
+        row += [_peak_rss(f["peak_rss_mib"]) for f in by_broker]
+        drains.append(tuple(row))
+
+    latency = results["latency"]
+    lines = [
+        *_aligned(once),
+        "",
+        *_aligned(drains),
+        "",
+        f"latency (Redis), enqueue to stored, at {latency['offered_events_per_second']:,.0f} events/s in envelopes "
+        f"of {latency['events_per_envelope']}: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms",
+    ]
+    for name, growth in results["memory_growth_mib"].items():
+        long_run = drain[name]["envelopes_100"]
+        by_role = ", ".join(f"{role} {value:+.1f}" for role, value in growth.items())
+        lines.append(
+            f"RSS growth on {BROKERS[name].label} from {long_run['checkpoint_events']:,} to "
+            f"{long_run['events']:,} events (MiB): {by_role}"
         )
-    track = results["client_track"]["calls_per_second"]
-    sending = results["client_track"]["calls_per_second_while_sending"]
-    rows.append(("client track() into its buffer (calls/s)", f"{track:,.0f}", "", "", ""))
-    rows.append(("client track() while sending to Redis", f"{sending:,.0f}", "", "", ""))
+    lines += [
+        f"machine: {results['machine']['cores']} cores, {results['machine']['cpu']}; load average before "
+        f"{results['machine']['load_average_before']}, after {results['machine']['load_average_after']}",
+        f"targets met ({results['size']} size; meaningful at the full size only):",
+        *(f"  {name}: {_verdict(met)}" for name, met in results["targets"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def _peak_rss(peak: dict[str, float]) -> str:
+    children = " ".join(f"{value:.0f}" for role, value in sorted(peak.items()) if role != "main")
+    return f"{peak['main']:.0f} / {children}"
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else "yes" if met else "NO"
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> list[str]:
+    """``rows`` in left-aligned columns, the first one a header underlined with dashes."""
     widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * width for width in widths))
-    latency = results["latency"]
-    growth = ", ".join(f"{role} {value:+.1f}" for role, value in results["memory_growth_mib"].items())
-    checkpoint = results["drain"]["envelopes_100"]["checkpoint_events"]
-    lines += [
-        "",
-        f"latency, enqueue to stored, at {latency['offered_events_per_second']:,.0f} events/s in envelopes of "
-        f"{latency['events_per_envelope']}: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms",
-        f"RSS growth from {checkpoint:,} to {results['drain']['envelopes_100']['events']:,} events (MiB): {growth}",
-        f"machine: {results['machine']['cores']} cores, {results['machine']['cpu']}; load average before "
-        f"{results['machine']['load_average_before']}, after {results['machine']['load_average_after']}",
-        "targets met: " + ", ".join(f"{name} {'yes' if met else 'NO'}" for name, met in results["targets"].items()),
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 if __name__ == "__main__":

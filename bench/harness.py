@@ -1,4 +1,4 @@
-"""What every measurement needs: a fresh database and key, Redis queues, worker processes, /proc."""
+"""What every measurement needs: a fresh database and key, worker processes, /proc."""
 
 from __future__ import annotations
 
@@ -13,11 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session
 
-from config.celery import QUEUES
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.keys.services import KeyService
@@ -28,8 +26,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DATABASE = "userpath_bench"
 DATABASE_URL = f"{POSTGRES_SERVER}/{DATABASE}"
-BROKER_URL = "redis://127.0.0.1:6379/11"
-UNREACHABLE_BROKER_URL = "redis://127.0.0.1:1/11"  # nothing listens on port 1: the client only buffers
 
 
 class BenchError(RuntimeError):
@@ -59,31 +55,6 @@ def empty_events(engine: Engine) -> None:
     with engine.begin() as connection:
         connection.execute(text("TRUNCATE events, dead_letters RESTART IDENTITY"))
         connection.execute(text("CHECKPOINT"))  # each scenario starts without the last one's dirty pages
-
-
-def broker() -> redis.Redis:
-    return redis.Redis.from_url(BROKER_URL)
-
-
-def empty_queues(extra: Iterable[str] = ()) -> None:
-    broker().delete(*QUEUES, *extra)
-
-
-def preload(queue: str, documents: Iterable[bytes], chunk: int = 1000) -> int:
-    """LPUSH every document onto ``queue``, as the contract's Redis producers do; returns the count."""
-    client = broker()
-    pushed = 0
-    pending: list[bytes] = []
-    for document in documents:
-        pending.append(document)
-        if len(pending) == chunk:
-            client.lpush(queue, *pending)
-            pushed += len(pending)
-            pending.clear()
-    if pending:
-        client.lpush(queue, *pending)
-        pushed += len(pending)
-    return pushed
 
 
 def load_average() -> str:
@@ -186,9 +157,9 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         process.wait(timeout)
 
 
-def product_environment() -> dict[str, str]:
+def product_environment(broker_url: str) -> dict[str, str]:
     return {
         "USERPATH_DATABASE_URL": DATABASE_URL,
-        "USERPATH_BROKER_URL": BROKER_URL,
+        "USERPATH_BROKER_URL": broker_url,
         "USERPATH_METRICS_PORT": "0",
     }

@@ -1,4 +1,6 @@
-"""Messages exactly as producers put them on Redis (docs/contract.md, "(a) Redis")."""
+"""Messages exactly as producers put them on Redis and RabbitMQ (docs/contract.md, "(a) Redis" and
+"(b) RabbitMQ (AMQP 0-9-1)").
+"""
 
 from __future__ import annotations
 
@@ -7,35 +9,63 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
-from config.celery import EVENTS_QUEUE, WEBHOOKS_QUEUE
+import amqp
+
 from userpath_worker.client import _task_headers  # the real producer's headers, byte for byte
 from userpath_worker.events.schemas import TRACK_TASK, WEBHOOK_TASK
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
+_CONTENT_TYPE = "application/json"
+_CONTENT_ENCODING = "utf-8"
+# Properties both transports carry under the same names: persistent, the only priority, no reply.
+_DELIVERY_PROPERTIES = {"reply_to": "", "delivery_mode": 2, "priority": 0}
 
 
-def redis_document(task: str, queue: str, argument: Any) -> bytes:
-    """The list item kombu's Redis transport stores for one Celery protocol-2 task message."""
+@dataclass(frozen=True)
+class TaskMessage:
+    """One Celery protocol-2 task message, before a transport wraps it."""
+
+    task_id: str
+    headers: dict[str, Any]
+    body: bytes
+
+    def redis_document(self, queue: str) -> bytes:
+        """The list item kombu's Redis transport stores for this message on ``queue``."""
+        document = {
+            "body": base64.b64encode(self.body).decode(),
+            "content-encoding": _CONTENT_ENCODING,
+            "content-type": _CONTENT_TYPE,
+            "headers": self.headers,
+            "properties": {
+                "correlation_id": self.task_id,
+                **_DELIVERY_PROPERTIES,
+                "delivery_info": {"exchange": "", "routing_key": queue},
+                "body_encoding": "base64",
+                "delivery_tag": str(uuid.uuid4()),
+            },
+        }
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    def amqp_message(self) -> amqp.Message:
+        """This message as an AMQP producer publishes it, properties and headers included."""
+        return amqp.Message(
+            self.body,
+            content_type=_CONTENT_TYPE,
+            content_encoding=_CONTENT_ENCODING,
+            correlation_id=self.task_id,
+            application_headers=self.headers,  # py-amqp's name for the headers table
+            **_DELIVERY_PROPERTIES,
+        )
+
+
+def task_message(task: str, argument: Any) -> TaskMessage:
+    """A ``task`` message with ``argument`` as its one positional argument."""
     task_id = str(uuid.uuid4())
     body = json.dumps([[argument], {}, _EMBED], separators=(",", ":"), ensure_ascii=False).encode()
-    document = {
-        "body": base64.b64encode(body).decode(),
-        "content-encoding": "utf-8",
-        "content-type": "application/json",
-        "headers": _task_headers(task, task_id, "(<bench>,)"),
-        "properties": {
-            "correlation_id": task_id,
-            "reply_to": "",
-            "delivery_mode": 2,
-            "delivery_info": {"exchange": "", "routing_key": queue},
-            "priority": 0,
-            "body_encoding": "base64",
-            "delivery_tag": str(uuid.uuid4()),
-        },
-    }
-    return json.dumps(document, separators=(",", ":")).encode()
+    return TaskMessage(task_id, _task_headers(task, task_id, "(<bench>,)"), body)
 
 
 def now_iso() -> str:
@@ -57,14 +87,14 @@ def event(number: int, prefix: str, enqueued_at: float | None = None) -> dict[st
     }
 
 
-def envelopes(api_key: str, events: int, per_envelope: int, prefix: str) -> Iterator[bytes]:
+def envelopes(api_key: str, events: int, per_envelope: int, prefix: str) -> Iterator[TaskMessage]:
     """``events`` events in ``userpath.track`` messages of ``per_envelope`` events each."""
     for start in range(0, events, per_envelope):
         batch = [event(number, prefix) for number in range(start, min(start + per_envelope, events))]
-        yield redis_document(TRACK_TASK, EVENTS_QUEUE, {"api_key": api_key, "sent_at": now_iso(), "batch": batch})
+        yield task_message(TRACK_TASK, {"api_key": api_key, "sent_at": now_iso(), "batch": batch})
 
 
-def webhooks(api_key: str, count: int, prefix: str) -> Iterator[bytes]:
+def webhooks(api_key: str, count: int, prefix: str) -> Iterator[TaskMessage]:
     """``count`` Stripe deliveries, one ``userpath.webhook`` message each."""
     for number in range(count):
         delivery_id = f"evt_{prefix}_{number}"
@@ -81,4 +111,4 @@ def webhooks(api_key: str, count: int, prefix: str) -> Iterator[bytes]:
             "headers": {"Content-Type": "application/json", "Stripe-Signature": "t=1714564806,v1=5257a869"},
             "body": json.dumps(body),
         }
-        yield redis_document(WEBHOOK_TASK, WEBHOOKS_QUEUE, delivery)
+        yield task_message(WEBHOOK_TASK, delivery)

@@ -11,12 +11,15 @@ import psycopg
 from sqlalchemy import Engine, func, select, text
 
 from bench import harness, messages, naive
+from bench.brokers import REDIS, UNREACHABLE_REDIS_URL, Broker
 from config.celery import EVENTS_QUEUE, QUEUES, WEBHOOKS_QUEUE
 from userpath_worker.client import NotSent, UserPath
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
+from userpath_worker.events.schemas import TRACK_TASK
 
-# Seconds a drain may take per event before the benchmark gives up: 200 events/s, far below any target.
+# Seconds a drain may take per event before the benchmark gives up: 200 events/s, far below any
+# target and below Celery's per-message path on RabbitMQ too (about 700 single events/s).
 _SECONDS_PER_EVENT_ALLOWED = 1 / 200
 
 
@@ -62,12 +65,9 @@ def naive_baseline(engine: Engine, events: int, concurrency: int) -> dict[str, A
     """The one-task-per-event design, drained by its own worker from its own queue and table."""
     naive.NaiveEvent.metadata.drop_all(engine)
     naive.NaiveEvent.metadata.create_all(engine)
-    harness.empty_queues([naive.QUEUE])
-    harness.preload(
-        naive.QUEUE,
-        (messages.redis_document(naive.TASK, naive.QUEUE, messages.event(n, "naive")) for n in range(events)),
-    )
-    environment = {"BENCH_NAIVE_DATABASE_URL": harness.DATABASE_URL, "BENCH_NAIVE_BROKER_URL": harness.BROKER_URL}
+    REDIS.empty()
+    REDIS.preload(naive.QUEUE, (messages.task_message(naive.TASK, messages.event(n, "naive")) for n in range(events)))
+    environment = {"BENCH_NAIVE_DATABASE_URL": harness.DATABASE_URL, "BENCH_NAIVE_BROKER_URL": REDIS.url}
     with harness.running_worker("bench.naive", [naive.QUEUE], environment, "naive", concurrency) as worker:
         deadline = time.monotonic() + 60 + events / 50
         while _count(engine, naive.NaiveEvent) < events:
@@ -80,22 +80,34 @@ def naive_baseline(engine: Engine, events: int, concurrency: int) -> dict[str, A
 
 
 def drain(
-    engine: Engine, api_key: str, kind: str, events: int, concurrency: int, checkpoint: int | None = None
+    engine: Engine,
+    api_key: str,
+    broker: Broker,
+    kind: str,
+    events: int,
+    concurrency: int,
+    checkpoint: int | None = None,
 ) -> dict[str, Any]:
-    """Preload ``events`` events of ``kind`` and time one worker from ready to the last stored row.
+    """Preload ``broker`` with ``events`` events of ``kind`` and time one worker consuming from it,
+    from ready to the last stored row.
 
     ``checkpoint``: also note each process's resident memory once that many events are stored, to
     compare with the end of the run.
     """
     harness.empty_events(engine)
-    harness.empty_queues()
+    broker.empty()
     if kind == "webhooks":
-        sent = harness.preload(WEBHOOKS_QUEUE, messages.webhooks(api_key, events, kind))
+        queue, preloaded = WEBHOOKS_QUEUE, messages.webhooks(api_key, events, kind)
     else:
         per_envelope = 100 if kind == "envelopes_100" else 1
-        sent = harness.preload(EVENTS_QUEUE, messages.envelopes(api_key, events, per_envelope, kind))
+        queue, preloaded = EVENTS_QUEUE, messages.envelopes(api_key, events, per_envelope, kind)
+    sent = broker.preload(queue, preloaded)
+    waiting = broker.depth(queue)
+    if waiting != sent:
+        raise harness.BenchError(f"{broker.label} {kind}: {waiting} messages on {queue} of {sent} published")
     result: dict[str, Any] = {"events": events, "messages": sent}
-    with harness.running_worker("tasks.app", QUEUES, harness.product_environment(), kind, concurrency) as worker:
+    environment = harness.product_environment(broker.url)
+    with harness.running_worker("tasks.app", QUEUES, environment, f"{kind}.{broker.name}", concurrency) as worker:
         deadline = time.monotonic() + 60 + events * _SECONDS_PER_EVENT_ALLOWED
         while True:
             highest = _highest_id(engine)
@@ -106,14 +118,18 @@ def drain(
                 break
             worker.check_alive()
             if time.monotonic() > deadline:
-                raise harness.BenchError(f"{kind}: {highest} of {events} events stored before the deadline")
+                raise harness.BenchError(
+                    f"{broker.label} {kind}: {highest} of {events} events stored before the deadline"
+                )
             time.sleep(0.05)
         finished = time.time()
         result["rss_mib_at_end"] = worker.memory_mib("VmRSS")
         result["peak_rss_mib"] = worker.memory_mib("VmHWM")
     dead_letters = _count(engine, DeadLetter)
     if dead_letters or _count(engine, Event) != events:
-        raise harness.BenchError(f"{kind}: {_count(engine, Event)} events stored and {dead_letters} dead letters")
+        raise harness.BenchError(
+            f"{broker.label} {kind}: {_count(engine, Event)} events stored and {dead_letters} dead letters"
+        )
     result["startup_seconds"] = worker.ready - worker.started
     result["seconds"] = finished - worker.ready
     result["events_per_second"] = events / result["seconds"]
@@ -127,10 +143,11 @@ def latency(engine: Engine, api_key: str, rate: int, seconds: float, concurrency
     """
     per_envelope = 10
     harness.empty_events(engine)
-    harness.empty_queues()
-    client = harness.broker()
+    REDIS.empty()
+    client = REDIS.client()
     total_messages = int(rate * seconds / per_envelope)
-    with harness.running_worker("tasks.app", QUEUES, harness.product_environment(), "latency", concurrency) as worker:
+    environment = harness.product_environment(REDIS.url)
+    with harness.running_worker("tasks.app", QUEUES, environment, "latency", concurrency) as worker:
         started = time.time()
         for number in range(total_messages):
             delay = started + number * per_envelope / rate - time.time()
@@ -140,7 +157,7 @@ def latency(engine: Engine, api_key: str, rate: int, seconds: float, concurrency
             first = number * per_envelope
             batch = [messages.event(n, "latency", enqueued_at) for n in range(first, first + per_envelope)]
             envelope = {"api_key": api_key, "sent_at": messages.now_iso(), "batch": batch}
-            client.lpush(EVENTS_QUEUE, messages.redis_document("userpath.track", EVENTS_QUEUE, envelope))
+            client.lpush(EVENTS_QUEUE, messages.task_message(TRACK_TASK, envelope).redis_document(EVENTS_QUEUE))
         offered_seconds = time.time() - started
         events = total_messages * per_envelope
         harness.wait_until(lambda: _count(engine, Event) >= events, 60, "the latency run's last events")
@@ -179,12 +196,12 @@ def client_track(api_key: str, calls: int) -> dict[str, Any]:
             return calls / (time.perf_counter() - started)
         finally:
             with contextlib.suppress(NotSent):  # the unreachable broker's events are given up
-                client.close(timeout=60 if broker_url == harness.BROKER_URL else 0)
-            harness.empty_queues()
+                client.close(timeout=60 if broker_url == REDIS.url else 0)
+            REDIS.empty()
 
-    harness.empty_queues()
+    REDIS.empty()
     return {
         "calls": calls,
-        "calls_per_second": calls_per_second(harness.UNREACHABLE_BROKER_URL),
-        "calls_per_second_while_sending": calls_per_second(harness.BROKER_URL),
+        "calls_per_second": calls_per_second(UNREACHABLE_REDIS_URL),
+        "calls_per_second_while_sending": calls_per_second(REDIS.url),
     }
