@@ -24,14 +24,17 @@ class Reason(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNDECODABLE = "undecodable"  # not JSON, or a refused content type such as pickle
     UNKNOWN_TASK = "unknown_task"
-    INTERNAL_ERROR = "internal_error"  # a bug of ours; kept so the message can be replayed
+    INTERNAL_ERROR = "internal_error"  # a bug of ours; the message is kept, and replayed after the fix
 
 
 class DeadLetter(Base):
     """Something that arrived and was not stored, with the reason. The key is never in it."""
 
     __tablename__ = "dead_letters"
-    __table_args__ = (Index("ix_dead_letters_org_received", "org_id", "received_at"),)
+    __table_args__ = (
+        Index("ix_dead_letters_org_received", "org_id", "received_at"),
+        Index("ix_dead_letters_dedup_key", "dedup_key", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     org_id: Mapped[int | None]
@@ -43,5 +46,8 @@ class DeadLetter(Base):
     received_at: Mapped[dt.datetime]
     # The message or event with its API key replaced by the key's display form.
     payload: Mapped[dict[str, Any] | None]
+    # A digest of the message's identity and the item's place in it: a redelivered message
+    # finds its dead letters already there (ON CONFLICT DO NOTHING) instead of adding twins.
+    dedup_key: Mapped[str | None] = mapped_column(String(64))
     # Set when ``userpath deadletter replay`` stored what this dead letter held.
     replayed_at: Mapped[dt.datetime | None]

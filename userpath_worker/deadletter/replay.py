@@ -28,7 +28,7 @@ from userpath_worker.organizations.services import require_owner
 
 # What a replay can fix: the content. A refused key stays refused; a message whose key was
 # never known has no organization to store into.
-REPLAYABLE = (Reason.INVALID_ENVELOPE, Reason.INVALID_EVENT, Reason.TOO_LARGE)
+REPLAYABLE = (Reason.INVALID_ENVELOPE, Reason.INVALID_EVENT, Reason.TOO_LARGE, Reason.INTERNAL_ERROR)
 BATCH_SIZE = 500
 
 Transaction = Callable[[], AbstractContextManager[Session]]

@@ -4,12 +4,14 @@ whose API key has been replaced by its display form."""
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from userpath_worker.deadletter.models import DeadLetter, Reason
@@ -28,15 +30,19 @@ class Rejection:
     payload: Any
     org_id: int | None = None
     api_key_id: int | None = None
+    item: int | None = None  # the event's index in its batch; None for the whole message
 
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """Where and when a message arrived."""
+    """Where and when a message arrived, and which message it was."""
 
     task: str | None
     queue: str | None
     received_at: dt.datetime
+    # The message's identity across redeliveries: its task id, or a digest of its body. None for
+    # a dead letter that no redelivery can repeat (a replay's).
+    message_id: str | None = None
 
 
 def storable_payload(value: Any) -> Any:
@@ -65,9 +71,14 @@ def without_key(value: Any) -> Any:
 
 def text_preview(raw: str | bytes, encoded: bytes | None = None) -> dict[str, Any]:
     text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
-    text = text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")
     size = len(encoded) if encoded is not None else len(raw)
-    return {"preview": tokens.scrub_text(text[:PAYLOAD_PREVIEW_CHARS]), "bytes": size}
+    # Scrubbed whole, then cut: a cut first could leave the start of a key at the end.
+    return {"preview": tokens.scrub_text(_storable_text(text))[:PAYLOAD_PREVIEW_CHARS], "bytes": size}
+
+
+def _storable_text(text: str) -> str:
+    """``text`` without what no text column holds: lone surrogates and NUL, shown escaped."""
+    return text.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\u0000")
 
 
 def _loose_text(value: Any) -> str:
@@ -78,24 +89,40 @@ def _loose_text(value: Any) -> str:
 
 
 def record(session: Session, rejections: Sequence[Rejection], delivery: Delivery) -> None:
+    """Write dead letters once: a redelivered message's are already there and are skipped."""
     if not rejections:
         return
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
     session.execute(
-        insert(DeadLetter),
+        dialect.insert(DeadLetter).on_conflict_do_nothing(index_elements=["dedup_key"]),
         [
             {
                 "org_id": rejection.org_id,
                 "api_key_id": rejection.api_key_id,
                 "reason": rejection.reason.value,
-                "detail": rejection.detail[:2000],
-                "queue": delivery.queue,
-                "task": delivery.task,
+                "detail": column_text(rejection.detail, 2000),
+                "queue": column_text(delivery.queue),
+                "task": column_text(delivery.task),
                 "received_at": delivery.received_at,
                 "payload": storable_payload(rejection.payload),
+                "dedup_key": dedup_key(delivery.message_id, rejection.item),
             }
             for rejection in rejections
         ],
     )
+
+
+def dedup_key(message_id: str | None, item: int | None) -> str | None:
+    if message_id is None:
+        return None
+    return hashlib.sha256(f"{message_id}\x1f{'' if item is None else item}".encode()).hexdigest()
+
+
+def column_text(value: str | None, limit: int = 200) -> str | None:
+    """``value`` as a text column can hold it: no NUL (PostgreSQL refuses one), no key, bounded."""
+    if value is None:
+        return None
+    return tokens.scrub_text(_storable_text(value))[:limit]
 
 
 def list_dead_letters(

@@ -100,6 +100,14 @@ class Incoming:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """A message dead-lettered before it could be judged: undecodable, not one of our tasks..."""
+
+    rejection: Rejection
+    delivery: Delivery
+
+
+@dataclass(frozen=True, slots=True)
 class _Judgement:
     """One message's rows and dead letters, before they are written."""
 
@@ -141,23 +149,46 @@ class Ingestor:
         [outcome] = self.ingest([Incoming(WEBHOOK_TASK, args, kwargs, Source.WEBHOOK, delivery)])
         return outcome
 
-    def ingest(self, messages: Sequence[Incoming], refused: Sequence[tuple[Rejection, Delivery]] = ()) -> list[Outcome]:
+    def ingest(self, messages: Sequence[Incoming | Refused]) -> list[Outcome]:
         """Handle messages in one transaction: their events (one INSERT for all), their dead
         letters and their keys' last-used times commit together or not at all.
 
-        ``refused``: dead letters of messages that could not even be decoded, written in the same
-        transaction so that a retried batch records them once.
+        A ``Refused`` message (one that could not even be decoded) is only dead-lettered; being
+        written in the same transaction, a retried batch records it once.
         """
         with self.session_factory.begin() as session:
-            for rejection, delivery in refused:
-                dead_letters.record(session, [rejection], delivery)
-            judgements = [self._judge(session, message) for message in messages]
+            judgements = [
+                self._judge(session, message)
+                if isinstance(message, Incoming)
+                else _Judgement(message.delivery, [], [message.rejection])
+                for message in messages
+            ]
             _insert_events(session, [row for judgement in judgements for row in judgement.rows])
             for judgement in judgements:
                 dead_letters.record(session, judgement.rejections, judgement.delivery)
             for key_id in {j.identity.key_id for j in judgements if j.rows and j.identity}:
                 self.authenticator.mark_used(session, key_id)
         return [judgement.outcome for judgement in judgements]
+
+    def keep_for_replay(self, message: Incoming, detail: str) -> Outcome:
+        """Dead-letter, whole, a message that could not be stored for a reason of ours (the
+        database refused it): owned by its key's organization, so that ``deadletter replay``
+        stores it once the bug is fixed."""
+        with self.session_factory.begin() as session:
+            argument = _the_one_argument(message.args, message.kwargs)
+            identity = None
+            if not isinstance(argument, Rejection):
+                found = self.authenticator.authenticate(session, argument.get("api_key"))
+                identity = found if isinstance(found, KeyIdentity) else None
+            rejection = Rejection(
+                Reason.INTERNAL_ERROR,
+                detail,
+                argument.payload if isinstance(argument, Rejection) else without_key(argument),
+                org_id=identity.org_id if identity else None,
+                api_key_id=identity.key_id if identity else None,
+            )
+            dead_letters.record(session, [rejection], message.delivery)
+        return Outcome.of(0, [rejection], identity)
 
     # One message: argument shape, size, authentication, then the task's own verdicts.
 
@@ -198,8 +229,8 @@ class Ingestor:
 
 
 def _track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Source, delivery: Delivery) -> _Verdicts:
-    def refused(reason: Reason, detail: str, payload: Any) -> Rejection:
-        return Rejection(reason, detail, payload, identity.org_id, identity.key_id)
+    def refused(reason: Reason, detail: str, payload: Any, item: int | None = None) -> Rejection:
+        return Rejection(reason, detail, payload, identity.org_id, identity.key_id, item)
 
     try:
         parsed = EnvelopeIn.model_validate(envelope)
@@ -214,7 +245,10 @@ def _track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Sou
         except (ValueError, RecursionError):
             rejections.append(
                 refused(
-                    Reason.INVALID_EVENT, f"batch.{index}: not storable JSON (NaN, lone surrogate or too deep)", raw
+                    Reason.INVALID_EVENT,
+                    f"batch.{index}: not storable JSON (NaN, lone surrogate or too deep)",
+                    raw,
+                    index,
                 )
             )
             continue
@@ -224,16 +258,17 @@ def _track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Sou
                     Reason.TOO_LARGE,
                     f"batch.{index}: event is {len(encoded)} bytes; the limit is {MAX_EVENT_BYTES}",
                     raw,
+                    index,
                 )
             )
             continue
         if has_nul(encoded):
-            rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: contains a NUL character", raw))
+            rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: contains a NUL character", raw, index))
             continue
         try:
             event = EventIn.model_validate(raw)
         except ValidationError as error:
-            rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: {describe(error)}", raw))
+            rejections.append(refused(Reason.INVALID_EVENT, f"batch.{index}: {describe(error)}", raw, index))
             continue
         stored_json = encoded
         if tokens.BYTES_KEY_PATTERN.search(encoded):
@@ -245,7 +280,12 @@ def _track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Sou
             occurred = occurred_at(timestamp, parsed.sent_at, delivery.received_at)
         except OverflowError:
             rejections.append(
-                refused(Reason.INVALID_EVENT, f"batch.{index}: timestamp is out of range, or too far from sent_at", raw)
+                refused(
+                    Reason.INVALID_EVENT,
+                    f"batch.{index}: timestamp is out of range, or too far from sent_at",
+                    raw,
+                    index,
+                )
             )
             continue
         rows.append(
