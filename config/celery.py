@@ -14,7 +14,13 @@ from config.settings import Settings
 from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
 
 MAINTENANCE_QUEUE = "userpath.maintenance"  # beat's rotation pass and reminder deliveries
-QUEUES = (EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE, MAINTENANCE_QUEUE)
+INGESTION_QUEUES = (EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE)
+QUEUES = (*INGESTION_QUEUES, MAINTENANCE_QUEUE)
+
+
+def queue_arguments(queue_type: str) -> dict[str, str] | None:
+    """RabbitMQ's arguments of an ingestion queue; whoever declares it must give the same."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -50,12 +56,21 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": True,
         # Few messages held per process: with late acks these are what a crash re-delivers,
-        # and envelopes can carry 1000 events each.
+        # and envelopes can carry 1000 events each. (The batched ingestion step keeps its own
+        # prefetch window on RabbitMQ: tasks/ingestion/amqp_transport.py.)
         "worker_prefetch_multiplier": 4,
         # Each queue on its own direct exchange, keyed by its name. A bare Queue(name) would be
         # bound to the default queue's exchange and key, and a message routed to one queue
         # would land in all four.
-        "task_queues": [Queue(name, Exchange(name), routing_key=name) for name in QUEUES],
+        "task_queues": [
+            Queue(
+                name,
+                Exchange(name),
+                routing_key=name,
+                queue_arguments=queue_arguments(settings.queue_type) if name in INGESTION_QUEUES else None,
+            )
+            for name in QUEUES
+        ],
         "task_default_queue": EVENTS_QUEUE,
         "task_routes": {
             "userpath.webhook": {"queue": WEBHOOKS_QUEUE},

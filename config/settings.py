@@ -9,7 +9,7 @@ kombu's SQLAlchemy broker transport on SQLite files in the working directory. Pr
 from __future__ import annotations
 
 import functools
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,9 +38,13 @@ class Settings(BaseSettings):
     # Redis only: how long a delivered but unacknowledged message stays invisible before Redis
     # hands it to another worker. Longer than the slowest task; RabbitMQ needs no such setting.
     visibility_timeout: Annotated[int, Field(ge=1)] = 3600
-    # Redis only: messages a worker takes from an ingestion queue at once and stores in one
-    # transaction (tasks/batching.py); 1 makes every message a Celery task of its own.
+    # Messages a worker takes from the ingestion queues at once and stores in one transaction
+    # (tasks/ingestion/), on Redis and RabbitMQ; 1 makes every message a Celery task of its own.
     ingest_batch_messages: Annotated[int, Field(ge=1, le=10_000)] = 1000
+    # RabbitMQ only: the ingestion queues' type. Quorum queues are replicated across a cluster's
+    # nodes and survive losing one; classic queues are faster on a single node. Producers must
+    # declare the queues alike (the bundled client reads this setting too).
+    queue_type: Literal["classic", "quorum"] = "classic"
 
     # Key rotation policy (the celery beat task userpath.flag_stale_keys).
     rotation_max_age_days: Annotated[int, Field(ge=1)] = 90

@@ -24,7 +24,7 @@ app = Celery("userpath", include=["tasks.ingest", "tasks.rotation"])
 app.conf.update(celery_config(settings))
 app.conf.beat_schedule = beat_schedule(settings)
 app.conf.worker_consumer = "tasks.consumer:DeadLetteringConsumer"
-app.steps["consumer"].add("tasks.batching:BatchedIngestion")
+app.steps["consumer"].add("tasks.ingestion.step:BatchedIngestion")
 
 
 logger = logging.getLogger("userpath.worker")

@@ -3,23 +3,19 @@ an unexpected failure."""
 
 from __future__ import annotations
 
-import datetime as dt
 import random
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
 from celery import Task
-from celery.exceptions import Ignore, InvalidTaskError, Reject, Retry
+from celery.exceptions import Ignore, Reject, Retry
 from celery.worker.request import Request
 
-from tasks.deadletters import EXPIRES_REFUSED, dead_letter_message, failed_unexpectedly, settle
+from tasks.deadletters import failed_unexpectedly
 from userpath_worker.events.schemas import summarize_arguments
 
 RETRY_BASE_SECONDS = 1.0
-RETRY_MAX_SECONDS = 60.0
-# Our retries come back with an ETA at most RETRY_MAX_SECONDS ahead; a later one would sit in the
-# worker's memory, unacknowledged, for as long as the producer asked.
-MAX_ETA_AHEAD = dt.timedelta(seconds=2 * RETRY_MAX_SECONDS)
+RETRY_MAX_SECONDS = 60.0  # the boundary refuses an ETA more than twice this ahead
 
 # Failures that Celery settles itself: retries, deliberate rejections, a lost worker process
 # (the message is re-delivered) and a shutdown.
@@ -39,12 +35,8 @@ class RedactedRequest(Request):
         # decoded copy to the pool along with the body: a second copy per message to send, and
         # one that a deeply nested message cannot be pickled as. The pool process needs only the body.
         del self._request_dict["args"], self._request_dict["kwargs"]
+        # expires and a far ETA were refused at the boundary (tasks/ingestion/decoder.py).
         payload = message.payload
-        if self._expires is not None:
-            # Celery would drop an expired message without a trace: the contract says null.
-            raise InvalidTaskError(EXPIRES_REFUSED)
-        if self._eta is not None and self._eta > dt.datetime.now(dt.UTC) + MAX_ETA_AHEAD:
-            raise InvalidTaskError(f"eta is more than {MAX_ETA_AHEAD.seconds} s ahead")
         arguments = payload[0] if isinstance(payload, list | tuple) and payload else None
         self._argsrepr = self._request_dict["argsrepr"] = summarize_arguments(arguments)
         self._kwargsrepr = self._request_dict["kwargsrepr"] = (
@@ -58,10 +50,8 @@ class RedactedRequest(Request):
         if not settled and self.task.acks_late:
             # The task body dead-letters every fault of the input itself; reaching here is a bug
             # of ours or a time limit. Keep the message for replay instead of dropping it.
-            stored = dead_letter_message(self._message, *failed_unexpectedly(error))
-            if not stored:
-                settle(self._message, stored=False)
-                return
+            failed_unexpectedly(self._message, error)
+            return
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
@@ -83,5 +73,6 @@ class UserPathTask(Task):
 
 def backoff_seconds(attempts: int) -> float:
     """Exponential backoff with full jitter, capped: 1 s, 2 s, 4 s ... 60 s after 0, 1, 2 ... failed attempts."""
-    ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2**attempts)
+    # The exponent is capped first: 2.0 ** 1024 overflows a float.
+    ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** min(attempts, 16))
     return random.uniform(ceiling / 2, ceiling)

@@ -1,8 +1,11 @@
-"""Celery's consumer, with every "drop and log the body" path replaced by a dead letter.
+"""Celery's consumer, judging each message at the boundary before Celery's own code sees it,
+and with every "drop and log the body" path replaced by a dead letter.
 
-Celery's defaults log the raw body of a message it cannot handle (the API key included) and
-acknowledge it, so the message is gone. Here each such message is stored with a reason and
-then acknowledged; its body never reaches a log line.
+Celery takes a message's headers and body on trust (a hashable task name, a pair of time
+limits, a parsable ETA...): what it raises on would stop the worker, and the message, never
+acknowledged, would stop the next one too. Its defaults log the raw body of a message it cannot
+handle (the API key included) and acknowledge it, so the message is gone. Here the boundary
+decoder's rules run first, and each message refused is stored with a reason, then acknowledged.
 """
 
 from __future__ import annotations
@@ -15,15 +18,8 @@ from celery.worker.consumer.consumer import promise
 from kombu.exceptions import ContentDisallowed
 from kombu.message import Message
 
-from tasks.deadletters import (
-    NO_TASK_HEADER,
-    dead_letter_message,
-    invalid_message,
-    refused_content,
-    settle,
-    undecodable,
-    unknown_task,
-)
+from tasks.deadletters import dead_letter_message, settle, transported
+from tasks.ingestion.decoder import NO_TASK_HEADER, check, invalid_message, refused_content, undecodable, unknown_task
 
 
 class DeadLetteringConsumer(Consumer):
@@ -33,29 +29,29 @@ class DeadLetteringConsumer(Consumer):
         broker_errors = tuple(error for error in self.connection_errors + self.channel_errors if error is not KeyError)
 
         def on_task_received_or_dead_letter(message: Message) -> Any:
+            refusal = check(transported(message), self.app.tasks)
+            if refusal is not None:
+                return settle(message, refusal)
             try:
                 return on_task_received(message)
             except broker_errors:
                 raise
-            except Exception as exc:  # noqa: BLE001 - see below
-                # Celery's strategy takes the body's shape on trust ([args, kwargs, embed], a hashable
-                # task name...): what it raises on would stop the worker, and the message, never
-                # acknowledged, would stop the next one too.
-                settle(message, dead_letter_message(message, *invalid_message(type(exc).__name__)))
+            except Exception as exc:  # noqa: BLE001 - what the boundary's rules did not foresee
+                dead_letter_message(message, *invalid_message(type(exc).__name__))
 
         return on_task_received_or_dead_letter
 
     def on_decode_error(self, message: Message, exc: Exception) -> None:
-        settle(message, dead_letter_message(message, *undecodable(exc)))
+        dead_letter_message(message, *undecodable(exc))
 
     def on_invalid_task(self, body: Any, message: Message, exc: Exception) -> None:
-        verdict = (
-            refused_content(message.content_type) if isinstance(exc, ContentDisallowed) else invalid_message(str(exc))
-        )
-        settle(message, dead_letter_message(message, *verdict))
+        if isinstance(exc, ContentDisallowed):
+            dead_letter_message(message, *refused_content(str(message.content_type)))
+        else:
+            dead_letter_message(message, *invalid_message(str(exc)))
 
     def on_unknown_task(self, body: Any, message: Message, exc: Exception) -> None:
-        settle(message, dead_letter_message(message, *unknown_task((message.headers or {}).get("task"))))
+        dead_letter_message(message, *unknown_task(str((message.headers or {}).get("task"))))
 
     def on_unknown_message(self, body: Any, message: Message) -> None:
-        settle(message, dead_letter_message(message, *NO_TASK_HEADER))
+        dead_letter_message(message, *NO_TASK_HEADER)

@@ -2,36 +2,27 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-from config.settings import get_settings
 from tasks.app import app
 from tasks.base import UserPathTask
-from userpath_worker import metrics, runtime
+from tasks.ingestion.job import ingestor
+from userpath_worker import metrics
 from userpath_worker.db import is_transient, utcnow
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import TRACK_TASK, WEBHOOK_TASK
-from userpath_worker.events.services import Ingestor, Outcome
-from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.events.services import Outcome
 
 logger = logging.getLogger("userpath.worker")
 
 
-@functools.cache
-def ingestor() -> Ingestor:
-    """One per process: its key cache is per process, its engine is made after the fork."""
-    settings = get_settings()
-    return Ingestor(runtime.session_factory(), KeyAuthenticator(settings.key_pepper, settings.auth_cache_seconds))
-
-
 def _delivery(task: UserPathTask) -> Delivery:
     queue = (task.request.delivery_info or {}).get("routing_key")
-    return Delivery(task=task.name, queue=queue, received_at=utcnow())
+    return Delivery(task=task.name, queue=queue, received_at=utcnow(), message_id=f"id:{task.request.id}")
 
 
 def _run(task: UserPathTask, source: Source, handle: Callable[[], Outcome]) -> str:

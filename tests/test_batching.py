@@ -1,5 +1,5 @@
-"""Batched ingestion on Redis (tasks/batching.py): how a raw delivery is judged, and that a batch
-lives in kombu's own unacked structures, so kombu's re-delivery works on it."""
+"""Batched ingestion (tasks/ingestion/): how a raw Redis delivery is judged at the boundary, and
+how a batch is held until acknowledged, given back, or restored after its worker died."""
 
 from __future__ import annotations
 
@@ -12,20 +12,19 @@ from typing import Any
 
 import pytest
 import redis
-from kombu import Connection
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from tasks.batching import RedisBatches, _decode
+from tasks.ingestion.decoder import decode
+from tasks.ingestion.redis_transport import UNACKED, UNACKED_INDEX, RedisBatches, transported
 from tests.conftest import TEST_DATABASE_PREFIX, flushed_redis
 from tests.test_worker_e2e import envelope as e2e_envelope
 from tests.test_worker_e2e import new_key
 from tests.workers import migrated_database, producer, running_worker, settle_at, worker_environment
 from userpath_worker.deadletter.models import DeadLetter, Reason
-from userpath_worker.deadletter.services import Rejection
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
-from userpath_worker.events.services import Incoming
+from userpath_worker.events.services import Incoming, Refused
 from userpath_worker.keys import tokens
 from userpath_worker.keys.tokens import Environment
 
@@ -57,6 +56,11 @@ def redis_message(
     return json.dumps(document).encode()
 
 
+def judged(item: bytes, queue: str = EVENTS_QUEUE) -> Incoming | Refused:
+    unwrapped = transported((queue, item))
+    return unwrapped if isinstance(unwrapped, Refused) else decode(unwrapped)
+
+
 def envelope() -> list[Any]:
     event = {"event": "Signed Up", "user_id": "u1", "timestamp": "2026-05-01T12:00:00+00:00"}
     return [[{"api_key": KEY, "batch": [event]}], {}, {"callbacks": None}]
@@ -71,7 +75,7 @@ def envelope() -> list[Any]:
     ],
 )
 def test_an_ingestion_message_becomes_the_core_s_input(queue: str, task: str, source: Source) -> None:
-    _, incoming = _decode(redis_message(envelope(), task=task, queue=queue))
+    incoming = judged(redis_message(envelope(), task=task, queue=queue), queue)
     assert isinstance(incoming, Incoming)
     assert (incoming.task, incoming.source, incoming.delivery.queue) == (task, source, queue)
     assert incoming.args[0]["api_key"] == KEY and incoming.kwargs == {}
@@ -97,11 +101,12 @@ def test_an_ingestion_message_becomes_the_core_s_input(queue: str, task: str, so
 def test_what_is_not_an_ingestion_message_is_dead_lettered_with_its_reason_and_no_key(
     item: bytes, reason: Reason, detail: str
 ) -> None:
-    rejection, delivery = _decode(item)
-    assert isinstance(rejection, Rejection)
+    refused = judged(item)
+    assert isinstance(refused, Refused)
+    rejection, delivery = refused.rejection, refused.delivery
     assert rejection.reason == reason and detail in rejection.detail
     assert KEY not in json.dumps(rejection.payload, default=str) and KEY not in rejection.detail
-    assert delivery.queue in (EVENTS_QUEUE, None)
+    assert delivery.queue == EVENTS_QUEUE
 
 
 @pytest.fixture
@@ -109,54 +114,56 @@ def broker() -> Iterator[redis.Redis]:
     yield from flushed_redis(REDIS_URL)
 
 
-def test_a_batch_is_held_in_kombus_unacked_hash_until_acknowledged(broker: redis.Redis) -> None:
+def test_a_batch_is_held_in_the_steps_unacked_hash_until_acknowledged(broker: redis.Redis) -> None:
     messages = [redis_message(envelope() + [n]) for n in range(5)]
     broker.lpush(EVENTS_QUEUE, *messages)  # as producers do; consumers pop from the other end
     batches = RedisBatches(broker)
 
-    tags, taken = batches.take(EVENTS_QUEUE, messages=3, max_bytes=10**6)
-    assert taken == messages[:3] and broker.llen(EVENTS_QUEUE) == 2
-    held = {tag: json.loads(broker.hget("unacked", tag)) for tag in tags}
-    assert [entry[0] for entry in held.values()] == [json.loads(message) for message in messages[:3]]
-    assert all(entry[1:] == ["", EVENTS_QUEUE] for entry in held.values())  # kombu's [message, exchange, key]
-    assert broker.zcard("unacked_index") == 3
+    taken = batches.take(EVENTS_QUEUE, messages=3, max_bytes=10**6)
+    assert taken.items == [(EVENTS_QUEUE, message) for message in messages[:3]] and broker.llen(EVENTS_QUEUE) == 2
+    assert [broker.hget(UNACKED, tag) for tag in taken.tags] == messages[:3]  # as they were, never parsed
+    assert broker.zcard(UNACKED_INDEX) == 3
+    assert not broker.exists("unacked")  # kombu's own hash is left to kombu
 
-    batches.acknowledge(tags)
-    assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0
+    batches.acknowledge(taken.tags)
+    assert broker.hlen(UNACKED) == 0 and broker.zcard(UNACKED_INDEX) == 0
 
 
 def test_a_failed_batch_goes_back_to_the_consuming_end_of_its_queue(broker: redis.Redis) -> None:
     messages = [redis_message(envelope() + [n]) for n in range(4)]
     broker.lpush(EVENTS_QUEUE, *messages)
     batches = RedisBatches(broker)
-    tags, _ = batches.take(EVENTS_QUEUE, messages=2, max_bytes=10**6)
+    taken = batches.take(EVENTS_QUEUE, messages=2, max_bytes=10**6)
 
-    batches.give_back(tags, EVENTS_QUEUE)
+    batches.give_back(taken.tags)
 
-    assert broker.hlen("unacked") == 0 and broker.zcard("unacked_index") == 0
-    _, again = batches.take(EVENTS_QUEUE, messages=10, max_bytes=10**6)
-    assert sorted(again) == sorted(messages)
+    assert broker.hlen(UNACKED) == 0 and broker.zcard(UNACKED_INDEX) == 0
+    again = batches.take(EVENTS_QUEUE, messages=10, max_bytes=10**6)
+    assert sorted(item for _, item in again.items) == sorted(messages)
 
 
-def test_a_batch_whose_worker_died_is_restored_by_kombu_itself(broker: redis.Redis) -> None:
-    message = redis_message(envelope())
-    broker.lpush(EVENTS_QUEUE, message)
-    tags, _ = RedisBatches(broker).take(EVENTS_QUEUE, messages=10, max_bytes=10**6)
+def test_what_a_dead_worker_held_is_restored_after_the_visibility_timeout_whatever_it_is(broker: redis.Redis) -> None:
+    # Not JSON: kombu's own restore would raise on it, and restore nothing older.
+    messages = [b"not json \xff", redis_message(envelope())]
+    broker.lpush(EVENTS_QUEUE, *messages)
+    batches = RedisBatches(broker)
+    taken = batches.take(EVENTS_QUEUE, messages=10, max_bytes=10**6)
     assert broker.llen(EVENTS_QUEUE) == 0
 
-    with Connection(REDIS_URL) as connection:
-        connection.default_channel.qos.restore_by_tag(tags[0])  # what its visibility timeout does
+    assert batches.restore_older_than(3600) == 0  # still within its visibility timeout
+    assert batches.restore_older_than(0) == 2
 
-    [restored] = broker.lrange(EVENTS_QUEUE, 0, -1)
-    assert json.loads(restored)["body"] == json.loads(message)["body"]
-    assert broker.hlen("unacked") == 0
+    assert sorted(broker.lrange(EVENTS_QUEUE, 0, -1)) == sorted(messages)
+    assert broker.hlen(UNACKED) == 0 and broker.zcard(UNACKED_INDEX) == 0
+    batches.acknowledge(taken.tags)  # a late acknowledgement of restored messages is harmless
+    assert broker.llen(EVENTS_QUEUE) == 2
 
 
 def test_a_batch_is_bounded_in_bytes(broker: redis.Redis) -> None:
     messages = [redis_message(envelope() + ["x" * 1000]) for _ in range(10)]
     broker.lpush(EVENTS_QUEUE, *messages)
-    _, taken = RedisBatches(broker).take(EVENTS_QUEUE, messages=10, max_bytes=2500)
-    assert len(taken) == 2  # the message that passes the bound is the last one taken
+    taken = RedisBatches(broker).take(EVENTS_QUEUE, messages=10, max_bytes=2500)
+    assert len(taken.items) == 2  # the message that passes the bound is the last one taken
 
 
 def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_its_batch_stored(
@@ -186,7 +193,8 @@ def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_i
 
     with Session(engine) as session:
         [letter] = session.scalars(select(DeadLetter)).all()
-        assert letter.reason == Reason.INTERNAL_ERROR.value and "failed unexpectedly" in letter.detail
+        assert letter.reason == Reason.INTERNAL_ERROR.value and "the database refused" in letter.detail
+        assert letter.org_id is not None and letter.api_key_id is not None  # its owner can replay it
         assert key not in json.dumps(letter.payload) and "Poison" in json.dumps(letter.payload)
     assert '"messages": 3' in log.read_text()  # the three shared a batch
     engine.dispose()

@@ -44,7 +44,7 @@ from typing import Any
 from kombu import Connection, Producer, Queue
 from pydantic import ValidationError
 
-from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
+from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE, queue_arguments
 from config.settings import get_settings
 from userpath_worker.events.schemas import (
     MAX_BATCH_EVENTS,
@@ -110,8 +110,10 @@ class UserPath:
         max_queue_size: int = 10_000,
         broker_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
+        queue_type: str | None = None,
     ) -> None:
-        """``broker_url`` defaults to ``USERPATH_BROKER_URL``, the worker's own setting.
+        """``broker_url`` defaults to ``USERPATH_BROKER_URL``, the worker's own setting, and
+        ``queue_type`` (RabbitMQ: ``classic`` or ``quorum``) to ``USERPATH_QUEUE_TYPE``.
 
         ``broker_timeout`` bounds each connect and publish; ``shutdown_timeout`` is how long
         ``close()`` (and interpreter exit) wait for the last events to be sent.
@@ -130,6 +132,7 @@ class UserPath:
         self._key_json = canonical_json(api_key)
         self._key_display = tokens.display_form(api_key)
         self._broker_url = broker_url or get_settings().broker_url
+        self._queue_arguments = queue_arguments(queue_type or get_settings().queue_type)
         # Import the transport now: its first import registers a threading exit hook, which
         # fails if it happens in the sender thread while the interpreter exits.
         Connection(self._broker_url).get_transport_cls()
@@ -450,7 +453,7 @@ class UserPath:
             body,
             exchange="",
             routing_key=queue,
-            declare=[Queue(queue)],
+            declare=[Queue(queue, queue_arguments=self._queue_arguments)],
             headers=_task_headers(task, task_id, argsrepr),
             content_type="application/json",
             content_encoding="utf-8",

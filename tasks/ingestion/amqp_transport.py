@@ -1,0 +1,113 @@
+"""Batches on RabbitMQ: a prefetch window on a channel of the step's own, messages gathered
+until a batch is full or its first message has waited ``GATHER_SECONDS``, and one
+``multiple=True`` acknowledgement for every run of settled deliveries.
+
+A ``multiple`` ack settles every delivery up to its tag on the channel, so it is sent only for
+the longest prefix of deliveries that are all settled: a batch that finishes before an older
+one waits for it. Nothing is ever requeued: a batch that fails is kept and tried again (see
+the step), and what a closed channel held, RabbitMQ delivers again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from tasks.ingestion.decoder import Transported
+from tasks.ingestion.redis_transport import Taken
+
+logger = logging.getLogger("userpath.worker")
+
+NAME = "amqp"
+GATHER_SECONDS = 0.02  # the latency a batch that is not full adds at most
+MAX_PREFETCH = 65_535  # basic.qos's prefetch count is 16 bits
+
+# (queue, body, content type, content encoding, headers): what the pool job needs of a delivery.
+Delivered = tuple[str, bytes, Any, Any, Any]
+
+
+class AmqpBatches:
+    name = NAME
+
+    def __init__(
+        self, connection: Any, queues: Sequence[str], batch_messages: int, slots: int, on_full: Callable[[], None]
+    ) -> None:
+        self.batch_messages, self.on_full = batch_messages, on_full
+        self.channel = connection.channel()
+        # Enough for every pool process's batch and the one being gathered.
+        self.channel.basic_qos(0, min(MAX_PREFETCH, batch_messages * (slots + 1)), False)
+        self.gathered: deque[tuple[int, Delivered]] = deque()
+        self.gathered_bytes = 0
+        self.first_arrival = 0.0
+        self.unsettled: deque[int] = deque()  # delivery tags, in delivery order
+        self.settled: set[int] = set()  # settled, but behind an unsettled older one
+        for queue in queues:
+            self.channel.basic_consume(queue, callback=functools.partial(self._arrived, queue))
+
+    def _arrived(self, queue: str, message: Any) -> None:
+        properties = message.properties
+        tag = message.delivery_info["delivery_tag"]
+        if not self.gathered:
+            self.first_arrival = time.monotonic()
+        self.gathered.append(
+            (
+                tag,
+                (
+                    queue,
+                    message.body,
+                    properties.get("content_type"),
+                    properties.get("content_encoding"),
+                    properties.get("application_headers"),
+                ),
+            )
+        )
+        self.gathered_bytes += len(message.body)
+        self.unsettled.append(tag)
+        if len(self.gathered) >= self.batch_messages:
+            self.on_full()
+
+    def next_batch(self, messages: int, max_bytes: int) -> Taken | None:
+        """A full batch, or whatever was gathered once its first message has waited long enough."""
+        if not self.gathered:
+            return None
+        full = len(self.gathered) >= messages or self.gathered_bytes >= max_bytes
+        if not full and time.monotonic() - self.first_arrival < GATHER_SECONDS:
+            return None
+        tags, items, size = [], [], 0
+        while self.gathered and len(items) < messages and size < max_bytes:
+            tag, delivered = self.gathered.popleft()
+            tags.append(tag)
+            items.append(delivered)
+            size += len(delivered[1])
+        self.gathered_bytes -= size
+        self.first_arrival = time.monotonic()
+        return Taken(tags, items)
+
+    def acknowledge(self, tags: Sequence[int]) -> None:
+        self.settled.update(tags)
+        last = None
+        while self.unsettled and self.unsettled[0] in self.settled:
+            last = self.unsettled.popleft()
+            self.settled.discard(last)
+        if last is not None:
+            self.channel.basic_ack(last, multiple=True)
+
+    def forget(self, tags: Sequence[int]) -> None:
+        """Nothing to do: RabbitMQ delivers again what a closed channel held."""
+
+    def restore_older_than(self, seconds: float) -> int:
+        return 0  # RabbitMQ re-delivers a dead worker's messages as soon as its connection closes
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):  # the connection may be gone already
+            self.channel.close()
+
+
+def transported(item: Delivered) -> Transported:
+    queue, body, content_type, content_encoding, headers = item
+    return Transported(headers, body, content_type, content_encoding, queue)

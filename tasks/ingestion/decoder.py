@@ -1,0 +1,244 @@
+"""The boundary: what a broker handed over becomes the core's input or a dead letter with a
+reason, and never an exception, whatever the types of its headers, properties and body.
+
+Both consumers judge with ``decode``: Celery's (``tasks/consumer.py``) before Celery's own code
+sees a message, and the batched step (``tasks/ingestion/job.py``) for the ingestion queues.
+A dead letter made here keeps the decoded body, scrubbed of keys, never the transport
+document: a key inside base64 or a compressed body is out of the scrubber's sight.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from kombu.serialization import loads
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from userpath_worker.db import utcnow
+from userpath_worker.deadletter import services as dead_letters
+from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.services import Delivery, Rejection, without_key
+from userpath_worker.events.models import Source
+from userpath_worker.events.schemas import TRACK_TASK, WEBHOOK_TASK, describe
+from userpath_worker.events.services import Incoming, Refused
+
+logger = logging.getLogger("userpath.worker")
+
+INGESTION_TASKS = frozenset({TRACK_TASK, WEBHOOK_TASK})
+JSON = "application/json"
+# Our retries come back with an ETA at most a minute ahead; a later one would sit in a worker's
+# memory, unacknowledged, for as long as the producer asked.
+MAX_ETA_AHEAD = dt.timedelta(seconds=120)
+_UTF8 = frozenset({"utf-8", "utf8"})
+
+
+def _printable(value: str) -> str:
+    if not value.isprintable():
+        raise ValueError("must be text without control characters")
+    return value
+
+
+_Name = Annotated[str, Field(min_length=1, max_length=200), AfterValidator(_printable)]
+
+
+class TaskHeaders(BaseModel):
+    """The Celery protocol 2 headers (docs/contract.md), strictly typed: a header of the wrong
+    type is a reason to dead-letter the message, not an exception in the consumer."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    task: _Name
+    id: _Name
+    lang: str | None = None
+    root_id: str | None = None
+    parent_id: str | None = None
+    group: str | None = None
+    group_index: Annotated[int, Field(ge=0)] | None = None
+    shadow: str | None = None
+    eta: dt.datetime | None = None
+    expires: None = None
+    retries: Annotated[int, Field(ge=0)] = 0
+    timelimit: tuple[float | None, float | None] | None = None
+    argsrepr: str | None = None
+    kwargsrepr: str | None = None
+    origin: str | None = None
+    ignore_result: bool | None = None
+    replaced_task_nesting: Annotated[int, Field(ge=0)] | None = None
+    stamped_headers: list[str] | None = None
+    stamps: dict[str, Any] | None = None
+
+    @field_validator("eta", mode="before")
+    @classmethod
+    def _iso_time(cls, value: Any) -> Any:
+        return dt.datetime.fromisoformat(value) if isinstance(value, str) else value
+
+    @field_validator("timelimit", mode="before")
+    @classmethod
+    def _pair(cls, value: Any) -> Any:
+        return tuple(value) if isinstance(value, list) else value
+
+    @field_validator("eta")
+    @classmethod
+    def _soon(cls, value: dt.datetime | None) -> dt.datetime | None:
+        if value is None:
+            return None
+        aware = value if value.tzinfo else value.replace(tzinfo=dt.UTC)
+        if aware > utcnow() + MAX_ETA_AHEAD:
+            raise ValueError(f"is more than {MAX_ETA_AHEAD.seconds} s ahead")
+        return aware
+
+
+@dataclass(frozen=True, slots=True)
+class Transported:
+    """One message as a transport handed it over. Any field may hold anything."""
+
+    headers: Any
+    body: Any  # bytes or text, after the transport's own body encoding (Redis: base64)
+    content_type: Any
+    content_encoding: Any
+    queue: Any  # the queue it was consumed from, or the routing key it claims
+
+
+def decode(message: Transported) -> Incoming | Refused:
+    """An ingestion message as the core's input, or its dead letter. Never raises."""
+    try:
+        return _decode(message)
+    except Exception as error:  # noqa: BLE001 - a message must never stop the consumer
+        logger.exception("a message could not be decoded; it is dead-lettered")
+        return refused(message, Reason.INVALID_ENVELOPE, f"not a valid task message: {type(error).__name__}")
+
+
+def refused(message: Transported, reason: Reason, detail: str, keep_body: bool = True) -> Refused:
+    """The dead letter of a whole message: its decoded body when there is one, the key never."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task = headers.get("task")
+    delivery = Delivery(
+        task=task if isinstance(task, str) else None,
+        queue=message.queue if isinstance(message.queue, str) else None,
+        received_at=utcnow(),
+        message_id=message_id(message),
+    )
+    payload = _body_payload(message) if keep_body else None
+    return Refused(Rejection(reason, detail, payload), delivery)
+
+
+def message_id(message: Transported) -> str:
+    """The message's identity across redeliveries: its task id, or else a digest of its body."""
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    task_id = headers.get("id")
+    if isinstance(task_id, str) and 0 < len(task_id) <= 200:
+        return f"id:{task_id}"
+    body = message.body if isinstance(message.body, bytes) else repr(message.body).encode("utf-8", "surrogatepass")
+    return f"body:{hashlib.sha256(body).hexdigest()}"
+
+
+def invalid_message(why: str) -> tuple[Reason, str]:
+    return Reason.INVALID_ENVELOPE, f"not a valid task message: {why}"
+
+
+def unknown_task(task: str) -> tuple[Reason, str]:
+    return Reason.UNKNOWN_TASK, f"no task named {task[:200]!r} here; see docs/contract.md"
+
+
+def refused_content(content_type: str) -> tuple[Reason, str]:
+    return Reason.UNDECODABLE, f"content type {content_type[:100]} is refused; send JSON"
+
+
+def undecodable(error: BaseException) -> tuple[Reason, str]:
+    return Reason.UNDECODABLE, f"cannot decode the body: {type(error).__name__}"
+
+
+NO_TASK_HEADER = (Reason.INVALID_ENVELOPE, "not a Celery protocol 2 task message (no task header)")
+EXPIRES_REFUSED = "expires is not part of the contract; send null"
+
+
+def check(message: Transported, tasks: Collection[str]) -> Refused | None:
+    """The transport-level rules, for any task: None when ``message`` is a well-formed task
+    message for one of ``tasks``. Celery's consumer runs these before Celery's own code."""
+    try:
+        return _check(message, tasks)
+    except Exception as error:  # noqa: BLE001 - a message must never stop the consumer
+        logger.exception("a message could not be checked; it is dead-lettered")
+        return refused(message, *invalid_message(type(error).__name__), keep_body=False)
+
+
+def _check(message: Transported, tasks: Collection[str]) -> Refused | None:
+    headers = message.headers
+    if not isinstance(headers, dict):
+        return refused(message, *invalid_message(f"the headers are {_kind(headers)}, not an object"))
+    task = headers.get("task")
+    if task is None:
+        return refused(message, *NO_TASK_HEADER)
+    if isinstance(task, str) and task not in tasks:
+        return refused(message, *unknown_task(task))
+    if headers.get("expires") is not None:
+        return refused(message, *invalid_message(EXPIRES_REFUSED))
+    try:
+        TaskHeaders.model_validate(headers)
+    except ValidationError as error:
+        return refused(message, *invalid_message(describe(error)))
+    if headers.get("compression") is not None:
+        # kombu could decompress, but then a body's size is no longer bounded by the broker's.
+        return refused(message, Reason.UNDECODABLE, "compressed bodies are refused; send JSON", keep_body=False)
+    if not isinstance(message.content_type, str):
+        return refused(message, *invalid_message(f"the content type is {_kind(message.content_type)}, not text"))
+    if message.content_type != JSON:
+        return refused(message, *refused_content(message.content_type))
+    encoding = message.content_encoding
+    if encoding is not None and not (isinstance(encoding, str) and encoding.lower() in _UTF8):
+        return refused(message, Reason.UNDECODABLE, f"content encoding {str(encoding)[:50]!r} is refused; send utf-8")
+    if not isinstance(message.body, bytes | str):
+        return refused(message, *invalid_message(f"the body is {_kind(message.body)}, not text"))
+    return None
+
+
+def _decode(message: Transported) -> Incoming | Refused:
+    refusal = _check(message, INGESTION_TASKS)
+    if refusal is not None:
+        return refusal
+    task = message.headers["task"]
+    try:
+        payload = loads(message.body, JSON, "utf-8", accept={JSON})
+    except Exception as error:  # noqa: BLE001 - kombu raises DecodeError, RecursionError, UnicodeError...
+        return refused(message, *undecodable(error))
+    if not (
+        isinstance(payload, list)
+        and len(payload) == 3
+        and isinstance(payload[0], list)
+        and isinstance(payload[1], dict)
+        and isinstance(payload[2], dict | None)
+    ):
+        return refused(message, *invalid_message("the body is not [args, kwargs, embed]"))
+    args, kwargs, _ = payload
+    delivery = _delivery(message, task)
+    source = Source.WEBHOOK if task == WEBHOOK_TASK else Source.for_queue(delivery.queue)
+    return Incoming(task, args, kwargs, source, delivery)
+
+
+def _delivery(message: Transported, task: str) -> Delivery:
+    queue = message.queue if isinstance(message.queue, str) else None
+    return Delivery(task=task, queue=queue, received_at=utcnow(), message_id=message_id(message))
+
+
+def _kind(value: Any) -> str:
+    return "missing" if value is None else f"a {type(value).__name__}"
+
+
+def _body_payload(message: Transported) -> Any:
+    """What a dead letter keeps of a body: JSON decoded and without its key, or a scrubbed text
+    preview. Only JSON is ever parsed: a pickle or yaml body is kept as escaped text."""
+    body = message.body
+    content_type = message.content_type if isinstance(message.content_type, str) else None
+    if not isinstance(body, bytes | str):
+        return {"content_type": content_type, "body_type": type(body).__name__}
+    if content_type == JSON:
+        try:
+            return {"content_type": content_type, "body": without_key(loads(body, JSON, "utf-8", accept={JSON}))}
+        except Exception:  # noqa: BLE001, S110 - not JSON after all: kept as a preview below
+            pass
+    return {"content_type": content_type, **dead_letters.text_preview(body)}

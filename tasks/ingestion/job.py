@@ -1,0 +1,135 @@
+"""The pool job: decode a batch of deliveries and store them, one transaction when all is well.
+
+A batch the database refuses for a reason other than an outage is split in halves until each
+message is stored or dead-lettered on its own, so one poison message costs about 2·log2(n)
+small transactions, not the batch. Only an outage leaves the job (``DatabaseUnavailable``):
+the step then keeps the batch and tries again after a backoff.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from config.settings import get_settings
+from tasks.ingestion import amqp_transport, redis_transport
+from tasks.ingestion.decoder import Transported, decode, refused
+from userpath_worker import metrics, runtime
+from userpath_worker.db import is_transient
+from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.services import Rejection
+from userpath_worker.events.services import Incoming, Ingestor, Outcome, Refused
+from userpath_worker.keys.auth import KeyAuthenticator
+
+logger = logging.getLogger("userpath.worker")
+
+# How each transport's deliveries become a Transported (or, when even that fails, a dead letter).
+_UNWRAP: dict[str, Callable[[Any], Transported | Refused]] = {
+    redis_transport.NAME: redis_transport.transported,
+    amqp_transport.NAME: amqp_transport.transported,
+}
+
+
+@functools.cache
+def ingestor() -> Ingestor:
+    """One per process: its key cache is per process, its engine is made after the fork."""
+    settings = get_settings()
+    return Ingestor(runtime.session_factory(), KeyAuthenticator(settings.key_pepper, settings.auth_cache_seconds))
+
+
+class DatabaseUnavailable(Exception):
+    """The batch met a database outage: keep it and try again later."""
+
+
+def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
+    """In a pool process: judge each delivery and store the batch."""
+    started = time.perf_counter()
+    authenticator = ingestor().authenticator
+    hits, misses = authenticator.hits, authenticator.misses
+    unwrap = _UNWRAP[transport]
+    messages = []
+    for item in items:
+        transported = unwrap(item)
+        messages.append(decode(transported) if isinstance(transported, Transported) else transported)
+    outcomes = _store(messages)
+    seconds = time.perf_counter() - started
+    for message, outcome in zip(messages, outcomes, strict=True):
+        source = message.source.value if isinstance(message, Incoming) else "unknown"
+        metrics.record({"stored": outcome.stored, "dead_letters": outcome.reasons, "source": source})
+        logger.debug(
+            "message handled",
+            extra={
+                "message_id": message.delivery.message_id,
+                "org_id": outcome.org_id,
+                "key": outcome.key,
+                "source": source,
+                "stored": outcome.stored,
+                "dead_lettered": outcome.dead_lettered,
+            },
+        )
+    metrics.BATCH_WRITE_SECONDS.observe(seconds)
+    for result, count in (("hit", authenticator.hits - hits), ("miss", authenticator.misses - misses)):
+        metrics.AUTH_CACHE.labels(result).inc(count)
+    totals = {
+        "messages": len(items),
+        "stored": sum(outcome.stored for outcome in outcomes),
+        "dead_lettered": sum(outcome.dead_lettered for outcome in outcomes),
+    }
+    logger.info("batch handled", extra=totals | {"seconds": round(seconds, 4)})
+    return totals
+
+
+def record_unprocessable(transport: str, items: Sequence[Any], why: str) -> dict[str, int]:
+    """In a pool process: the last resort for deliveries whose job failed on its own (its pool
+    process died, or it ran out of time): a dead letter with the reason and no payload each."""
+    unwrap = _UNWRAP[transport]
+    letters = []
+    for item in items:
+        transported = unwrap(item)
+        if isinstance(transported, Refused):
+            letters.append(transported)
+        else:
+            detail = f"the message could not be processed ({why}); only this record of it is kept"
+            letters.append(refused(transported, Reason.INTERNAL_ERROR, detail, keep_body=False))
+    _store(letters)
+    logger.error("recorded %s message(s) that could not be processed (%s)", len(letters), why)
+    return {"messages": len(items), "stored": 0, "dead_lettered": len(letters)}
+
+
+def _store(messages: Sequence[Incoming | Refused]) -> list[Outcome]:
+    try:
+        return ingestor().ingest(messages)
+    except Exception as error:
+        if is_transient(error):
+            raise DatabaseUnavailable(type(error).__name__) from None
+        if len(messages) > 1:
+            half = len(messages) // 2
+            return _store(messages[:half]) + _store(messages[half:])
+        logger.exception("the database refused a message; it is dead-lettered")
+        return [dead_letter(messages[0], f"the database refused the message: {type(error).__name__}")]
+
+
+def dead_letter(message: Incoming | Refused, detail: str) -> Outcome:
+    """Record one message that could not be stored as it is: a message the database refused
+    whole for replay (``detail`` says why), a dead letter as it is; and when even that is
+    refused, a dead letter with its reason and no payload. Raises ``DatabaseUnavailable``."""
+    if isinstance(message, Refused):
+        rejection = message.rejection
+        attempts = [lambda: ingestor().ingest([message])[0]]
+    else:
+        rejection = Rejection(Reason.INTERNAL_ERROR, detail, None)
+        attempts = [lambda: ingestor().keep_for_replay(message, detail)]
+    bare = Refused(Rejection(rejection.reason, rejection.detail, None), message.delivery)
+    attempts.append(lambda: ingestor().ingest([bare])[0])
+    for attempt in attempts:
+        try:
+            return attempt()
+        except Exception as failure:
+            if is_transient(failure):
+                raise DatabaseUnavailable(type(failure).__name__) from None
+            logger.exception("the database refused a dead letter")
+    logger.error("not even a bare dead letter of a message could be recorded; it is dropped")
+    return Outcome(0, 0)

@@ -1,0 +1,160 @@
+"""Batches on Redis: one Lua call takes many messages from a queue's lists, one call
+acknowledges them, one call restores those a dead worker held.
+
+Messages taken are held, until acknowledged, in a hash and an index of the step's own
+(``userpath.unacked``, ``userpath.unacked_index``), not in kombu's: kombu parses every entry
+of its own when it restores, so one item that is not JSON would stop it restoring anything
+older, and it restores only on channels that consume a queue, which the step's are not. The
+step restores what is older than ``USERPATH_VISIBILITY_TIMEOUT`` itself, entry by entry, in
+one atomic call that parses nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+import redis
+
+from tasks.ingestion.decoder import Transported, invalid_message, refused, undecodable
+from userpath_worker.deadletter.models import Reason
+from userpath_worker.events.services import Refused
+
+NAME = "redis"
+UNACKED, UNACKED_INDEX, TAG_COUNTER = "userpath.unacked", "userpath.unacked_index", "userpath.batch_tags"
+# kombu's Redis transport keeps each priority in a list of its own (the contract says 0).
+_PRIORITY_SEPARATOR, _PRIORITIES = "\x06\x16", (3, 6, 9)
+RESTORE_AT_ONCE = 1000  # entries one restore call moves at most
+
+# Moves up to ARGV[1] messages (and about ARGV[2] bytes) from the queue's lists into the
+# unacked hash and index, under tags "<number>|<queue>". Returns tag, message, tag, message...
+_TAKE = """
+local taken, size = {}, 0
+for i = 4, #KEYS do
+  while #taken < 2 * tonumber(ARGV[1]) and size < tonumber(ARGV[2]) do
+    local message = redis.call('RPOP', KEYS[i])
+    if not message then break end
+    local tag = redis.call('INCR', KEYS[3]) .. '|' .. ARGV[4]
+    redis.call('HSET', KEYS[1], tag, message)
+    redis.call('ZADD', KEYS[2], ARGV[3], tag)
+    taken[#taken + 1] = tag
+    taken[#taken + 1] = message
+    size = size + #message
+  end
+end
+return taken
+"""
+# Puts the messages of ``tags`` back at the consuming end of their queues, and forgets them.
+_PUT_BACK = """
+for _, tag in ipairs(tags) do
+  local message = redis.call('HGET', KEYS[1], tag)
+  local queue = string.match(tag, '^%d+|(.+)$')
+  if message and queue then
+    redis.call('RPUSH', queue, message)
+  end
+  redis.call('HDEL', KEYS[1], tag)
+  redis.call('ZREM', KEYS[2], tag)
+end
+return #tags
+"""
+_GIVE_BACK = "local tags = ARGV\n" + _PUT_BACK  # ARGV: the tags
+# ARGV: a time and a count: up to that many tags taken before that time (a dead worker's).
+_RESTORE = "local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])\n" + _PUT_BACK
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A batch as a transport took it: what settles it, and what the pool job gets."""
+
+    tags: list[Any]
+    items: list[Any]
+
+
+class RedisBatches:
+    """kombu's Redis queues, a batch at a time."""
+
+    name = NAME
+
+    def __init__(self, client: redis.Redis, queues: Sequence[str] = ()) -> None:
+        self.client, self.queues, self.next_queue = client, list(queues), 0
+        self._take = client.register_script(_TAKE)
+        self._give_back = client.register_script(_GIVE_BACK)
+        self._restore = client.register_script(_RESTORE)
+
+    def take(self, queue: str, messages: int, max_bytes: int) -> Taken:
+        """Up to ``messages`` messages (and about ``max_bytes``), oldest first."""
+        lists = [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{priority}" for priority in _PRIORITIES]
+        taken = self._take(
+            keys=[UNACKED, UNACKED_INDEX, TAG_COUNTER, *lists], args=[messages, max_bytes, time.time(), queue]
+        )
+        return Taken(taken[0::2], [(queue, item) for item in taken[1::2]])
+
+    def next_batch(self, messages: int, max_bytes: int) -> Taken | None:
+        """A batch from the next queue that has messages, the queues taken in turn."""
+        for offset in range(len(self.queues)):
+            queue = self.queues[(self.next_queue + offset) % len(self.queues)]
+            taken = self.take(queue, messages, max_bytes)
+            if taken.tags:
+                self.next_queue = (self.next_queue + offset + 1) % len(self.queues)
+                return taken
+        return None
+
+    def acknowledge(self, tags: Sequence[bytes]) -> None:
+        if tags:
+            self.client.pipeline(transaction=False).hdel(UNACKED, *tags).zrem(UNACKED_INDEX, *tags).execute()
+
+    def give_back(self, tags: Sequence[bytes]) -> None:
+        """Put the messages back where the next take finds them first."""
+        if tags:
+            self._give_back(keys=[UNACKED, UNACKED_INDEX], args=list(tags))
+
+    forget = give_back  # a batch this worker will not settle goes back to its queue
+
+    def close(self) -> None:
+        self.client.close()
+
+    def restore_older_than(self, seconds: float) -> int:
+        """Give back what was taken more than ``seconds`` ago: a worker that died held it."""
+        return int(self._restore(keys=[UNACKED, UNACKED_INDEX], args=[time.time() - seconds, RESTORE_AT_ONCE]))
+
+
+def transported(item: tuple[str, bytes]) -> Transported | Refused:
+    """A list item in kombu's Redis form (docs/contract.md, "(a) Redis"), unwrapped."""
+    queue, raw = item
+    try:
+        document = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        document = None
+    properties = document.get("properties") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or not isinstance(properties, dict):
+        # Nothing of it is kept: a key inside may be base64-encoded, out of the scrubber's sight.
+        odd = Transported(None, raw, None, None, queue)
+        return refused(odd, *invalid_message("not a message in kombu's Redis form"), keep_body=False)
+    message = Transported(
+        document.get("headers"),
+        document.get("body"),
+        document.get("content-type"),
+        document.get("content-encoding"),
+        queue,
+    )
+    encoding = properties.get("body_encoding")
+    if encoding is None:
+        return message
+    if encoding != "base64":
+        return refused(message, Reason.UNDECODABLE, f"body encoding {str(encoding)[:50]!r} is refused; send base64")
+    if not isinstance(message.body, str):
+        return refused(message, *invalid_message(f"a base64 body must be text, not a {type(message.body).__name__}"))
+    try:
+        return replace(message, body=base64.b64decode(message.body, validate=True))
+    except (binascii.Error, ValueError) as error:
+        # Kept only as far as a lenient decoding reveals it, so that the key in it is scrubbed.
+        try:
+            revealed = replace(message, body=base64.b64decode(message.body))
+        except (binascii.Error, ValueError):
+            return refused(message, *undecodable(error), keep_body=False)
+        return refused(revealed, Reason.UNDECODABLE, "the body is not valid base64 (line breaks or other characters)")

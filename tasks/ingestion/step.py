@@ -1,0 +1,222 @@
+"""The consumer step that owns the ingestion queues on Redis and RabbitMQ.
+
+Through Celery's consumer every message costs the main process a request object, a pool
+dispatch and a result, and on Redis three round trips: about 0.8 ms, so a worker could not pass
+about a thousand messages a second, whatever their size. This step takes the ingestion queues
+over from Celery's consumer and hands the pool whole batches (``job.ingest_batch``), through a
+small adapter per transport (``redis_transport``, ``amqp_transport``).
+
+The step owns its batches' fate. One that succeeds is acknowledged. One that meets a database
+outage is kept and tried again after a backoff, and the step pauses. One that fails otherwise
+(its pool process died, it ran out of time) is split in halves and each tried again, down to a
+single message, which is then recorded as a dead letter without its payload and acknowledged.
+After a broker reconnect, the batches Celery's pool dropped before a process took them
+(``pool.flush()``) are forgotten, so the count of batches in flight is true again.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import redis
+from celery import bootsteps
+
+from config.settings import get_settings
+from tasks.base import backoff_seconds
+from tasks.ingestion import amqp_transport, redis_transport
+from tasks.ingestion.job import DatabaseUnavailable, ingest_batch, record_unprocessable
+from userpath_worker import metrics
+from config.celery import INGESTION_QUEUES
+
+logger = logging.getLogger("userpath.worker")
+
+MAX_BATCH_BYTES = 2 * 1024 * 1024  # two full-size envelopes: bounds a pool process's memory
+POLL_SECONDS = 0.02  # how often an idle step looks for work: the latency it adds at most
+_REDIS_SCHEMES, _AMQP_SCHEMES = ("redis://", "rediss://", "unix://"), ("amqp://", "amqps://", "pyamqp://")
+
+
+@dataclass(slots=True)
+class Batch:
+    number: int
+    transport: Any  # the adapter that took it, and settles it: a reconnect makes a new one
+    tags: list[Any]
+    items: list[Any]
+    unprocessable: str | None = None  # why, when only a record of the message is left to make
+    accepted: bool = field(default=False, compare=False)  # a pool process has started it
+
+    def halves(self, numbers: itertools.count[int]) -> list[Batch]:
+        middle = len(self.items) // 2
+        return [
+            replace(self, number=next(numbers), tags=self.tags[part], items=self.items[part], accepted=False)
+            for part in (slice(None, middle), slice(middle, None))
+        ]
+
+
+def transport_name(broker_url: str) -> str | None:
+    if broker_url.startswith(_REDIS_SCHEMES):
+        return redis_transport.NAME
+    if broker_url.startswith(_AMQP_SCHEMES):
+        return amqp_transport.NAME
+    return None  # the embedded SQLAlchemy broker keeps Celery's own path
+
+
+class BatchedIngestion(bootsteps.StartStopStep):
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.settings = get_settings()
+        self.numbers = itertools.count()
+        self.in_flight: dict[int, Batch] = {}
+        self.waiting: deque[Batch] = deque()  # batches to try again, first in line
+        self.transport: Any = None
+        self.running = False
+        self.paused_until = 0.0
+        self.failures = 0
+        self.timers: list[Any] = []
+
+    def include_if(self, c: Any) -> bool:
+        return (
+            transport_name(self.settings.broker_url) is not None
+            and self.settings.ingest_batch_messages > 1
+            and getattr(c, "hub", None) is not None
+        )
+
+    @property
+    def batch_messages(self) -> int:
+        return self.settings.ingest_batch_messages
+
+    def start(self, c: Any) -> None:
+        consumed = {queue.name for queue in c.task_consumer.queues}
+        queues = [queue for queue in INGESTION_QUEUES if queue in consumed]
+        if not queues:
+            return
+        for queue in queues:
+            c.task_consumer.cancel_by_queue(queue)
+        self._forget_dropped()
+        self.pool, self.slots = c.pool, max(1, getattr(c.pool, "limit", None) or 1)
+        self.time_limits = {"soft_timeout": c.app.conf.task_soft_time_limit, "timeout": c.app.conf.task_time_limit}
+        name = transport_name(self.settings.broker_url)
+        if name == redis_transport.NAME:
+            self.transport = redis_transport.RedisBatches(redis.Redis.from_url(self.settings.broker_url), queues)
+        else:
+            self.transport = amqp_transport.AmqpBatches(
+                c.connection.connection, queues, self.batch_messages, self.slots, on_full=self.fill
+            )
+        self.running = True
+        self.timers = [c.hub.call_repeatedly(POLL_SECONDS, self.fill)]
+        if name == redis_transport.NAME:
+            # No Celery consumer restores what a dead worker held in the step's own structures.
+            every = min(10, self.settings.visibility_timeout)
+            self.timers.append(c.hub.call_repeatedly(every, self.restore))
+        logger.info(
+            "batched ingestion on %s: up to %s messages a batch from %s", name, self.batch_messages, ", ".join(queues)
+        )
+
+    def stop(self, c: Any) -> None:
+        self.running = False  # batches that finish now start no new ones
+        for timer in self.timers:
+            timer.cancel()
+        self.timers = []
+        self._forget_waiting()
+        if self.transport is not None:
+            self.transport.close()
+            self.transport = None
+
+    def _forget_waiting(self) -> None:
+        while self.waiting:
+            batch = self.waiting.popleft()
+            batch.transport.forget(batch.tags)
+
+    def _forget_dropped(self) -> None:
+        """After a reconnect: Celery's pool.flush() dropped the batches no pool process had
+        started, and their callbacks never run. The others finish, and settle, as usual."""
+        for number, batch in list(self.in_flight.items()):
+            if not batch.accepted:
+                del self.in_flight[number]
+                batch.transport.forget(batch.tags)
+
+    def fill(self) -> None:
+        """Keep every pool process busy with a batch while there is work."""
+        try:
+            while self.running and len(self.in_flight) < self.slots and time.monotonic() >= self.paused_until:
+                batch = self.waiting.popleft() if self.waiting else self._take()
+                if batch is None:
+                    return
+                self._dispatch(batch)
+        except Exception as error:  # noqa: BLE001 - the broker went away; Celery reconnects
+            logger.warning("batched ingestion cannot reach the broker (%s); trying again", type(error).__name__)
+            self.paused_until = time.monotonic() + 1
+
+    def restore(self) -> None:
+        try:
+            restored = self.transport.restore_older_than(self.settings.visibility_timeout)
+        except Exception as error:  # noqa: BLE001 - tried again at the next interval
+            logger.warning("could not restore unacknowledged messages (%s)", type(error).__name__)
+            return
+        if restored:
+            logger.warning("restored %s message(s) a worker took and never acknowledged", restored)
+
+    def _take(self) -> Batch | None:
+        taken = self.transport.next_batch(self.batch_messages, MAX_BATCH_BYTES)
+        return Batch(next(self.numbers), self.transport, taken.tags, taken.items) if taken else None
+
+    def _dispatch(self, batch: Batch) -> None:
+        self.in_flight[batch.number] = batch
+        name = batch.transport.name
+        if batch.unprocessable:
+            job, args = record_unprocessable, (name, batch.items, batch.unprocessable)
+        else:
+            job, args = ingest_batch, (name, batch.items)
+        self.pool.apply_async(
+            job,
+            args=args,
+            callback=functools.partial(self._done, batch),
+            error_callback=functools.partial(self._failed, batch),
+            accept_callback=functools.partial(self._accepted, batch),
+            **self.time_limits,
+        )
+
+    def _accepted(self, batch: Batch, *_: Any) -> None:
+        batch.accepted = True
+
+    def _done(self, batch: Batch, _result: Any) -> None:
+        self.in_flight.pop(batch.number, None)
+        self.failures = 0
+        self._acknowledge(batch)
+        self.fill()
+
+    def _failed(self, batch: Batch, failure: Any) -> None:
+        self.in_flight.pop(batch.number, None)
+        error = getattr(failure, "exception", failure)  # billiard hands over an ExceptionInfo
+        why = type(error).__name__
+        if isinstance(error, DatabaseUnavailable):
+            delay = backoff_seconds(self.failures)
+            self.failures += 1
+            self.paused_until = time.monotonic() + delay
+            metrics.RETRIES.labels("batch").inc()
+            logger.warning("database unavailable, batch kept", extra={"retry_in": round(delay, 1)})
+            self.waiting.appendleft(replace(batch, accepted=False))
+        elif batch.unprocessable:
+            logger.error("could not record %s unprocessable message(s) (%s); they are dropped", len(batch.items), why)
+            self._acknowledge(batch)
+        elif len(batch.items) > 1:
+            logger.error("a batch failed (%s); its halves are tried again", why)
+            self.waiting.extendleft(reversed(batch.halves(self.numbers)))
+        else:
+            logger.error("a message failed (%s); it is recorded without its payload", why)
+            self.waiting.appendleft(replace(batch, unprocessable=why, accepted=False))
+        if not self.running:
+            self._forget_waiting()  # stopped: what waits goes back to its queue now
+
+    def _acknowledge(self, batch: Batch) -> None:
+        try:
+            batch.transport.acknowledge(batch.tags)
+        except Exception as error:  # noqa: BLE001 - the broker re-delivers it; storage is idempotent
+            logger.warning("could not acknowledge a stored batch (%s)", type(error).__name__)
