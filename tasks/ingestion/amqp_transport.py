@@ -26,6 +26,10 @@ logger = logging.getLogger("userpath.worker")
 NAME = "amqp"
 GATHER_SECONDS = 0.02  # the latency a batch that is not full adds at most
 MAX_PREFETCH = 65_535  # basic.qos's prefetch count is 16 bits
+# RabbitMQ bounds a window by messages only (no prefetch_size): the count is set from the
+# messages' average size so that what the window holds stays about this size.
+WINDOW_BYTES = 32 * 1024 * 1024
+ASSUMED_MESSAGE_BYTES = 32 * 1024  # until the first batch tells: a large envelope
 
 # (queue, body, content type, content encoding, headers): what the pool job needs of a delivery.
 Delivered = tuple[str, bytes, Any, Any, Any]
@@ -37,10 +41,11 @@ class AmqpBatches:
     def __init__(
         self, connection: Any, queues: Sequence[str], batch_messages: int, slots: int, on_full: Callable[[], None]
     ) -> None:
-        self.batch_messages, self.on_full = batch_messages, on_full
+        self.batch_messages, self.slots, self.queues, self.on_full = batch_messages, slots, len(queues), on_full
         self.channel = connection.channel()
-        # Enough for every pool process's batch and the one being gathered.
-        self.channel.basic_qos(0, min(MAX_PREFETCH, batch_messages * (slots + 1)), False)
+        self.average_bytes = float(ASSUMED_MESSAGE_BYTES)
+        self.prefetch = self._window()
+        self.channel.basic_qos(0, self.prefetch, False)
         self.gathered: deque[tuple[int, Delivered]] = deque()
         self.gathered_bytes = 0
         self.first_arrival = 0.0
@@ -86,7 +91,20 @@ class AmqpBatches:
             size += len(delivered[1])
         self.gathered_bytes -= size
         self.first_arrival = time.monotonic()
+        self._resize(size / len(items))
         return Taken(tags, items)
+
+    def _window(self) -> int:
+        """Every pool process's batch and the one being gathered, within WINDOW_BYTES."""
+        by_size = WINDOW_BYTES // (self.queues * max(1, int(self.average_bytes)))
+        return max(self.slots + 1, min(MAX_PREFETCH, self.batch_messages * (self.slots + 1), by_size))
+
+    def _resize(self, batch_average_bytes: float) -> None:
+        self.average_bytes = 0.8 * self.average_bytes + 0.2 * batch_average_bytes
+        window = self._window()
+        if not self.prefetch / 1.25 <= window <= self.prefetch * 1.25:
+            self.prefetch = window
+            self.channel.basic_qos(0, window, False)  # deliveries that arrive meanwhile are gathered
 
     def acknowledge(self, tags: Sequence[int]) -> None:
         self.settled.update(tags)

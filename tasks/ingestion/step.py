@@ -9,7 +9,8 @@ small adapter per transport (``redis_transport``, ``amqp_transport``).
 The step owns its batches' fate. One that succeeds is acknowledged. One that meets a database
 outage is kept and tried again after a backoff, and the step pauses. One that fails otherwise
 (its pool process died, it ran out of time) is split in halves and each tried again, down to a
-single message, which is then recorded as a dead letter without its payload and acknowledged.
+single message, which after a second failure is recorded as a dead letter without its payload
+and acknowledged.
 After a broker reconnect, the batches Celery's pool dropped before a process took them
 (``pool.flush()``) are forgotten, so the count of batches in flight is true again.
 """
@@ -27,16 +28,17 @@ from typing import Any
 import redis
 from celery import bootsteps
 
+from config.celery import INGESTION_QUEUES
 from config.settings import get_settings
 from tasks.base import backoff_seconds
 from tasks.ingestion import amqp_transport, redis_transport
 from tasks.ingestion.job import DatabaseUnavailable, ingest_batch, record_unprocessable
 from userpath_worker import metrics
-from config.celery import INGESTION_QUEUES
 
 logger = logging.getLogger("userpath.worker")
 
 MAX_BATCH_BYTES = 2 * 1024 * 1024  # two full-size envelopes: bounds a pool process's memory
+ATTEMPTS_PER_MESSAGE = 2  # a message whose job fails on its own this often is recorded, not retried
 POLL_SECONDS = 0.02  # how often an idle step looks for work: the latency it adds at most
 _REDIS_SCHEMES, _AMQP_SCHEMES = ("redis://", "rediss://", "unix://"), ("amqp://", "amqps://", "pyamqp://")
 
@@ -48,6 +50,7 @@ class Batch:
     tags: list[Any]
     items: list[Any]
     unprocessable: str | None = None  # why, when only a record of the message is left to make
+    failures: int = 0  # times a batch of this one message failed on its own
     accepted: bool = field(default=False, compare=False)  # a pool process has started it
 
     def halves(self, numbers: itertools.count[int]) -> list[Batch]:
@@ -209,8 +212,12 @@ class BatchedIngestion(bootsteps.StartStopStep):
         elif len(batch.items) > 1:
             logger.error("a batch failed (%s); its halves are tried again", why)
             self.waiting.extendleft(reversed(batch.halves(self.numbers)))
+        elif batch.failures + 1 < ATTEMPTS_PER_MESSAGE:
+            # Once may be bad luck (a pool process killed from outside), not the message's fault.
+            logger.error("a message failed (%s); it is tried again", why)
+            self.waiting.appendleft(replace(batch, failures=batch.failures + 1, accepted=False))
         else:
-            logger.error("a message failed (%s); it is recorded without its payload", why)
+            logger.error("a message failed again (%s); it is recorded without its payload", why)
             self.waiting.appendleft(replace(batch, unprocessable=why, accepted=False))
         if not self.running:
             self._forget_waiting()  # stopped: what waits goes back to its queue now
