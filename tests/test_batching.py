@@ -4,23 +4,35 @@ how a batch is held until acknowledged, given back, or restored after its worker
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import pickle
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import amqp
 import pytest
 import redis
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from tasks.base import backoff_seconds
+from tasks.ingestion.amqp_transport import AmqpBatches
 from tasks.ingestion.decoder import decode
 from tasks.ingestion.redis_transport import UNACKED, UNACKED_INDEX, RedisBatches, transported
 from tests.conftest import TEST_DATABASE_PREFIX, flushed_redis
 from tests.test_worker_e2e import envelope as e2e_envelope
 from tests.test_worker_e2e import new_key
-from tests.workers import migrated_database, producer, running_worker, settle_at, worker_environment
+from tests.workers import (
+    migrated_database,
+    producer,
+    rabbitmq_vhost,
+    running_worker,
+    settle_at,
+    wait_for,
+    worker_environment,
+)
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
@@ -198,3 +210,60 @@ def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_i
         assert key not in json.dumps(letter.payload) and "Poison" in json.dumps(letter.payload)
     assert '"messages": 3' in log.read_text()  # the three shared a batch
     engine.dispose()
+
+
+def test_backoff_is_capped_whatever_the_number_of_failures() -> None:
+    assert all(30 <= backoff_seconds(failures) <= 60 for failures in (6, 64, 1024, 10**6))
+    assert 0.5 <= backoff_seconds(0) <= 1
+
+
+@pytest.fixture
+def rabbitmq() -> Iterator[amqp.Connection]:
+    url = rabbitmq_vhost(f"{TEST_DATABASE_PREFIX}_batching")
+    connection = amqp.Connection("127.0.0.1:5672", userid="guest", password="guest", virtual_host=url.rsplit("/", 1)[1])
+    connection.connect()
+    channel = connection.channel()
+    channel.queue_declare(EVENTS_QUEUE, durable=True, auto_delete=False)
+    channel.queue_purge(EVENTS_QUEUE)
+    yield connection
+    connection.collect()
+
+
+def gathered(connection: amqp.Connection, batches: AmqpBatches, count: int) -> None:
+    def arrived() -> bool:
+        with contextlib.suppress(TimeoutError):
+            connection.drain_events(timeout=0.2)
+        return len(batches.gathered) == count
+
+    wait_for(arrived, 10, f"{count} deliveries")
+
+
+def ready_in_queue(connection: amqp.Connection) -> int:
+    return connection.channel().queue_declare(EVENTS_QUEUE, passive=True).message_count
+
+
+def test_rabbitmq_batches_are_acknowledged_only_once_every_older_delivery_is_settled(rabbitmq: amqp.Connection) -> None:
+    publisher = rabbitmq.channel()
+    for number in range(6):
+        publisher.basic_publish(
+            amqp.Message(b"message %d" % number, delivery_mode=2), exchange="", routing_key=EVENTS_QUEUE
+        )
+    batches = AmqpBatches(rabbitmq, [EVENTS_QUEUE], batch_messages=2, slots=2, on_full=lambda: None)
+    gathered(rabbitmq, batches, 6)
+    first, second, third = (batches.next_batch(2, 10**6) for _ in range(3))
+    assert [item[1] for batch in (first, second, third) for item in batch.items] == [
+        b"message %d" % n for n in range(6)
+    ]
+
+    batches.acknowledge(second.tags)  # the older first batch is not settled: nothing is acknowledged yet
+    batches.acknowledge(third.tags)
+    batches.close()  # what is not acknowledged goes back to the queue
+    assert wait_for(lambda: ready_in_queue(rabbitmq) == 6 or None, 10, "all six back")
+
+    batches = AmqpBatches(rabbitmq, [EVENTS_QUEUE], batch_messages=2, slots=2, on_full=lambda: None)
+    gathered(rabbitmq, batches, 6)
+    first, second, third = (batches.next_batch(2, 10**6) for _ in range(3))
+    batches.acknowledge(second.tags)
+    batches.acknowledge(first.tags)  # one multiple ack now settles both
+    batches.close()
+    assert wait_for(lambda: ready_in_queue(rabbitmq) == 2 or None, 10, "the third batch back")

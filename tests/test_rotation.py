@@ -49,6 +49,13 @@ def in_session(session: Session) -> Any:
     return lambda: contextlib.nullcontext(session)
 
 
+def test_a_pass_whose_now_is_before_the_flag_is_in_the_first_reminder_interval() -> None:
+    flagged_at = dt.datetime(2026, 5, 1, 3, 0, tzinfo=dt.UTC)
+    for now in (flagged_at - dt.timedelta(seconds=1), flagged_at, flagged_at + dt.timedelta(days=6)):
+        assert POLICY.reminder_due_at(flagged_at, now) == flagged_at
+    assert POLICY.reminder_due_at(flagged_at, flagged_at + dt.timedelta(days=7)) == flagged_at + dt.timedelta(days=7)
+
+
 def rotate(session: Session, policy: RotationPolicy = POLICY) -> dict[str, list[int]]:
     """One pass; the ids of the keys flagged, cleared, reminded and expired."""
     changes: dict[str, list[int]] = {"flagged": [], "cleared": [], "reminded": [], "expired": []}

@@ -74,8 +74,13 @@ class RotationPolicy:
         return reasons
 
     def reminder_due_at(self, flagged_at: dt.datetime, now: dt.datetime) -> dt.datetime:
-        """The start of the reminder interval ``now`` falls in, counted from ``flagged_at``."""
-        return flagged_at + (now - flagged_at) // self.reminder_interval * self.reminder_interval
+        """The start of the reminder interval ``now`` falls in, counted from ``flagged_at``.
+
+        An overlapping pass that started earlier can see a ``flagged_at`` later than its ``now``:
+        that is still the first interval, not the one before it (which would remind twice).
+        """
+        elapsed = max(now - flagged_at, dt.timedelta(0))
+        return flagged_at + elapsed // self.reminder_interval * self.reminder_interval
 
 
 @dataclass(frozen=True, slots=True)
