@@ -9,6 +9,7 @@ storage exactly-once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import redis
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine, func, select, text
 
-from config.celery import EVENTS_QUEUE
+from config.celery import EVENTS_QUEUE, MAINTENANCE_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX, truncate_all
 from tests.proxy import faulty_proxy
 from tests.test_worker_e2e import empty_queues, envelope, new_key
@@ -45,7 +46,7 @@ pytestmark = pytest.mark.slow
 REDIS_PORT, RABBITMQ_PORT, POSTGRES_PORT = 6379, 5672, 5432
 # Short enough that Redis re-delivers a dead worker's messages within the test.
 VISIBILITY_TIMEOUT_SECONDS = "10"
-# Small batches on Redis (tasks/batching.py): many transactions, so a fault lands mid-drain.
+# Small batches (tasks/ingestion/): many transactions, so a fault lands mid-drain.
 BATCH_MESSAGES = "20"
 
 
@@ -169,7 +170,7 @@ def test_a_30_second_database_outage_loses_duplicates_and_dead_letters_nothing(
 def test_a_10_second_broker_outage_is_survived_by_reconnecting(
     clean_database: tuple[str, Engine], broker_url: str, tmp_path: Path
 ) -> None:
-    # On Redis the batched consumer (tasks/batching.py) runs: it pops and records a batch as
+    # On Redis the batched consumer (tasks/ingestion/) runs: it pops and records a batch as
     # unacknowledged in one Lua call. kombu's own consumer pops (BRPOP) and only then records, and
     # lost one message in about 1 run of 4 here.
     database_url, engine = clean_database
@@ -215,3 +216,79 @@ def test_the_proxy_really_cuts() -> None:
             restored.sendall(b"PING\r\n")
             assert restored.recv(64) == b"+PONG\r\n"
         live.close()
+
+
+@contextlib.contextmanager
+def slow_inserts(engine: Engine, table: str, seconds: float) -> Iterator[None]:
+    """Every INSERT statement into ``table`` takes ``seconds`` longer (a batch is one statement)."""
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "CREATE FUNCTION slow_insert() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN PERFORM pg_sleep({seconds}); RETURN NULL; END $$"
+            )
+        )
+        connection.execute(text(f"CREATE TRIGGER slow_insert BEFORE INSERT ON {table} EXECUTE FUNCTION slow_insert()"))
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f"DROP TRIGGER slow_insert ON {table}"))
+            connection.execute(text("DROP FUNCTION slow_insert()"))
+
+
+def test_a_reconnect_while_a_batch_waits_for_a_pool_slot_loses_nothing_and_stalls_nothing(
+    clean_database: tuple[str, Engine], broker_url: str, tmp_path: Path
+) -> None:
+    # A slow rotation pass holds the only pool process; a batch is dispatched behind it and waits
+    # in the pool's buffer. The reconnect's pool.flush() drops that job, and its callbacks never
+    # run: the step must not go on counting it as in flight, or it never takes another batch.
+    database_url, engine = clean_database
+    _, _, key = new_key(engine)
+    log = tmp_path / "worker.log"
+    broker_port = REDIS_PORT if broker_url.startswith("redis") else RABBITMQ_PORT
+    with slow_inserts(engine, "rotation_passes", 6), faulty_proxy(broker_port) as broker_proxy:
+        proxied = through(broker_proxy.port, broker_url, broker_port)
+        environment = worker_environment(database_url, proxied, USERPATH_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT_SECONDS)
+        with running_worker(environment, log, "--concurrency=1") as worker:
+            producer(broker_url).send_task("userpath.flag_stale_keys", queue=MAINTENANCE_QUEUE)
+            time.sleep(2)  # the pass is running
+            publish_events(broker_url, key, "waiting", 100, per_envelope=10)
+            time.sleep(1)  # the batch is dispatched, behind the pass
+            broker_proxy.cut()
+            time.sleep(2)
+            broker_proxy.restore()
+            settle_at(engine, (100, 0), timeout=60)
+            publish_events(broker_url, key, "after", 10, per_envelope=10)
+            settle_at(engine, (110, 0), timeout=30)
+            assert worker.poll() is None
+    assert stored_with_prefix(engine, "waiting") == 100
+
+
+def test_a_worker_of_the_ingestion_queues_only_restores_what_a_killed_worker_held(
+    clean_database: tuple[str, Engine], tmp_path: Path
+) -> None:
+    # The README offers `-Q userpath.events,userpath.jobs,userpath.webhooks`. kombu restores a dead
+    # worker's messages only on channels that consume, and the batching step consumes none; and
+    # one item that is not JSON made kombu's restore raise on every cycle.
+    database_url, engine = clean_database
+    redis.Redis.from_url(FAULTS_REDIS_URL).flushdb()
+    _, _, key = new_key(engine)
+    publish_events(FAULTS_REDIS_URL, key, "held", 200, per_envelope=10)
+    redis.Redis.from_url(FAULTS_REDIS_URL).lpush(EVENTS_QUEUE, b"not JSON \xff")
+    environment = worker_environment(
+        database_url, FAULTS_REDIS_URL, USERPATH_VISIBILITY_TIMEOUT="5", USERPATH_INGEST_BATCH_MESSAGES="1000"
+    )
+    ingestion_only = "--queues=userpath.events,userpath.jobs,userpath.webhooks"
+    with (
+        slow_inserts(engine, "events", 8),
+        running_worker(environment, tmp_path / "first.log", "--concurrency=1", ingestion_only) as first,
+    ):
+        wait_for(lambda: not redis.Redis.from_url(FAULTS_REDIS_URL).llen(EVENTS_QUEUE), 30, "the batch taken")
+        kill_group(first)
+    assert counts(engine) == (0, 0)
+    log = tmp_path / "second.log"
+    with running_worker(environment, log, "--concurrency=1", ingestion_only):
+        settle_at(engine, (200, 1), timeout=60)
+    assert "[queues]" in log.read_text() and ".> userpath.maintenance" not in log.read_text()
+    assert "restored 21 message(s)" in log.read_text()
