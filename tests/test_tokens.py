@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -70,3 +72,18 @@ def test_a_pepper_changes_the_digest() -> None:
     key = tokens.generate(Environment.LIVE)
     assert tokens.digest(key) != tokens.digest(key, pepper="pepper")
     assert len(tokens.digest(key, pepper="pepper")) == 64
+
+
+def test_a_key_hidden_in_base64_is_found_however_it_is_wrapped_or_nested() -> None:
+    key = tokens.generate(Environment.LIVE)
+    text = f'[[{{"api_key": "{key}", "batch": []}}], {{}}, {{}}]'.encode()
+    for hidden in (
+        base64.b64encode(text),
+        base64.encodebytes(text),  # line-wrapped
+        b"prefix " + base64.b64encode(text)[3:],  # cut mid-way through a quantum
+        base64.urlsafe_b64encode(text),
+        base64.b64encode(base64.b64encode(text)),
+    ):
+        assert tokens.hides_key(hidden), hidden[:40]
+    assert not tokens.hides_key(text)  # plain: scrub_text finds it
+    assert not tokens.hides_key(base64.b64encode(b"no key in here " * 10))

@@ -212,8 +212,8 @@ REDIS_BREAKAGES = st.one_of(
     st.one_of(integers, st.sampled_from(["x-unknown", "utf-99"])).map(
         lambda encoding: field_set("content_encoding", encoding)
     ),
-    st.text(STORABLE_TEXT, max_size=20).map(lambda text: field_set("delivery_info", text)),
-    st.just(field_set("delivery_info", {"exchange": "", "routing_key": "r" * 400})),
+    # Not here: an odd delivery_info. It is kombu's bookkeeping; the worker reads the queue from the
+    # list it took the message from, and stores such a message (tests/test_transport_regressions.py).
     st.one_of(integers, st.floats(allow_nan=False, allow_infinity=False)).map(lambda number: field_set("body", number)),
     st.sampled_from(
         [

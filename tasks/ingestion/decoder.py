@@ -35,6 +35,8 @@ JSON = "application/json"
 # memory, unacknowledged, for as long as the producer asked.
 MAX_ETA_AHEAD = dt.timedelta(seconds=120)
 _UTF8 = frozenset({"utf-8", "utf8"})
+# Refused, but a key in them is plain text, which the scrubber finds: kept as a preview.
+_TEXT_SERIALIZERS = frozenset({"application/x-python-serialize", "application/x-yaml", "application/yaml"})
 
 
 def _printable(value: str) -> str:
@@ -191,7 +193,8 @@ def _check(message: Transported, tasks: Collection[str]) -> Refused | None:
         return refused(message, *refused_content(message.content_type))
     encoding = message.content_encoding
     if encoding is not None and not (isinstance(encoding, str) and encoding.lower() in _UTF8):
-        return refused(message, Reason.UNDECODABLE, f"content encoding {str(encoding)[:50]!r} is refused; send utf-8")
+        detail = f"content encoding {str(encoding)[:50]!r} is refused; send utf-8"
+        return refused(message, Reason.UNDECODABLE, detail, keep_body=False)  # what it hides, scrubbing cannot see
     if not isinstance(message.body, bytes | str):
         return refused(message, *invalid_message(f"the body is {_kind(message.body)}, not text"))
     return None
@@ -241,4 +244,7 @@ def _body_payload(message: Transported) -> Any:
             return {"content_type": content_type, "body": without_key(loads(body, JSON, "utf-8", accept={JSON}))}
         except Exception:  # noqa: BLE001, S110 - not JSON after all: kept as a preview below
             pass
+    elif content_type not in _TEXT_SERIALIZERS and not (content_type or "").startswith("text/"):
+        # Bytes of an unknown kind (compressed, encrypted...) may hide a key from the scrubber.
+        return {"content_type": content_type, "bytes": len(body)}
     return {"content_type": content_type, **dead_letters.text_preview(body)}

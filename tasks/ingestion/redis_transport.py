@@ -146,7 +146,9 @@ def transported(item: tuple[str, bytes]) -> Transported | Refused:
     if encoding is None:
         return message
     if encoding != "base64":
-        return refused(message, Reason.UNDECODABLE, f"body encoding {str(encoding)[:50]!r} is refused; send base64")
+        # Not kept: what an unknown encoding hides, the scrubber cannot see.
+        detail = f"body encoding {str(encoding)[:50]!r} is refused; send base64"
+        return refused(message, Reason.UNDECODABLE, detail, keep_body=False)
     if not isinstance(message.body, str):
         return refused(message, *invalid_message(f"a base64 body must be text, not a {type(message.body).__name__}"))
     try:

@@ -72,6 +72,8 @@ def without_key(value: Any) -> Any:
 def text_preview(raw: str | bytes, encoded: bytes | None = None) -> dict[str, Any]:
     text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
     size = len(encoded) if encoded is not None else len(raw)
+    if tokens.hides_key(raw):
+        return {"preview": None, "withheld": "the text holds an API key in base64", "bytes": size}
     # Scrubbed whole, then cut: a cut first could leave the start of a key at the end.
     return {"preview": tokens.scrub_text(_storable_text(text))[:PAYLOAD_PREVIEW_CHARS], "bytes": size}
 

@@ -7,6 +7,7 @@ Only a digest of the whole key is ever stored.
 
 from __future__ import annotations
 
+import base64
 import enum
 import hashlib
 import hmac
@@ -100,6 +101,24 @@ def redact(candidate: object) -> str:
 def scrub_text(text: str) -> str:
     """``text`` with every key in it replaced by its display form."""
     return KEY_PATTERN.sub(lambda match: display_form(match.group()), text)
+
+
+# Base64 text, line-wrapped or not, long enough to hold a key (46 characters encode to 64).
+_BASE64_RUN = re.compile(rb"(?:[A-Za-z0-9+/_-][\r\n]*){60,}={0,2}")
+
+
+def hides_key(data: str | bytes, depth: int = 2) -> bool:
+    """Whether ``data`` holds a key encoded in base64 (or base64 within base64), where
+    ``scrub_text`` cannot see it."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    for run in _BASE64_RUN.finditer(raw):
+        text = re.sub(rb"[\r\n]", b"", run.group()).replace(b"-", b"+").replace(b"_", b"/").rstrip(b"=")
+        for start in range(4):  # the run may begin mid-way through a base64 quantum
+            piece = text[start:]
+            decoded = base64.b64decode(piece[: len(piece) - len(piece) % 4])
+            if BYTES_KEY_PATTERN.search(decoded) or (depth > 1 and hides_key(decoded, depth - 1)):
+                return True
+    return False
 
 
 def scrub(value: Any) -> Any:
