@@ -51,8 +51,11 @@ class AmqpBatches:
         self.first_arrival = 0.0
         self.unsettled: deque[int] = deque()  # delivery tags, in delivery order
         self.settled: set[int] = set()  # settled, but behind an unsettled older one
-        for queue in queues:
-            self.channel.basic_consume(queue, callback=functools.partial(self._arrived, queue))
+        self.resizing = False
+        self.consumers = {queue: self._consume(queue) for queue in queues}
+
+    def _consume(self, queue: str) -> str:
+        return self.channel.basic_consume(queue, callback=functools.partial(self._arrived, queue))
 
     def _arrived(self, queue: str, message: Any) -> None:
         properties = message.properties
@@ -73,7 +76,7 @@ class AmqpBatches:
         )
         self.gathered_bytes += len(message.body)
         self.unsettled.append(tag)
-        if len(self.gathered) >= self.batch_messages:
+        if len(self.gathered) >= self.batch_messages and not self.resizing:
             self.on_full()
 
     def next_batch(self, messages: int, max_bytes: int) -> Taken | None:
@@ -102,9 +105,19 @@ class AmqpBatches:
     def _resize(self, batch_average_bytes: float) -> None:
         self.average_bytes = 0.8 * self.average_bytes + 0.2 * batch_average_bytes
         window = self._window()
-        if not self.prefetch / 1.25 <= window <= self.prefetch * 1.25:
+        if self.resizing or self.prefetch / 1.25 <= window <= self.prefetch * 1.25:
+            return
+        # A consumer keeps the prefetch count it started with, so each consumes again. Its
+        # deliveries not yet acknowledged stay on the channel, and their tags stay valid.
+        self.resizing = True  # deliveries that arrive while we wait below are only gathered
+        try:
             self.prefetch = window
-            self.channel.basic_qos(0, window, False)  # deliveries that arrive meanwhile are gathered
+            self.channel.basic_qos(0, window, False)
+            for queue, consumer_tag in self.consumers.items():
+                self.channel.basic_cancel(consumer_tag)
+                self.consumers[queue] = self._consume(queue)
+        finally:
+            self.resizing = False
 
     def acknowledge(self, tags: Sequence[int]) -> None:
         self.settled.update(tags)
