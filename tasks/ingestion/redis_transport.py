@@ -152,7 +152,8 @@ def transported(item: tuple[str, bytes]) -> Transported | Refused:
     if not isinstance(message.body, str):
         return refused(message, *invalid_message(f"a base64 body must be text, not a {type(message.body).__name__}"))
     try:
-        return replace(message, body=base64.b64decode(message.body, validate=True))
+        body = base64.b64decode(message.body, validate=True)
+        return Transported(message.headers, body, message.content_type, message.content_encoding, queue)
     except (binascii.Error, ValueError) as error:
         # Kept only as far as a lenient decoding reveals it, so that the key in it is scrubbed.
         try:
