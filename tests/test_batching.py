@@ -7,6 +7,7 @@ import base64
 import contextlib
 import json
 import pickle
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from tests.workers import (
     wait_for,
     worker_environment,
 )
+from userpath_worker.client import UserPath
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
@@ -267,3 +269,29 @@ def test_rabbitmq_batches_are_acknowledged_only_once_every_older_delivery_is_set
     batches.acknowledge(first.tags)  # one multiple ack now settles both
     batches.close()
     assert wait_for(lambda: ready_in_queue(rabbitmq) == 2 or None, 10, "the third batch back")
+
+
+@pytest.mark.slow
+def test_quorum_queues_are_consumed_in_batches_and_the_client_declares_them_alike(tmp_path: Path) -> None:
+    vhost = f"{TEST_DATABASE_PREFIX}_quorum"
+    subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
+    broker_url = rabbitmq_vhost(vhost)
+    database_url, engine = migrated_database(f"{TEST_DATABASE_PREFIX}_quorum")
+    _, _, key = new_key(engine)
+    environment = worker_environment(database_url, broker_url, USERPATH_QUEUE_TYPE="quorum")
+    log = tmp_path / "worker.log"
+    with running_worker(environment, log, "--concurrency=2"):
+        with UserPath(key, broker_url, queue_type="quorum") as userpath:
+            for number in range(300):
+                userpath.track("Signed Up", user_id=f"user-{number}")
+        settle_at(engine, (300, 0), timeout=30)
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "type", "messages"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "userpath.events\tquorum\t0" in listed and "userpath.maintenance\tclassic" in listed
+    assert "batched ingestion on amqp" in log.read_text()
+    engine.dispose()
