@@ -26,6 +26,7 @@ from tests.conftest import TEST_DATABASE_PREFIX, flushed_redis
 from tests.test_worker_e2e import envelope as e2e_envelope
 from tests.test_worker_e2e import new_key
 from tests.workers import (
+    counts,
     migrated_database,
     producer,
     rabbitmq_vhost,
@@ -35,12 +36,15 @@ from tests.workers import (
     worker_environment,
 )
 from userpath_worker.client import UserPath
+from userpath_worker.db import make_session_factory
 from userpath_worker.deadletter.models import DeadLetter, Reason
+from userpath_worker.deadletter.replay import replay_dead_letters
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.events.services import Incoming, Refused
 from userpath_worker.keys import tokens
 from userpath_worker.keys.tokens import Environment
+from userpath_worker.organizations.models import Organization
 
 REDIS_URL = "redis://127.0.0.1:6379/13"
 KEY = tokens.generate(Environment.LIVE)  # never stored: it must not reach a dead letter as it is
@@ -211,6 +215,14 @@ def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_i
         assert letter.org_id is not None and letter.api_key_id is not None  # its owner can replay it
         assert key not in json.dumps(letter.payload) and "Poison" in json.dumps(letter.payload)
     assert '"messages": 3' in log.read_text()  # the three shared a batch
+
+    with engine.begin() as connection:  # the bug is fixed
+        connection.execute(text("DROP TRIGGER refuse_poison ON events"))
+    sessions = make_session_factory(engine)
+    with sessions() as session:
+        organization = session.get(Organization, letter.org_id)
+    [replayed] = list(replay_dead_letters(sessions.begin, organization, "owner@example.com", Reason.INTERNAL_ERROR))
+    assert replayed.stored == 1 and counts(engine) == (5, 1)
     engine.dispose()
 
 
