@@ -16,6 +16,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import orjson
 from kombu.serialization import loads
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -206,7 +207,7 @@ def _decode(message: Transported) -> Incoming | Refused:
         return refusal
     task = message.headers["task"]
     try:
-        payload = loads(message.body, JSON, "utf-8", accept={JSON})
+        payload = _json(message.body)
     except Exception as error:  # noqa: BLE001 - kombu raises DecodeError, RecursionError, UnicodeError...
         return refused(message, *undecodable(error))
     if not (
@@ -221,6 +222,17 @@ def _decode(message: Transported) -> Incoming | Refused:
     delivery = _delivery(message, task)
     source = Source.WEBHOOK if task == WEBHOOK_TASK else Source.for_queue(delivery.queue)
     return Incoming(task, args, kwargs, source, delivery)
+
+
+def _json(body: bytes | str) -> Any:
+    """The body as kombu's JSON decoder reads it. orjson reads it five times faster, where it can:
+    not kombu's typed values ({"__type__": ...}), NaN, huge integers or lone surrogates."""
+    if ("__type__" if isinstance(body, str) else b"__type__") not in body:
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError:
+            pass  # kombu decides, and says what is wrong
+    return loads(body, JSON, "utf-8", accept={JSON})
 
 
 def _delivery(message: Transported, task: str) -> Delivery:
