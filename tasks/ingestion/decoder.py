@@ -113,7 +113,7 @@ def decode(message: Transported) -> Incoming | Refused:
         return _decode(message)
     except Exception as error:  # noqa: BLE001 - a message must never stop the consumer
         logger.exception("a message could not be decoded; it is dead-lettered")
-        return refused(message, Reason.INVALID_ENVELOPE, f"not a valid task message: {type(error).__name__}")
+        return refused(message, *invalid_message(type(error).__name__), keep_body=False)
 
 
 def refused(message: Transported, reason: Reason, detail: str, keep_body: bool = True) -> Refused:
@@ -136,7 +136,9 @@ def message_id(message: Transported) -> str:
     task_id = headers.get("id")
     if isinstance(task_id, str) and 0 < len(task_id) <= 200:
         return f"id:{task_id}"
-    body = message.body if isinstance(message.body, bytes) else repr(message.body).encode("utf-8", "surrogatepass")
+    body = message.body
+    if not isinstance(body, bytes):
+        body = (body if isinstance(body, str) else repr(body)).encode("utf-8", "surrogatepass")
     return f"body:{hashlib.sha256(body).hexdigest()}"
 
 
