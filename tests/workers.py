@@ -81,12 +81,13 @@ def running_worker(
         *arguments,
     ]
     with log_path.open("ab") as log:
+        earlier = log.tell()  # a worker restarted into the same log: its predecessor's "ready." does not count
         process = subprocess.Popen(
             command, env=environment, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
         wait_for(
-            lambda: "ready." in log_path.read_text(errors="replace") or process.poll() is not None,
+            lambda: "ready." in log_path.read_bytes()[earlier:].decode(errors="replace") or process.poll() is not None,
             ready_within,
             "the worker to start",
         )
