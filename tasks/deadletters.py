@@ -42,6 +42,7 @@ def failed_unexpectedly(message: Message, error: BaseException) -> None:
     """A task failed in a way its body did not foresee (a bug of ours, a time limit): the
     message is kept whole, for ``deadletter replay`` once the bug is fixed."""
     detail = f"the task failed unexpectedly: {type(error).__name__}"
+    logger.error("a task failed unexpectedly; its message is dead-lettered for replay", exc_info=error)
     decoded = decode(transported(message))  # an ingestion message is kept for replay by its organization
     if not isinstance(decoded, Incoming):
         decoded = refused(transported(message), Reason.INTERNAL_ERROR, detail)
