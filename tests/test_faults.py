@@ -22,15 +22,15 @@ import redis
 from sqlalchemy import Engine, func, select, text
 
 from config.celery import EVENTS_QUEUE, MAINTENANCE_QUEUE
-from tests.conftest import TEST_DATABASE_PREFIX, truncate_all
+from tests.conftest import TEST_DATABASE_PREFIX
 from tests.proxy import faulty_proxy
 from tests.test_worker_e2e import empty_queues, envelope, new_key
 from tests.workers import (
     FAULTS_RABBITMQ_VHOST,
     FAULTS_REDIS_URL,
     counts,
+    database_fixtures,
     kill_group,
-    migrated_database,
     pool_children,
     producer,
     rabbitmq_vhost,
@@ -50,17 +50,7 @@ VISIBILITY_TIMEOUT_SECONDS = "10"
 BATCH_MESSAGES = "20"
 
 
-@pytest.fixture(scope="module")
-def database() -> Iterator[tuple[str, Engine]]:
-    url, engine = migrated_database(f"{TEST_DATABASE_PREFIX}_faults")
-    yield url, engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
-    truncate_all(database[1])
-    return database
+database, clean_database = database_fixtures(f"{TEST_DATABASE_PREFIX}_faults")
 
 
 @pytest.fixture(scope="module")

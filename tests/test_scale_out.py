@@ -27,11 +27,11 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from config.celery import EVENTS_QUEUE, QUEUES
-from tests.conftest import TEST_DATABASE_PREFIX, flushed_redis, truncate_all
+from tests.conftest import TEST_DATABASE_PREFIX, flushed_redis
 from tests.workers import (
     counts,
+    database_fixtures,
     kill_group,
-    migrated_database,
     pool_children,
     producer,
     rabbitmq_vhost,
@@ -69,17 +69,7 @@ UNKNOWN_KEY_EVERY = 50  # every 50th envelope (offset by 25, so never one of the
 DRAIN_SECONDS = 180  # on 2 cores, with the Redis visibility timeout after the kill
 
 
-@pytest.fixture(scope="module")
-def database() -> Iterator[tuple[str, Engine]]:
-    url, engine = migrated_database(SCALE_RESOURCE_NAME)
-    yield url, engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
-    truncate_all(database[1])
-    return database
+database, clean_database = database_fixtures(SCALE_RESOURCE_NAME)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 import redis
 from sqlalchemy import Engine
 
-from tests.conftest import flushed_redis, truncate_all
+from tests.conftest import flushed_redis
 from tests.test_worker_e2e import envelope, new_key
 from tests.transport import (
     BATCH_FAILED,
@@ -39,23 +39,13 @@ from tests.transport import (
     transport_worker,
     wait_until_drained,
 )
-from tests.workers import migrated_database
+from tests.workers import database_fixtures
 from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def database() -> Iterator[tuple[str, Engine]]:
-    url, engine = migrated_database(TRANSPORT_RESOURCE)
-    yield url, engine
-    engine.dispose()
-
-
-@pytest.fixture
-def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
-    truncate_all(database[1])
-    return database
+database, clean_database = database_fixtures(TRANSPORT_RESOURCE)
 
 
 @pytest.fixture

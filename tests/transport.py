@@ -37,6 +37,7 @@ from config.celery import QUEUES
 from tests.conftest import TEST_DATABASE_PREFIX, table_dump
 from tests.test_worker_e2e import empty_queues
 from tests.workers import counts, rabbitmq_vhost, running_worker, wait_for, worker_environment
+from userpath_worker.client import _task_headers
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 from userpath_worker.events.schemas import EVENTS_QUEUE, TRACK_TASK
@@ -59,28 +60,8 @@ DROP: Any = _Drop()  # as a field's or a header's new value: leave it out
 
 
 def celery_headers(message_id: str, task: str = TRACK_TASK) -> dict[str, Any]:
-    """The protocol-2 headers of docs/contract.md, "The message"."""
-    return {
-        "lang": "py",
-        "task": task,
-        "id": message_id,
-        "shadow": None,
-        "eta": None,
-        "expires": None,
-        "group": None,
-        "group_index": None,
-        "retries": 0,
-        "timelimit": [None, None],
-        "root_id": message_id,
-        "parent_id": None,
-        "argsrepr": "({'api_key': 'up_live_AbCd...wxyz', 'batch': <1 events>},)",
-        "kwargsrepr": "{}",
-        "origin": "gen1@transport-tests",
-        "ignore_result": False,
-        "replaced_task_nesting": 0,
-        "stamped_headers": None,
-        "stamps": {},
-    }
+    """The protocol-2 headers of docs/contract.md, "The message", as the bundled client writes them."""
+    return _task_headers(task, message_id, "({'api_key': 'up_live_AbCd...wxyz', 'batch': <1 events>},)")
 
 
 def changed(fields: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

@@ -12,11 +12,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from celery import Celery
 from sqlalchemy import Engine, func, select
 
 from config.celery import QUEUES
-from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database
+from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, truncate_all
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
@@ -35,6 +36,24 @@ def migrated_database(name: str) -> tuple[str, Engine]:
     engine = make_engine(url)
     schema.upgrade(engine)
     return url, engine
+
+
+def database_fixtures(name: str) -> tuple[Any, Any]:
+    """A test module's ``database`` fixture (a fresh PostgreSQL database ``name`` at the current
+    schema, for the module: (url, engine)) and ``clean_database`` (the same, emptied first)."""
+
+    @pytest.fixture(scope="module")
+    def database() -> Iterator[tuple[str, Engine]]:
+        url, engine = migrated_database(name)
+        yield url, engine
+        engine.dispose()
+
+    @pytest.fixture
+    def clean_database(database: tuple[str, Engine]) -> tuple[str, Engine]:
+        truncate_all(database[1])
+        return database
+
+    return database, clean_database
 
 
 def rabbitmq_vhost(name: str) -> str:
