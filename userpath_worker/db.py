@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Engine, Enum, MetaData, create_engine, event
@@ -99,6 +101,11 @@ def _begin_sqlite(connection: Any) -> None:
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+# What a service that commits batch by batch is given: a call that opens one transaction and
+# yields its session, committing on a clean exit (``sessionmaker.begin``, for instance).
+Transaction = Callable[[], AbstractContextManager[Session]]
 
 
 def is_transient(error: BaseException) -> bool:

@@ -8,15 +8,14 @@ and skipped next time, and storage dedupes on (org_id, event_id) anyway.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
 from userpath_worker.audit.models import AuditEntry
-from userpath_worker.db import utcnow
+from userpath_worker.db import Transaction, utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.errors import UserError
@@ -30,8 +29,6 @@ from userpath_worker.organizations.services import require_owner
 # never known has no organization to store into.
 REPLAYABLE = (Reason.INVALID_ENVELOPE, Reason.INVALID_EVENT, Reason.TOO_LARGE, Reason.INTERNAL_ERROR)
 BATCH_SIZE = 500
-
-Transaction = Callable[[], AbstractContextManager[Session]]
 
 
 @dataclass

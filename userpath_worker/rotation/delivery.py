@@ -23,11 +23,10 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from userpath_worker.db import utcnow
+from userpath_worker.db import Transaction, utcnow
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Member, Organization, Role
 from userpath_worker.rotation.models import Reminder, StaleReason
-from userpath_worker.rotation.services import Transaction
 
 logger = logging.getLogger("userpath.rotation")
 

@@ -16,8 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,12 +26,10 @@ from sqlalchemy.orm import Session
 
 from config.settings import Settings
 from userpath_worker.audit.models import AuditEntry
-from userpath_worker.db import utcnow
+from userpath_worker.db import Transaction, utcnow
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Organization
 from userpath_worker.rotation.models import Reminder, RotationPass, StaleReason
-
-Transaction = Callable[[], AbstractContextManager[Session]]
 
 BATCH_SIZE = 1000
 
