@@ -12,11 +12,11 @@ from sqlalchemy import Engine, func, select, text
 
 from bench import harness, messages, naive
 from bench.brokers import REDIS, UNREACHABLE_REDIS_URL, Broker
-from config.celery import EVENTS_QUEUE, QUEUES, WEBHOOKS_QUEUE
-from userpath_worker.client import NotSent, UserPath
+from config.celery import QUEUES
+from userpath_client import NotSent, UserPath
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
-from userpath_worker.events.schemas import TRACK_TASK
 
 # Seconds a drain may take per event before the benchmark gives up: 200 events/s, far below any
 # target and below Celery's per-message path on RabbitMQ too (about 700 single events/s).

@@ -11,16 +11,14 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from config.settings import Settings
-from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, INGESTION_QUEUES, WEBHOOK_TASK, WEBHOOKS_QUEUE, queue_arguments
 
+# The worker's own tasks and queue, beside the producers' contract: only beat and the worker
+# send these, so they are named here, once.
 MAINTENANCE_QUEUE = "userpath.maintenance"  # beat's rotation pass and reminder deliveries
-INGESTION_QUEUES = (EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE)
+FLAG_STALE_KEYS_TASK = "userpath.flag_stale_keys"
+DELIVER_REMINDER_TASK = "userpath.deliver_reminder"
 QUEUES = (*INGESTION_QUEUES, MAINTENANCE_QUEUE)
-
-
-def queue_arguments(queue_type: str) -> dict[str, str] | None:
-    """RabbitMQ's arguments of an ingestion queue; whoever declares it must give the same."""
-    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
 
 
 def transport_options(settings: Settings) -> dict[str, Any]:
@@ -73,9 +71,9 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         ],
         "task_default_queue": EVENTS_QUEUE,
         "task_routes": {
-            "userpath.webhook": {"queue": WEBHOOKS_QUEUE},
-            "userpath.flag_stale_keys": {"queue": MAINTENANCE_QUEUE},
-            "userpath.deliver_reminder": {"queue": MAINTENANCE_QUEUE},
+            WEBHOOK_TASK: {"queue": WEBHOOKS_QUEUE},
+            FLAG_STALE_KEYS_TASK: {"queue": MAINTENANCE_QUEUE},
+            DELIVER_REMINDER_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         "broker_transport_options": transport_options(settings),
         # Envelopes are at most 1 MiB, so a stuck task is a bug, not a big batch.

@@ -14,9 +14,15 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from userpath_worker.errors import SettingsError
+from config.schedules import parse_schedule
 
 ENV_PREFIX = "USERPATH_"
+
+
+class SettingsError(ValueError):
+    """A ``USERPATH_*`` setting has a value the program cannot use. Its message is one line that
+    names the variable, never its value; the CLI and the worker print it and exit 1."""
+
 
 _BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+sqlite", "sqla+postgresql")
 
@@ -58,8 +64,6 @@ class Settings(BaseSettings):
     @field_validator("rotation_schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
-        from config.beat import parse_schedule  # config.beat imports this module
-
         parse_schedule(value)
         return value.strip()
 
@@ -106,7 +110,7 @@ class Settings(BaseSettings):
         return self.database_url.startswith("sqlite")
 
 
-def describe(error: ValidationError) -> str:
+def _first_problem(error: ValidationError) -> str:
     """One line naming the first bad variable and what is wrong with it (never its value)."""
     first = error.errors()[0]
     variable = ENV_PREFIX + str(first["loc"][0]).upper() if first["loc"] else ENV_PREFIX + "*"
@@ -120,4 +124,4 @@ def get_settings() -> Settings:
     try:
         return Settings()
     except ValidationError as error:
-        raise SettingsError(f"invalid setting {describe(error)}") from None
+        raise SettingsError(f"invalid setting {_first_problem(error)}") from None

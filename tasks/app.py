@@ -10,9 +10,9 @@ from celery import Celery, signals
 
 from config.beat import beat_schedule
 from config.celery import celery_config
-from config.settings import get_settings
+from config.settings import SettingsError, get_settings
 from userpath_worker import logs, metrics, runtime, schema, status
-from userpath_worker.errors import SettingsError, UserError
+from userpath_worker.errors import UserError
 
 try:
     settings = get_settings()

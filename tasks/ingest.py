@@ -10,11 +10,11 @@ from typing import Any
 from tasks.app import app
 from tasks.base import UserPathTask
 from tasks.ingestion.job import ingestor
+from userpath_client.contract import TRACK_TASK, WEBHOOK_TASK
 from userpath_worker import metrics
 from userpath_worker.db import is_transient, utcnow
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events.models import Source
-from userpath_worker.events.schemas import TRACK_TASK, WEBHOOK_TASK
 from userpath_worker.events.services import Outcome
 
 logger = logging.getLogger("userpath.worker")

@@ -1,4 +1,4 @@
-"""``userpath.flag_stale_keys`` (on beat's schedule) and ``userpath.deliver_reminder``."""
+"""The rotation pass (on beat's schedule) and the delivery of each reminder it writes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from contextlib import AbstractContextManager
 
 from sqlalchemy.orm import Session
 
+from config.celery import DELIVER_REMINDER_TASK, FLAG_STALE_KEYS_TASK
 from config.settings import get_settings
 from tasks.app import app
 from tasks.base import UserPathTask
@@ -22,7 +23,7 @@ def _transaction() -> AbstractContextManager[Session]:
     return runtime.session_factory().begin()
 
 
-@app.task(name="userpath.flag_stale_keys", base=UserPathTask, shared=False)
+@app.task(name=FLAG_STALE_KEYS_TASK, base=UserPathTask, shared=False)
 def flag_stale_keys() -> dict[str, int]:
     policy = services.RotationPolicy.from_settings(get_settings())
     totals: Counter[str] = Counter()
@@ -37,7 +38,7 @@ def flag_stale_keys() -> dict[str, int]:
     return dict(totals)
 
 
-@app.task(name="userpath.deliver_reminder", bind=True, base=UserPathTask, max_retries=MAX_ATTEMPTS - 1, shared=False)
+@app.task(name=DELIVER_REMINDER_TASK, bind=True, base=UserPathTask, max_retries=MAX_ATTEMPTS - 1, shared=False)
 def deliver_reminder(self: UserPathTask, reminder_id: int) -> str:
     result = delivery.deliver(_transaction, int(reminder_id), get_settings().reminder_webhook_url)
     if result.outcome is Outcome.FAILED and self.request.retries < self.max_retries:

@@ -25,7 +25,6 @@ from hypothesis import strategies as st
 from kombu import Connection, Producer
 from sqlalchemy import Engine, func, select
 
-from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX, truncate_all
 from tests.test_worker_e2e import empty_queues, new_key
 from tests.workers import (
@@ -37,6 +36,7 @@ from tests.workers import (
     settle_at,
     worker_environment,
 )
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 from userpath_worker.keys import tokens

@@ -29,18 +29,10 @@ from kombu import Connection, Queue
 from kombu.message import Message
 from pydantic import ValidationError
 
-from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
 from tests.conftest import flushed_redis
-from userpath_worker.client import ClientClosed, InvalidEvent, InvalidKey, NotSent, QueueFull, UserPath
-from userpath_worker.events.schemas import (
-    MAX_ENVELOPE_BYTES,
-    MAX_EVENT_BYTES,
-    EnvelopeIn,
-    EventIn,
-    WebhookIn,
-    canonical_json,
-    has_nul,
-)
+from userpath_client import ClientClosed, InvalidEvent, InvalidKey, NotSent, QueueFull, UserPath
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES, WEBHOOKS_QUEUE
+from userpath_client.schemas import EnvelopeIn, EventIn, WebhookIn, canonical_json, has_nul
 from userpath_worker.keys import tokens
 from userpath_worker.keys.tokens import Environment
 
@@ -235,7 +227,7 @@ def test_close_sends_what_is_queued_and_ends_the_client(client: UserPath) -> Non
 def test_events_are_sent_at_interpreter_exit_without_close(api_key: str, redis_db: redis.Redis) -> None:
     script = textwrap.dedent(
         f"""
-        from userpath_worker.client import UserPath
+        from userpath_client import UserPath
         userpath = UserPath({api_key!r}, {REDIS_URL!r}, flush_interval=60)
         for number in range(3):
             userpath.track(f"Exit {{number}}", user_id="u")

@@ -16,10 +16,10 @@ from celery.worker.request import Request
 from kombu import Connection, Producer, Queue
 from kombu.message import Message
 
-from config.celery import EVENTS_QUEUE
 from tests.test_client import RABBITMQ_URL, REDIS_URL, read_messages, redis_db  # noqa: F401 (a fixture)
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
+from userpath_client.schemas import EnvelopeIn, EventIn, WebhookIn
 from userpath_worker.events import normalizers
-from userpath_worker.events.schemas import TRACK_TASK, EnvelopeIn, EventIn, WebhookIn
 from userpath_worker.keys import tokens
 
 CONTRACT = Path(__file__).resolve().parents[1] / "docs" / "contract.md"

@@ -21,7 +21,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
-from config.celery import EVENTS_QUEUE, MAINTENANCE_QUEUE
+from config.celery import MAINTENANCE_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX
 from tests.proxy import faulty_proxy
 from tests.test_worker_e2e import empty_queues, envelope, new_key
@@ -39,6 +39,7 @@ from tests.workers import (
     wait_for,
     worker_environment,
 )
+from userpath_client.contract import EVENTS_QUEUE
 from userpath_worker.events.models import Event
 
 pytestmark = pytest.mark.slow

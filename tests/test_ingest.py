@@ -17,11 +17,11 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.conftest import table_dump
 from tests.factories import OWNER, make_organization
+from userpath_client.contract import MAX_EVENT_BYTES
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Event, Source
-from userpath_worker.events.schemas import MAX_EVENT_BYTES
 from userpath_worker.events.services import Ingestor, Outcome, derived_event_id, occurred_at
 from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
@@ -187,7 +187,7 @@ def test_an_event_without_id_gets_one_from_its_key_and_content(
     raw = an_event()
     track(ingestor, {"api_key": plaintext, "batch": [raw]})
     [stored] = events(session)
-    from userpath_worker.events.schemas import canonical_json
+    from userpath_client.schemas import canonical_json
 
     assert stored.event_id == derived_event_id(str(key.id), canonical_json(raw))
 

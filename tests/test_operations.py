@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 import redis
 
-from config.celery import EVENTS_QUEUE, QUEUES
+from config.celery import QUEUES
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database
 from tests.test_worker_e2e import envelope, new_key
 from tests.workers import producer, running_worker, wait_for, worker_environment
+from userpath_client.contract import EVENTS_QUEUE
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 

@@ -21,15 +21,16 @@ from celery.schedules import crontab
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
-from config.beat import ROTATION_ENTRY, beat_schedule, parse_schedule
-from config.settings import Settings, get_settings
+from config.beat import beat_schedule
+from config.celery import FLAG_STALE_KEYS_TASK
+from config.schedules import parse_schedule
+from config.settings import Settings, SettingsError, get_settings
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
 from tests.factories import OWNER, add_member, make_organization
 from tests.test_cli import ok, run
 from userpath_worker import schema
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import make_engine, make_session_factory
-from userpath_worker.errors import SettingsError
 from userpath_worker.keys.models import ApiKey, KeyStatus
 from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.keys.tokens import AuthFailure
@@ -476,7 +477,7 @@ class TestSettings:
         assert "\n" not in str(error.value) and value not in str(error.value)
 
     def test_the_default_schedule_is_daily_at_three_utc(self) -> None:
-        schedule = beat_schedule(Settings())[ROTATION_ENTRY]
+        schedule = beat_schedule(Settings())[FLAG_STALE_KEYS_TASK]
         assert schedule["task"] == "userpath.flag_stale_keys"
         assert schedule["schedule"] == crontab(minute="0", hour="3")
 

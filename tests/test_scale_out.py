@@ -26,7 +26,7 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from config.celery import EVENTS_QUEUE, QUEUES
+from config.celery import QUEUES
 from tests.conftest import TEST_DATABASE_PREFIX, flushed_redis
 from tests.workers import (
     counts,
@@ -40,6 +40,7 @@ from tests.workers import (
     wait_for,
     worker_environment,
 )
+from userpath_client.contract import EVENTS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.keys import tokens
 from userpath_worker.keys.services import KeyService

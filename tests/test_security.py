@@ -19,7 +19,6 @@ from click.testing import CliRunner, Result
 from sqlalchemy import Engine, event, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from config.celery import EVENTS_QUEUE, WEBHOOKS_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX, truncate_all
 from tests.test_worker_e2e import empty_queues, envelope, new_key
 from tests.workers import (
@@ -30,6 +29,7 @@ from tests.workers import (
     settle_at,
     worker_environment,
 )
+from userpath_client.contract import EVENTS_QUEUE, WEBHOOKS_QUEUE
 from userpath_worker.cli import cli
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.deadletter.services import Delivery

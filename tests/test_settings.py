@@ -2,8 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import Settings, get_settings
-from userpath_worker.errors import SettingsError
+from config.settings import Settings, SettingsError, get_settings
 
 
 def test_defaults_need_no_server() -> None:

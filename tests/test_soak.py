@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import redis
 
-from config.celery import EVENTS_QUEUE
 from tests.conftest import TEST_DATABASE_PREFIX
 from tests.test_worker_e2e import empty_queues, envelope, new_key
 from tests.workers import (
@@ -22,6 +21,7 @@ from tests.workers import (
     settle_at,
     worker_environment,
 )
+from userpath_client.contract import EVENTS_QUEUE
 
 pytestmark = pytest.mark.slow
 

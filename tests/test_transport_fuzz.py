@@ -52,7 +52,7 @@ from tests.transport import (
     wait_until_drained,
 )
 from tests.workers import migrated_database
-from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK
 
 pytestmark = pytest.mark.slow
 

@@ -40,7 +40,7 @@ from tests.transport import (
     wait_until_drained,
 )
 from tests.workers import database_fixtures
-from userpath_worker.events.schemas import EVENTS_QUEUE, JOBS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE
 
 pytestmark = pytest.mark.slow
 

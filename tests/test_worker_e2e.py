@@ -20,9 +20,10 @@ from kombu import Connection, Producer
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from config.celery import EVENTS_QUEUE, JOBS_QUEUE, QUEUES, WEBHOOKS_QUEUE
+from config.celery import QUEUES
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump, truncate_all
 from tests.workers import REPOSITORY, counts, producer, running_worker, wait_for, worker_environment
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter

@@ -37,10 +37,10 @@ from config.celery import QUEUES
 from tests.conftest import TEST_DATABASE_PREFIX, table_dump
 from tests.test_worker_e2e import empty_queues
 from tests.workers import counts, rabbitmq_vhost, running_worker, wait_for, worker_environment
-from userpath_worker.client import _task_headers
+from userpath_client.client import _task_headers
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
-from userpath_worker.events.schemas import EVENTS_QUEUE, TRACK_TASK
 
 REDIS_URL = "redis://127.0.0.1:6379/14"
 TRANSPORT_RESOURCE = f"{TEST_DATABASE_PREFIX}_transport"  # the PostgreSQL database and the RabbitMQ vhost

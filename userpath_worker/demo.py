@@ -22,15 +22,15 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy import func, select
 
-from config.celery import EVENTS_QUEUE
 from config.settings import get_settings
+from userpath_client import UserPath
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import runtime, schema
-from userpath_worker.client import UserPath
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.errors import NotFound, UserError
 from userpath_worker.events.models import Event
-from userpath_worker.events.schemas import TRACK_TASK, summarize_arguments
+from userpath_worker.events.schemas import summarize_arguments
 from userpath_worker.keys import tokens
 from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment

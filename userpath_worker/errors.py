@@ -21,7 +21,3 @@ class PermissionDenied(UserError):
 
 class Conflict(UserError):
     """The operation would break a uniqueness rule (a name already in use, for instance)."""
-
-
-class SettingsError(UserError):
-    """A ``USERPATH_*`` setting is missing or has a value the program cannot use."""

@@ -20,12 +20,13 @@ import orjson
 from kombu.serialization import loads
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from userpath_client.contract import TRACK_TASK, WEBHOOK_TASK
+from userpath_client.schemas import describe
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Delivery, Rejection, without_key
 from userpath_worker.events.models import Source
-from userpath_worker.events.schemas import TRACK_TASK, WEBHOOK_TASK, describe
 from userpath_worker.events.services import Incoming, Refused
 
 logger = logging.getLogger("userpath.worker")

@@ -28,11 +28,11 @@ from typing import Any
 import redis
 from celery import bootsteps
 
-from config.celery import INGESTION_QUEUES
 from config.settings import get_settings
 from tasks.base import backoff_seconds
 from tasks.ingestion import amqp_transport, redis_transport
 from tasks.ingestion.job import DatabaseUnavailable, ingest_batch, record_unprocessable
+from userpath_client.contract import INGESTION_QUEUES
 from userpath_worker import metrics
 
 logger = logging.getLogger("userpath.worker")

@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config.celery import QUEUES
-from config.settings import Settings, get_settings
+from config.settings import Settings, SettingsError, get_settings
 from userpath_worker import runtime, schema
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
@@ -24,12 +24,13 @@ from userpath_worker.keys.services import KeyService
 
 
 class UserPathGroup(click.Group):
-    """Turns a ``UserError`` anywhere below into click's one-line ``Error: ...`` and exit 1."""
+    """Turns a ``UserError`` or ``SettingsError`` anywhere below into click's one-line
+    ``Error: ...`` and exit 1."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except UserError as error:
+        except (UserError, SettingsError) as error:
             raise click.ClickException(str(error)) from None
         except OperationalError as error:
             reason = str(error.orig).strip().splitlines()[0] if error.orig else "unreachable"

@@ -23,7 +23,7 @@ from userpath_worker.events.services import replay
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.organizations.models import Organization
-from userpath_worker.organizations.services import require_owner
+from userpath_worker.organizations.services import normalize_email, require_owner
 
 # What a replay can fix: the content. A refused key stays refused; a message whose key was
 # never known has no organization to store into.
@@ -104,7 +104,7 @@ def replay_dead_letters(
         session.add(
             AuditEntry(
                 org_id=organization.id,
-                actor=actor.strip().lower(),
+                actor=normalize_email(actor),
                 action="deadletter.replayed",
                 detail={
                     "reason": reason.value if reason else None,

@@ -14,8 +14,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from userpath_client.contract import MAX_ENVELOPE_BYTES
+from userpath_client.schemas import canonical_json, has_nul
 from userpath_worker.deadletter.models import DeadLetter, Reason
-from userpath_worker.events.schemas import MAX_ENVELOPE_BYTES, canonical_json, has_nul
 from userpath_worker.keys import tokens
 
 PAYLOAD_PREVIEW_CHARS = 64 * 1024  # what is kept of a payload too large or too odd to store whole

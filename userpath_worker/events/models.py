@@ -7,8 +7,8 @@ from typing import Any
 from sqlalchemy import BigInteger, Index, Integer, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
+from userpath_client.contract import JOBS_QUEUE
 from userpath_worker.db import Base, string_enum
-from userpath_worker.events.schemas import JOBS_QUEUE
 from userpath_worker.keys.tokens import Environment
 
 # SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.

@@ -22,25 +22,15 @@ from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
+from userpath_client.contract import MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES, TRACK_TASK, WEBHOOK_TASK
+from userpath_client.schemas import EnvelopeIn, EventIn, WebhookIn, canonical_json, describe, has_nul
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Delivery, Rejection, without_key
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Event, Source
-from userpath_worker.events.schemas import (
-    MAX_ENVELOPE_BYTES,
-    MAX_EVENT_BYTES,
-    TRACK_TASK,
-    WEBHOOK_TASK,
-    EnvelopeIn,
-    EventIn,
-    WebhookIn,
-    canonical_json,
-    describe,
-    encoded_size,
-    has_nul,
-)
+from userpath_worker.events.schemas import encoded_size
 from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.services import KeyIdentity

@@ -21,7 +21,7 @@ from userpath_worker.keys import tokens
 from userpath_worker.keys.models import ApiKey, KeyStatus
 from userpath_worker.keys.tokens import AuthFailure, Environment
 from userpath_worker.organizations.models import Organization
-from userpath_worker.organizations.services import require_owner
+from userpath_worker.organizations.services import normalize_email, require_owner
 
 DEFAULT_ROLL_GRACE = dt.timedelta(hours=24)
 MAX_ROLL_GRACE = dt.timedelta(days=7)  # Stripe's ceiling for keeping a rolled key alive
@@ -152,7 +152,7 @@ class KeyService:
             environment=environment,
             digest=tokens.digest(plaintext, self.pepper),
             display=tokens.display_form(plaintext),
-            created_by=actor.strip().lower(),
+            created_by=normalize_email(actor),
             created_at=now,
             expires_at=now + expires_in if expires_in else None,
         )
@@ -171,7 +171,7 @@ class KeyService:
         self.session.add(
             AuditEntry(
                 org_id=key.org_id,
-                actor=actor.strip().lower(),
+                actor=normalize_email(actor),
                 action=action,
                 api_key_id=key.id,
                 detail=detail,

@@ -1,8 +1,7 @@
-"""The API key format: ``up_<env>_`` + 32 random base-62 characters + a 6-character checksum.
+"""API keys on the worker's side: making them, checking them, and keeping them out of sight.
 
-Modelled on GitHub's token format: the fixed prefix lets secret scanners find leaked keys, and
-the CRC-32 checksum lets the worker refuse mistyped or made-up keys without a database query.
-Only a digest of the whole key is ever stored.
+The format itself is the wire contract's (``userpath_client.contract``). Only a digest of the
+whole key is ever stored.
 """
 
 from __future__ import annotations
@@ -13,18 +12,19 @@ import hashlib
 import hmac
 import re
 import secrets
-import string
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
-ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
-RANDOM_LENGTH = 32
-CHECKSUM_LENGTH = 6
-PREFIX = "up_"
+from userpath_client.contract import (
+    KEY_ALPHABET,
+    KEY_PATTERN,
+    KEY_PREFIX,
+    KEY_RANDOM_LENGTH,
+    key_checksum,
+    key_problem,
+)
+from userpath_client.contract import key_display_form as display_form
 
-# What a secret scanner (and our own leak tests) look for.
-KEY_PATTERN = re.compile(r"up_(?:live|test)_[0-9A-Za-z]{38}")
 BYTES_KEY_PATTERN = re.compile(KEY_PATTERN.pattern.encode())
 
 
@@ -49,32 +49,18 @@ class ParsedKey:
     secret: str
 
 
-def _base62(number: int, width: int) -> str:
-    digits = []
-    while number:
-        number, remainder = divmod(number, 62)
-        digits.append(ALPHABET[remainder])
-    return "".join(reversed(digits)).rjust(width, "0")
-
-
-def checksum(random_part: str) -> str:
-    return _base62(zlib.crc32(random_part.encode("ascii")), CHECKSUM_LENGTH)
-
-
 def generate(environment: Environment) -> str:
-    random_part = "".join(secrets.choice(ALPHABET) for _ in range(RANDOM_LENGTH))
-    return f"{PREFIX}{environment.value}_{random_part}{checksum(random_part)}"
+    random_part = "".join(secrets.choice(KEY_ALPHABET) for _ in range(KEY_RANDOM_LENGTH))
+    return f"{KEY_PREFIX}{environment.value}_{random_part}{key_checksum(random_part)}"
 
 
 def parse(candidate: object) -> ParsedKey | AuthFailure:
     """Check a candidate key's shape and checksum; no I/O."""
-    if not isinstance(candidate, str) or not KEY_PATTERN.fullmatch(candidate):
-        return AuthFailure.MALFORMED
-    _, environment, body = candidate.split("_", 2)
-    random_part, given_checksum = body[:RANDOM_LENGTH], body[RANDOM_LENGTH:]
-    if not hmac.compare_digest(checksum(random_part), given_checksum):
-        return AuthFailure.BAD_CHECKSUM
-    return ParsedKey(environment=Environment(environment), secret=candidate)
+    problem = key_problem(candidate)
+    if problem is not None:
+        return AuthFailure(problem)
+    assert isinstance(candidate, str)  # key_problem said so
+    return ParsedKey(environment=Environment(candidate.split("_", 2)[1]), secret=candidate)
 
 
 def digest(key: str, pepper: str | None = None) -> str:
@@ -83,12 +69,6 @@ def digest(key: str, pepper: str | None = None) -> str:
     if pepper:
         return hmac.new(pepper.encode(), data, hashlib.sha256).hexdigest()
     return hashlib.sha256(data).hexdigest()
-
-
-def display_form(key: str) -> str:
-    """A recognisable, non-secret form such as ``up_live_AbCd...wxyz`` for tables and logs."""
-    prefix_length = len(PREFIX) + 5  # "up_" + "live_" / "test_"
-    return f"{key[: prefix_length + 4]}...{key[-4:]}"
 
 
 def redact(candidate: object) -> str:

@@ -8,8 +8,13 @@ from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserErr
 from userpath_worker.organizations.models import Member, Organization, Role
 
 
-def _normalize_email(email: str) -> str:
-    email = email.strip().lower()
+def normalize_email(email: str) -> str:
+    """An e-mail address (a member's, an actor's) as it is stored and compared: trimmed, lower case."""
+    return email.strip().lower()
+
+
+def _valid_email(email: str) -> str:
+    email = normalize_email(email)
     if "@" not in email or len(email) > 320:
         raise UserError(f"'{email}' is not an e-mail address")
     return email
@@ -19,7 +24,7 @@ def create_organization(session: Session, name: str, owner_email: str) -> Organi
     name = name.strip()
     if not 1 <= len(name) <= 100:
         raise UserError("an organization name must be 1 to 100 characters")
-    owner_email = _normalize_email(owner_email)
+    owner_email = _valid_email(owner_email)
     organization = Organization(name=name)
     try:
         with session.begin_nested():
@@ -40,7 +45,7 @@ def get_organization(session: Session, name: str) -> Organization:
 
 
 def add_member(session: Session, organization: Organization, email: str, role: Role) -> Member:
-    email = _normalize_email(email)
+    email = _valid_email(email)
     member = Member(org_id=organization.id, email=email, role=role)
     try:
         with session.begin_nested():
@@ -54,7 +59,7 @@ def add_member(session: Session, organization: Organization, email: str, role: R
 def require_owner(session: Session, organization: Organization, actor_email: str) -> Member:
     """The acting member, if they are an owner of the organization; PermissionDenied otherwise."""
     member = session.scalar(
-        select(Member).where(Member.org_id == organization.id, Member.email == actor_email.strip().lower())
+        select(Member).where(Member.org_id == organization.id, Member.email == normalize_email(actor_email))
     )
     if member is None or member.role is not Role.OWNER:
         raise PermissionDenied(

@@ -1,6 +1,6 @@
 """The producer client: queue events in memory, send them to the broker from a background thread.
 
-    from userpath_worker.client import UserPath
+    from userpath_client import UserPath
 
     userpath = UserPath("up_live_...", "redis://127.0.0.1:6379/0")
     userpath.track("Signed Up", user_id="user_123", properties={"plan": "pro"})
@@ -8,7 +8,8 @@
     userpath.webhook("stripe", "evt_1", request.headers, request.body)
 
 It speaks the wire contract of docs/contract.md with kombu directly (Celery protocol 2, JSON,
-the default exchange with the queue's name as routing key) and imports no worker code.
+the default exchange with the queue's name as routing key). It is its own distribution,
+``userpath-client``: a producer installs kombu, redis, pydantic and orjson, and no worker.
 
 Guarantees:
 
@@ -44,29 +45,34 @@ from typing import Any
 from kombu import Connection, Producer, Queue
 from pydantic import ValidationError
 
-from config.celery import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE, queue_arguments
-from config.settings import get_settings
-from userpath_worker.events.schemas import (
+from userpath_client.contract import (
+    EVENT_ID_MAX,
+    EVENT_NAME_MAX,
+    EVENTS_QUEUE,
+    JOBS_QUEUE,
+    KEY_SHAPE,
     MAX_BATCH_EVENTS,
     MAX_ENVELOPE_BYTES,
     MAX_EVENT_BYTES,
+    PERSON_ID_MAX,
     TRACK_TASK,
     WEBHOOK_TASK,
-    EventIn,
-    WebhookIn,
-    canonical_json,
-    describe,
-    has_nul,
+    WEBHOOKS_QUEUE,
+    key_display_form,
+    key_problem,
+    queue_arguments,
 )
-from userpath_worker.keys import tokens
+from userpath_client.schemas import EventIn, WebhookIn, canonical_json, describe, has_nul
 
 logger = logging.getLogger("userpath.client")
 
 # The third element of every protocol-2 body: no workflow, this is a plain task call.
 _EMBED = canonical_json({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
 
-_EVENT_NAME_MAX, _ID_MAX, _EVENT_ID_MAX = 200, 200, 100  # as EventIn; the fast path mirrors it
 _MAX_BACKOFF_SECONDS = 10.0
+# The worker's own settings of the same names, so one environment configures both.
+BROKER_URL_VARIABLE = "USERPATH_BROKER_URL"
+QUEUE_TYPE_VARIABLE = "USERPATH_QUEUE_TYPE"
 
 
 class UserPathError(Exception):
@@ -113,16 +119,18 @@ class UserPath:
         queue_type: str | None = None,
     ) -> None:
         """``broker_url`` defaults to ``USERPATH_BROKER_URL``, the worker's own setting, and
-        ``queue_type`` (RabbitMQ: ``classic`` or ``quorum``) to ``USERPATH_QUEUE_TYPE``.
+        ``queue_type`` (RabbitMQ: ``classic`` or ``quorum``) to ``USERPATH_QUEUE_TYPE``, else
+        ``classic``. The client speaks Redis and RabbitMQ; the worker's embedded SQLite broker
+        needs SQLAlchemy installed beside it.
 
         ``broker_timeout`` bounds each connect and publish; ``shutdown_timeout`` is how long
         ``close()`` (and interpreter exit) wait for the last events to be sent.
         """
-        parsed = tokens.parse(api_key)
-        if parsed is tokens.AuthFailure.MALFORMED:
-            raise InvalidKey("api_key is malformed: expected up_live_ or up_test_ followed by 38 letters and digits")
-        if parsed is tokens.AuthFailure.BAD_CHECKSUM:
-            raise InvalidKey(f"api_key {tokens.redact(api_key)} has a bad checksum: mistyped or truncated?")
+        problem = key_problem(api_key)
+        if problem == "malformed":
+            raise InvalidKey(f"api_key is malformed: expected {KEY_SHAPE}")
+        if problem == "bad_checksum":
+            raise InvalidKey(f"api_key {key_display_form(api_key)} has a bad checksum: mistyped or truncated?")
         if not 1 <= batch_size <= MAX_BATCH_EVENTS:
             raise ValueError(f"batch_size must be between 1 and {MAX_BATCH_EVENTS}")
         if flush_interval <= 0 or max_queue_size < 1:
@@ -130,9 +138,14 @@ class UserPath:
 
         self._api_key = api_key
         self._key_json = canonical_json(api_key)
-        self._key_display = tokens.display_form(api_key)
-        self._broker_url = broker_url or get_settings().broker_url
-        self._queue_arguments = queue_arguments(queue_type or get_settings().queue_type)
+        self._key_display = key_display_form(api_key)
+        self._broker_url = broker_url or os.environ.get(BROKER_URL_VARIABLE, "")
+        if not self._broker_url:
+            raise ValueError(f"give broker_url, or set {BROKER_URL_VARIABLE} (redis://... or amqp://...)")
+        queue_type = queue_type or os.environ.get(QUEUE_TYPE_VARIABLE) or "classic"
+        if queue_type not in ("classic", "quorum"):
+            raise ValueError(f"queue_type must be classic or quorum (from {QUEUE_TYPE_VARIABLE} if not given)")
+        self._queue_arguments = queue_arguments(queue_type)
         # Import the transport now: its first import registers a threading exit hook, which
         # fails if it happens in the sender thread while the interpreter exits.
         Connection(self._broker_url).get_transport_cls()
@@ -538,11 +551,11 @@ def _surely_valid(
     """True only for arguments ``EventIn`` certainly accepts as they are; False means "ask EventIn"."""
     return (
         type(event) is str
-        and 0 < len(event) <= _EVENT_NAME_MAX
+        and 0 < len(event) <= EVENT_NAME_MAX
         and (user_id is not None or anonymous_id is not None)
-        and (user_id is None or (type(user_id) is str and 0 < len(user_id) <= _ID_MAX))
-        and (anonymous_id is None or (type(anonymous_id) is str and 0 < len(anonymous_id) <= _ID_MAX))
-        and (event_id is None or (type(event_id) is str and 0 < len(event_id) <= _EVENT_ID_MAX))
+        and (user_id is None or (type(user_id) is str and 0 < len(user_id) <= PERSON_ID_MAX))
+        and (anonymous_id is None or (type(anonymous_id) is str and 0 < len(anonymous_id) <= PERSON_ID_MAX))
+        and (event_id is None or (type(event_id) is str and 0 < len(event_id) <= EVENT_ID_MAX))
         and (timestamp is None or (type(timestamp) is datetime and timestamp.utcoffset() is not None))
         and (properties is None or _plain_object(properties))
         and (context is None or _plain_object(context))

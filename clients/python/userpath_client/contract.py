@@ -1,0 +1,85 @@
+"""Wire contract v1 (docs/contract.md): the names, limits and key format both sides speak.
+
+This module is the contract's one home. The producer client and the worker import it; neither
+writes a queue name, a task name, a limit or the key format anywhere else. It imports nothing
+but the standard library, so it costs a producer nothing to install.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import string
+import zlib
+from typing import Literal
+
+# -- queues and tasks: a message is a Celery protocol-2 task call on one of these queues -----------
+
+EVENTS_QUEUE = "userpath.events"  # server-side events from backend services
+JOBS_QUEUE = "userpath.jobs"  # events reported by background jobs
+WEBHOOKS_QUEUE = "userpath.webhooks"  # third-party webhooks forwarded by receivers
+INGESTION_QUEUES = (EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE)
+
+TRACK_TASK = "userpath.track"  # an envelope of events, on the events or jobs queue
+WEBHOOK_TASK = "userpath.webhook"  # one forwarded webhook delivery, on the webhooks queue
+
+QueueType = Literal["classic", "quorum"]
+
+
+def queue_arguments(queue_type: QueueType | str) -> dict[str, str] | None:
+    """RabbitMQ's arguments of an ingestion queue; whoever declares it must give the same."""
+    return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+
+
+# -- limits -----------------------------------------------------------------------------------
+
+MAX_ENVELOPE_BYTES = 1024 * 1024  # a message's body; Segment allows 500 KB per batch
+MAX_EVENT_BYTES = 32 * 1024  # one event as compact JSON, as Segment
+MAX_BATCH_EVENTS = 1000  # events in one envelope
+
+EVENT_NAME_MAX = 200
+PERSON_ID_MAX = 200  # user_id and anonymous_id
+EVENT_ID_MAX = 100
+DELIVERY_ID_MAX = 200  # a webhook's provider-given delivery id
+PROVIDER_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,49}$"  # a webhook's provider name
+
+# -- the API key: ``up_<env>_`` + 32 random base-62 characters + a 6-character checksum ----------
+# Modelled on GitHub's token format: the fixed prefix lets secret scanners find leaked keys, and
+# the CRC-32 checksum lets either side refuse mistyped or made-up keys without a database query.
+
+KEY_PREFIX = "up_"
+KEY_ENVIRONMENTS = ("live", "test")
+KEY_ALPHABET = string.digits + string.ascii_uppercase + string.ascii_lowercase
+KEY_RANDOM_LENGTH = 32
+KEY_CHECKSUM_LENGTH = 6
+# What a secret scanner (and our own leak tests) look for.
+KEY_PATTERN = re.compile(r"up_(?:live|test)_[0-9A-Za-z]{38}")
+KEY_SHAPE = "up_live_ or up_test_ followed by 38 letters and digits"
+
+KeyProblem = Literal["malformed", "bad_checksum"]
+
+
+def key_checksum(random_part: str) -> str:
+    """The last six characters of a key: the CRC-32 of its random part, in base 62."""
+    number, digits = zlib.crc32(random_part.encode("ascii")), []
+    while number:
+        number, remainder = divmod(number, 62)
+        digits.append(KEY_ALPHABET[remainder])
+    return "".join(reversed(digits)).rjust(KEY_CHECKSUM_LENGTH, "0")
+
+
+def key_problem(candidate: object) -> KeyProblem | None:
+    """What is wrong with a candidate key's shape or checksum, or None; no I/O."""
+    if not isinstance(candidate, str) or not KEY_PATTERN.fullmatch(candidate):
+        return "malformed"
+    body = candidate.split("_", 2)[2]
+    random_part, given_checksum = body[:KEY_RANDOM_LENGTH], body[KEY_RANDOM_LENGTH:]
+    if not hmac.compare_digest(key_checksum(random_part), given_checksum):
+        return "bad_checksum"
+    return None
+
+
+def key_display_form(key: str) -> str:
+    """A recognisable, non-secret form such as ``up_live_AbCd...wxyz`` for tables and logs."""
+    prefix_length = len(KEY_PREFIX) + 5  # "up_" + "live_" / "test_"
+    return f"{key[: prefix_length + 4]}...{key[-4:]}"
