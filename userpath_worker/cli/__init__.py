@@ -7,9 +7,8 @@ from __future__ import annotations
 
 import click
 
-from userpath_worker.cli import events, keys, operations, worker
+from userpath_worker.cli import db, events, keys, members, operations, orgs, rotation, worker
 from userpath_worker.cli.common import UserPathGroup, settings
-from userpath_worker.rotation import cli as rotation
 
 
 @click.group(cls=UserPathGroup)
@@ -18,10 +17,11 @@ def cli() -> None:
     settings()  # a bad USERPATH_* value stops every command here, with one line
 
 
+# Every top-level command and group, each from its own module under userpath_worker/cli/.
 for command in (
-    keys.db,
-    keys.orgs,
-    keys.members,
+    db.db,
+    orgs.orgs,
+    members.members,
     keys.keys,
     events.events,
     events.deadletter,
@@ -33,7 +33,6 @@ for command in (
     operations.health,
 ):
     cli.add_command(command)
-keys.keys.add_command(rotation.stale)
 
 
 def main() -> None:

@@ -1,10 +1,9 @@
-"""``userpath db``, ``orgs``, ``members`` and ``keys``: the schema and the API key lifecycle."""
+"""``userpath keys``: the API key lifecycle, and the keys flagged for rotation."""
 
 from __future__ import annotations
 
 import click
 
-from userpath_worker import runtime, schema
 from userpath_worker.cli.common import (
     json_option,
     key_as_dict,
@@ -20,51 +19,7 @@ from userpath_worker.durations import format_duration, parse_duration
 from userpath_worker.keys.services import DEFAULT_ROLL_GRACE
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
-from userpath_worker.organizations.models import Role
-
-
-@click.group()
-def db() -> None:
-    """The database schema."""
-
-
-@db.command("upgrade")
-def db_upgrade() -> None:
-    """Apply every pending migration."""
-    schema.upgrade(runtime.engine())
-    click.echo(f"Database schema is at revision {schema.current_revision(runtime.engine())}.")
-
-
-@click.group()
-def orgs() -> None:
-    """Organizations."""
-
-
-@orgs.command("create")
-@click.argument("name")
-@click.option("--owner", "owner_email", required=True, help="E-mail of the first owner.")
-def orgs_create(name: str, owner_email: str) -> None:
-    """Create organization NAME with its first owner."""
-    with transaction() as session:
-        organization = organizations.create_organization(session, name, owner_email)
-    click.echo(f"Created organization '{organization.name}' (id {organization.id}) owned by {owner_email}.")
-
-
-@click.group()
-def members() -> None:
-    """Members of organizations."""
-
-
-@members.command("add")
-@click.argument("org")
-@click.argument("email")
-@click.option("--role", type=click.Choice([role.value for role in Role]), required=True)
-def members_add(org: str, email: str, role: str) -> None:
-    """Add EMAIL to organization ORG with a role."""
-    with transaction() as session:
-        organization = organizations.get_organization(session, org)
-        member = organizations.add_member(session, organization, email, Role(role))
-    click.echo(f"Added {member.email} to '{org}' as {member.role.value}.")
+from userpath_worker.rotation.services import stale_keys
 
 
 @click.group()
@@ -146,3 +101,33 @@ def keys_delete(key_id: int, actor: str) -> None:
     with transaction() as session:
         key = key_service(session).delete(key_id, actor)
     click.echo(f"Deleted key {key.id} ('{key.name}', {key.display}).")
+
+
+@keys.command("stale")
+@click.option("--org", help="Only this organization.")
+@json_option
+def keys_stale(org: str | None, as_json: bool) -> None:
+    """Keys flagged for rotation, and why."""
+    now = utcnow()
+    with transaction() as session:
+        organization = organizations.get_organization(session, org) if org else None
+        found = stale_keys(session, organization)
+    if as_json:
+        print_json([{**key_as_dict(key, now), "org": org_name} for key, org_name in found])
+        return
+    print_table(
+        ["ID", "ORG", "NAME", "KEY", "REASONS", "FLAGGED", "LAST USED", "EXPIRES"],
+        [
+            [
+                str(key.id),
+                org_name,
+                key.name,
+                key.display,
+                ",".join(key.flag_reasons or []),
+                when(key.flagged_at),
+                when(key.last_used_at),
+                when(key.expires_at),
+            ]
+            for key, org_name in found
+        ],
+    )

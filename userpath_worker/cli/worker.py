@@ -37,6 +37,3 @@ def demo() -> None:
     click.echo(f"\nDead letters ({run.dead_letters}):")
     show_dead_letters(rejected, as_json=False)
     click.echo("\nEvery message was stored or dead-lettered. Try: userpath events list --org Demo")
-
-
-# Last, because these commands use the helpers above.
