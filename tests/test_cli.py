@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import insert
 
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump, truncate_all
-from userpath_worker import schema
+from userpath_worker import runtime, schema
 from userpath_worker.cli import cli
 from userpath_worker.db import make_engine, utcnow
 from userpath_worker.deadletter.models import DeadLetter
@@ -170,6 +172,29 @@ def test_a_postgres_schema_behind_the_code_is_refused(monkeypatch: pytest.Monkey
     assert "run `userpath db upgrade` first" in result.output
     ok("db", "upgrade")
     assert run("keys", "list", "--org", "Acme").output.startswith("Error: organization 'Acme' not found")
+
+
+def test_a_command_checks_the_schema_once_however_many_transactions_it_opens(
+    acme: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: Counter[str] = Counter()
+
+    def counted(name: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(schema, "prepare", counted("prepare", schema.prepare))
+    monkeypatch.setattr(runtime, "session_factory", counted("transactions", runtime.session_factory))
+    ok("rotation", "run")  # a transaction a batch, then one for the reminders
+    assert calls["transactions"] > 1 and calls["prepare"] == 1
+    ok("keys", "list", "--org", acme)  # the next command checks again
+    assert calls["prepare"] == 2
+    before = dict(calls)
+    ok("worker", "--help")  # a command that needs no database never touches it
+    assert calls == before
 
 
 def test_no_key_reaches_the_tables(acme: str, database_url: str) -> None:

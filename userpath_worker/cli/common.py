@@ -45,10 +45,29 @@ def settings() -> Settings:
 
 @contextlib.contextmanager
 def transaction() -> Iterator[Session]:
-    """One transaction per command, on a schema that is known to be current."""
-    schema.prepare(runtime.engine())
+    """A transaction on a schema that is known to be current.
+
+    A command may open many (a rotation pass opens one a batch); only its first one
+    checks the schema (or migrates the embedded SQLite file). Commands that open none,
+    like ``userpath worker`` or any ``--help``, never touch the database.
+    """
+    _prepare_schema_once()
     with runtime.session_factory().begin() as session:
         yield session
+
+
+_SCHEMA_PREPARED = "userpath.schema_prepared"
+
+
+def _prepare_schema_once() -> None:
+    # click's ``meta`` is one dict for the whole invocation, shared by every nested context, so the
+    # flag lasts exactly one command: the next invocation (a test's next CliRunner run, perhaps on
+    # another database) checks again. Called outside a command, it checks every time.
+    context = click.get_current_context(silent=True)
+    meta: dict[str, Any] = context.meta if context else {}
+    if not meta.get(_SCHEMA_PREPARED):
+        schema.prepare(runtime.engine())  # raises on a schema behind the code: the flag stays unset
+        meta[_SCHEMA_PREPARED] = True
 
 
 def key_service(session: Session) -> KeyService:
