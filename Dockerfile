@@ -14,14 +14,18 @@ RUN groupadd --system --gid 10001 userpath \
 WORKDIR /src
 
 # Dependencies in their own layer: it is rebuilt only when pyproject.toml changes, not on every
-# source edit. Only [project].dependencies: no test extra in the image.
+# source edit. Only [project].dependencies: no test extra in the image. userpath-client (the
+# wire contract) is not on an index: it is installed from this repository below.
 COPY pyproject.toml ./
 RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
-        > /tmp/requirements.txt \
+        | grep -v '^userpath-client' > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && rm /tmp/requirements.txt
 
-# The package itself, without touching the dependencies installed above.
+# The wire contract's distribution, then the package itself, without touching the dependencies
+# installed above.
+COPY clients/python ./clients/python
+RUN pip install --no-deps ./clients/python && rm -rf /src/clients/python/build
 COPY README.md ./
 COPY config ./config
 COPY tasks ./tasks
