@@ -3,7 +3,6 @@ an unexpected failure."""
 
 from __future__ import annotations
 
-import random
 from typing import Any
 
 from billiard.exceptions import WorkerLostError
@@ -11,11 +10,9 @@ from celery import Task
 from celery.exceptions import Ignore, Reject, Retry
 from celery.worker.request import Request
 
+from tasks.backoff import backoff_seconds
 from tasks.deadletters import failed_unexpectedly
 from userpath_worker.events.schemas import summarize_arguments
-
-RETRY_BASE_SECONDS = 1.0
-RETRY_MAX_SECONDS = 60.0  # the boundary refuses an ETA more than twice this ahead
 
 # Failures that Celery settles itself: retries, deliberate rejections, a lost worker process
 # (the message is re-delivered) and a shutdown.
@@ -69,10 +66,3 @@ class UserPathTask(Task):
 
     def retry_delay(self) -> float:
         return backoff_seconds(self.request.retries)
-
-
-def backoff_seconds(attempts: int) -> float:
-    """Exponential backoff with full jitter, capped: 1 s, 2 s, 4 s ... 60 s after 0, 1, 2 ... failed attempts."""
-    # The exponent is capped first: 2.0 ** 1024 overflows a float.
-    ceiling = min(RETRY_MAX_SECONDS, RETRY_BASE_SECONDS * 2 ** min(attempts, 16))
-    return random.uniform(ceiling / 2, ceiling)

@@ -18,7 +18,7 @@ import redis
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from tasks.base import backoff_seconds
+from tasks.backoff import backoff_seconds
 from tasks.ingestion.amqp_transport import AmqpBatches
 from tasks.ingestion.decoder import decode
 from tasks.ingestion.redis_transport import UNACKED, UNACKED_INDEX, RedisBatches, transported

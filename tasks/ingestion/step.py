@@ -29,7 +29,7 @@ import redis
 from celery import bootsteps
 
 from config.settings import get_settings
-from tasks.base import backoff_seconds
+from tasks.backoff import backoff_seconds
 from tasks.ingestion import amqp_transport, redis_transport
 from tasks.ingestion.job import DatabaseUnavailable, ingest_batch, record_unprocessable
 from userpath_client.contract import INGESTION_QUEUES
