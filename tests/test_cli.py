@@ -8,12 +8,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import insert
 
+from tests.common.cli import ok, run
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump, truncate_all
 from userpath_worker import runtime, schema
-from userpath_worker.cli import cli
 from userpath_worker.db import make_engine, utcnow
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.keys import tokens
@@ -38,16 +37,6 @@ def database_url(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Itera
         engine = make_engine(url)
         truncate_all(engine)
         engine.dispose()
-
-
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), prog_name="userpath")
-
-
-def ok(*args: str) -> Result:
-    result = run(*args)
-    assert result.exit_code == 0, result.output
-    return result
 
 
 @pytest.fixture

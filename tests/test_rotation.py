@@ -25,9 +25,9 @@ from config.beat import beat_schedule
 from config.celery import FLAG_STALE_KEYS_TASK
 from config.schedules import parse_schedule
 from config.settings import Settings, SettingsError, get_settings
+from tests.common.cli import ok, run
 from tests.conftest import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
 from tests.factories import OWNER, add_member, make_organization
-from tests.test_cli import ok, run
 from userpath_worker import schema
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import make_engine, make_session_factory
