@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import Select, delete, func, select
 from sqlalchemy.orm import Session
 
-from userpath_worker.audit.models import AuditEntry
+from userpath_worker.audit import services as audit
 from userpath_worker.db import Transaction, utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
@@ -23,7 +23,7 @@ from userpath_worker.events.services import replay
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.organizations.models import Organization
-from userpath_worker.organizations.services import normalize_email, require_owner
+from userpath_worker.organizations.services import require_owner
 
 # What a replay can fix: the content. A refused key stays refused; a message whose key was
 # never known has no organization to store into.
@@ -100,21 +100,15 @@ def replay_dead_letters(
             totals.examined += len(letters)
             after_id = letters[-1].id
         yield totals
+    detail = {
+        "reason": reason.value if reason else None,
+        "since": since.isoformat() if since else None,
+        "examined": totals.examined,
+        "stored": totals.stored,
+        "still_failing": totals.still_failing,
+    }
     with transaction() as session:
-        session.add(
-            AuditEntry(
-                org_id=organization.id,
-                actor=normalize_email(actor),
-                action="deadletter.replayed",
-                detail={
-                    "reason": reason.value if reason else None,
-                    "since": since.isoformat() if since else None,
-                    "examined": totals.examined,
-                    "stored": totals.stored,
-                    "still_failing": totals.still_failing,
-                },
-            )
-        )
+        audit.write(session, actor, audit.Entry(organization.id, "deadletter.replayed", detail=detail))
 
 
 def purge_dead_letters(transaction: Transaction, older_than: dt.timedelta, batch: int = 10_000) -> int:

@@ -14,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from userpath_worker.audit.models import AuditEntry
+from userpath_worker.audit import services as audit
 from userpath_worker.db import utcnow
 from userpath_worker.errors import Conflict, NotFound, UserError
 from userpath_worker.keys import tokens
@@ -168,13 +168,4 @@ class KeyService:
         return key, plaintext
 
     def _audit(self, key: ApiKey, actor: str, action: str, **detail: object) -> None:
-        self.session.add(
-            AuditEntry(
-                org_id=key.org_id,
-                actor=normalize_email(actor),
-                action=action,
-                api_key_id=key.id,
-                detail=detail,
-            )
-        )
-        self.session.flush()
+        audit.write(self.session, actor, audit.Entry(key.org_id, action, key.id, detail))

@@ -20,12 +20,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Row, func, insert, literal, or_, select, update
+from sqlalchemy import Row, func, literal, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from config.settings import Settings
-from userpath_worker.audit.models import AuditEntry
+from userpath_worker.audit import services as audit
 from userpath_worker.db import Transaction, utcnow
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Organization
@@ -239,19 +239,19 @@ def _audit_expiries(
     expiring: list[tuple[Row[Any], ExpiryReason]],
     new_expires_at: dt.datetime | None,
 ) -> None:
-    session.execute(
-        insert(AuditEntry),
-        [
-            {
-                "org_id": key.org_id,
-                "actor": "system",
-                "action": "key.expired",
-                "api_key_id": key.id,
-                "detail": {"reason": why.value, "expires_at": (new_expires_at or key.expires_at).isoformat()},
-                "created_at": now,
-            }
+    audit.write(
+        session,
+        audit.SYSTEM,
+        *(
+            audit.Entry(
+                key.org_id,
+                "key.expired",
+                key.id,
+                {"reason": why.value, "expires_at": (new_expires_at or key.expires_at).isoformat()},
+            )
             for key, why in expiring
-        ],
+        ),
+        at=now,
     )
 
 
