@@ -22,7 +22,8 @@ from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Event, Source
-from userpath_worker.events.services import Ingestor, Outcome, derived_event_id, occurred_at
+from userpath_worker.events.services import Ingestor, Outcome
+from userpath_worker.events.verdicts import derived_event_id, occurred_at
 from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.models import ApiKey

@@ -22,7 +22,7 @@ from userpath_worker.deadletter.replay import (
 from userpath_worker.durations import parse_duration
 from userpath_worker.errors import UserError
 from userpath_worker.events.models import Event
-from userpath_worker.events.services import newest_events
+from userpath_worker.events.storage import newest_events
 from userpath_worker.organizations import services as organizations
 
 

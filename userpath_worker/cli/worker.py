@@ -9,7 +9,7 @@ import click
 from userpath_worker.cli.common import celery_command, transaction, worker_arguments
 from userpath_worker.cli.events import show_dead_letters, show_events
 from userpath_worker.deadletter import services as dead_letters
-from userpath_worker.events.services import newest_events
+from userpath_worker.events.storage import newest_events
 
 
 @click.command()
