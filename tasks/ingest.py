@@ -15,7 +15,7 @@ from userpath_worker import metrics
 from userpath_worker.db import is_transient, utcnow
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events.models import Source
-from userpath_worker.events.services import Outcome
+from userpath_worker.events.services import IngestOutcome
 
 logger = logging.getLogger("userpath.worker")
 
@@ -25,7 +25,7 @@ def _delivery(task: UserPathTask) -> Delivery:
     return Delivery(task=task.name, queue=queue, received_at=utcnow(), message_id=f"id:{task.request.id}")
 
 
-def _run(task: UserPathTask, source: Source, handle: Callable[[], Outcome]) -> str:
+def _run(task: UserPathTask, source: Source, handle: Callable[[], IngestOutcome]) -> str:
     """Handle one message: count it, log it, and return a one-line summary.
 
     Celery makes a repr of the return value for every message, for task events and Flower:
@@ -54,7 +54,7 @@ def _run(task: UserPathTask, source: Source, handle: Callable[[], Outcome]) -> s
         "auth_hit": authenticator.hits - hits,
         "auth_miss": authenticator.misses - misses,
     }
-    metrics.record(summary)
+    metrics.count_outcome(summary)
     logger.info(
         "message handled",
         extra={name: summary[name] for name in ("org_id", "key", "source", "stored", "dead_lettered")},

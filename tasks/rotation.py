@@ -14,7 +14,7 @@ from tasks.app import app
 from tasks.base import UserPathTask
 from userpath_worker import runtime
 from userpath_worker.rotation import delivery, services
-from userpath_worker.rotation.delivery import MAX_ATTEMPTS, Outcome
+from userpath_worker.rotation.delivery import MAX_ATTEMPTS, DeliveryOutcome
 
 logger = logging.getLogger("userpath.rotation")
 
@@ -41,6 +41,6 @@ def flag_stale_keys() -> dict[str, int]:
 @app.task(name=DELIVER_REMINDER_TASK, bind=True, base=UserPathTask, max_retries=MAX_ATTEMPTS - 1, shared=False)
 def deliver_reminder(self: UserPathTask, reminder_id: int) -> str:
     result = delivery.deliver(_transaction, int(reminder_id), get_settings().reminder_webhook_url)
-    if result.outcome is Outcome.FAILED and self.request.retries < self.max_retries:
+    if result.outcome is DeliveryOutcome.FAILED and self.request.retries < self.max_retries:
         raise self.retry(countdown=self.retry_delay())
     return result.outcome.value

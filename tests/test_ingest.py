@@ -22,7 +22,7 @@ from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Event, Source
-from userpath_worker.events.services import Ingestor, Outcome
+from userpath_worker.events.services import Ingestor, IngestOutcome
 from userpath_worker.events.verdicts import derived_event_id, occurred_at
 from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
@@ -68,7 +68,7 @@ def an_event(**overrides: Any) -> dict[str, Any]:
     return {"event": "Signed Up", "user_id": "user-1", "timestamp": "2026-03-01T11:59:00+00:00", **overrides}
 
 
-def track(ingestor: Ingestor, envelope: Any, source: Source = Source.SERVER) -> Outcome:
+def track(ingestor: Ingestor, envelope: Any, source: Source = Source.SERVER) -> IngestOutcome:
     return ingestor.track([envelope], {}, source, delivery())
 
 
@@ -89,7 +89,7 @@ def test_a_valid_envelope_is_stored_with_every_column(session: Session, ingestor
             an_event(event_id="e-1", properties={"plan": "pro"}, context={"job": {"name": "nightly", "run_id": "r9"}})
         ],
     }
-    assert track(ingestor, envelope, Source.JOB) == Outcome(stored=1, dead_lettered=0)
+    assert track(ingestor, envelope, Source.JOB) == IngestOutcome(stored=1, dead_lettered=0)
 
     [stored] = events(session)
     assert (stored.org_id, stored.api_key_id, stored.environment, stored.source) == (
@@ -153,7 +153,7 @@ def test_verdicts_are_per_event(session: Session, ingestor: Ingestor, org_and_ke
         "not an object",
     ]
     outcome = track(ingestor, {"api_key": plaintext, "batch": batch})
-    assert outcome == Outcome(stored=2, dead_lettered=6)
+    assert outcome == IngestOutcome(stored=2, dead_lettered=6)
     assert [e.event_id for e in events(session)] == ["ok-1", "ok-2"]
     letters = dead(session)
     assert [(d.reason, d.detail.split(":")[0]) for d in letters] == [
@@ -208,7 +208,7 @@ def test_refused_keys_dead_letter_the_whole_envelope(
     good = tokens.generate(Environment.LIVE)
     candidate = {"bad-checksum": good[:-1] + ("0" if good[-1] != "0" else "1"), "unknown": good}.get(api_key, api_key)
     envelope = {"batch": [an_event(), an_event(event="Second")]} | ({"api_key": candidate} if candidate else {})
-    assert track(ingestor, envelope) == Outcome(stored=0, dead_lettered=1)
+    assert track(ingestor, envelope) == IngestOutcome(stored=0, dead_lettered=1)
     [letter] = dead(session)
     assert letter.reason == reason and letter.org_id is None
     assert len(letter.payload["batch"]) == 2
@@ -296,7 +296,7 @@ def test_last_used_is_written_at_most_once_a_minute(
 def test_wrong_task_arguments_are_dead_lettered(
     session: Session, ingestor: Ingestor, args, kwargs, detail: str
 ) -> None:
-    assert ingestor.track(args, kwargs, Source.SERVER, delivery()) == Outcome(stored=0, dead_lettered=1)
+    assert ingestor.track(args, kwargs, Source.SERVER, delivery()) == IngestOutcome(stored=0, dead_lettered=1)
     [letter] = dead(session)
     assert letter.reason == "invalid_envelope" and detail in letter.detail
 
@@ -325,7 +325,7 @@ def test_an_invalid_envelope_is_one_dead_letter(
 def test_an_envelope_over_one_mebibyte_is_too_large(session: Session, ingestor: Ingestor, org_and_key) -> None:
     _, _, plaintext = org_and_key
     batch = [an_event(properties={"blob": "x" * 30_000}) for _ in range(40)]
-    assert track(ingestor, {"api_key": plaintext, "batch": batch}) == Outcome(stored=0, dead_lettered=1)
+    assert track(ingestor, {"api_key": plaintext, "batch": batch}) == IngestOutcome(stored=0, dead_lettered=1)
     [letter] = dead(session)
     assert letter.reason == "too_large"
     assert letter.payload["bytes"] > 1024 * 1024 and len(letter.payload["preview"]) <= 64 * 1024
@@ -361,7 +361,7 @@ class TestWebhooks:
         body: str,
         headers: dict[str, str] | None = None,
         delivery_id: str = "d-1",
-    ) -> Outcome:
+    ) -> IngestOutcome:
         payload = {
             "api_key": plaintext,
             "provider": provider,
@@ -406,7 +406,7 @@ class TestWebhooks:
         self, session: Session, ingestor: Ingestor, org_and_key, provider, headers, body, name, user_id
     ) -> None:
         _, _, plaintext = org_and_key
-        assert self.webhook(ingestor, plaintext, provider, json.dumps(body), headers) == Outcome(1, 0)
+        assert self.webhook(ingestor, plaintext, provider, json.dumps(body), headers) == IngestOutcome(1, 0)
         [stored] = events(session)
         assert (stored.name, stored.user_id, stored.source) == (name, user_id, Source.WEBHOOK)
         assert stored.properties == body
@@ -469,7 +469,7 @@ class TestWebhooks:
             "body": "{}",
             **change,
         }
-        assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == Outcome(0, 1)
+        assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == IngestOutcome(0, 1)
         [letter] = dead(session)
         assert letter.reason == "invalid_envelope"
         assert letter.payload["api_key"] == tokens.display_form(plaintext)
@@ -499,9 +499,9 @@ def test_values_no_database_can_store_are_invalid_events(
     session: Session, ingestor: Ingestor, org_and_key, change, detail: str
 ) -> None:
     _, _, plaintext = org_and_key
-    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(**change), an_event(event_id="fine")]}) == Outcome(
-        1, 1
-    )
+    assert track(
+        ingestor, {"api_key": plaintext, "batch": [an_event(**change), an_event(event_id="fine")]}
+    ) == IngestOutcome(1, 1)
     [letter] = dead(session)
     assert letter.reason == "invalid_event" and detail in letter.detail
 
@@ -512,7 +512,7 @@ def test_the_datetimes_and_uuids_kombu_decodes_are_stored_as_their_text(
     _, _, plaintext = org_and_key
     when = dt.datetime(2026, 1, 1, 12, 30, tzinfo=dt.UTC)
     properties = {"when": when, "day": when.date(), "id": uuid.UUID(int=7)}
-    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(properties=properties)]}) == Outcome(1, 0)
+    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(properties=properties)]}) == IngestOutcome(1, 0)
     stored = session.scalars(select(Event)).one()
     assert stored.properties == {
         "when": "2026-01-01T12:30:00+00:00",
@@ -542,6 +542,6 @@ def test_webhooks_no_database_can_store_are_invalid_events(
         "body": "{}",
         **change,
     }
-    assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == Outcome(0, 1)
+    assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == IngestOutcome(0, 1)
     [letter] = dead(session)
     assert letter.reason == "invalid_event" and detail in letter.detail

@@ -36,7 +36,7 @@ from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.keys.tokens import AuthFailure
 from userpath_worker.organizations.models import Role
 from userpath_worker.rotation import delivery
-from userpath_worker.rotation.delivery import Outcome
+from userpath_worker.rotation.delivery import DeliveryOutcome
 from userpath_worker.rotation.models import Reminder
 from userpath_worker.rotation.services import RotationPolicy, run_pass, stale_keys
 
@@ -346,7 +346,7 @@ class TestDelivery:
     ) -> None:
         recorded, plaintext = reminder
         caplog.set_level("INFO", logger="userpath.rotation")
-        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.DELIVERED
+        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is DeliveryOutcome.DELIVERED
 
         (body,) = webhook.bodies
         key = session.get_one(ApiKey, recorded.api_key_id)
@@ -376,15 +376,15 @@ class TestDelivery:
     ) -> None:
         recorded, _ = reminder
         caplog.set_level("INFO", logger="userpath.rotation")
-        assert delivery.deliver(in_session(session), recorded.id, None).outcome is Outcome.DELIVERED
+        assert delivery.deliver(in_session(session), recorded.id, None).outcome is DeliveryOutcome.DELIVERED
         assert "rotation reminder {" in caplog.text and recorded.delivered_at is not None
 
     def test_a_reminder_is_delivered_at_most_once(
         self, session: Session, reminder: Any, webhook: WebhookServer
     ) -> None:
         recorded, _ = reminder
-        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.DELIVERED
-        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.NOT_PENDING
+        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is DeliveryOutcome.DELIVERED
+        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is DeliveryOutcome.NOT_PENDING
         assert len(webhook.bodies) == 1
         assert list(delivery.unclaimed_reminders(in_session(session))) == []
 
@@ -394,10 +394,10 @@ class TestDelivery:
         recorded, _ = reminder
         webhook.statuses = [503]
         result = delivery.deliver(in_session(session), recorded.id, webhook.url)
-        assert result == delivery.DeliveryResult(Outcome.FAILED, "the webhook answered HTTP 503")
+        assert result == delivery.DeliveryResult(DeliveryOutcome.FAILED, "the webhook answered HTTP 503")
         assert (recorded.claimed_at, recorded.delivered_at, recorded.attempts) == (None, None, 1)
         assert list(delivery.unclaimed_reminders(in_session(session))) == [recorded.id]
-        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.DELIVERED
+        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is DeliveryOutcome.DELIVERED
         assert (len(webhook.bodies), recorded.attempts) == (2, 2)
 
     def test_an_unreachable_webhook_is_retried_until_the_attempts_run_out(
@@ -407,8 +407,8 @@ class TestDelivery:
         closed = WebhookServer()
         closed.close()  # nothing listens on its port any more
         for _ in range(delivery.MAX_ATTEMPTS):
-            assert delivery.deliver(in_session(session), recorded.id, closed.url).outcome is Outcome.FAILED
-        assert delivery.deliver(in_session(session), recorded.id, closed.url).outcome is Outcome.NOT_PENDING
+            assert delivery.deliver(in_session(session), recorded.id, closed.url).outcome is DeliveryOutcome.FAILED
+        assert delivery.deliver(in_session(session), recorded.id, closed.url).outcome is DeliveryOutcome.NOT_PENDING
         assert "unreachable" in recorded.last_error and "secret" not in recorded.last_error
 
     def test_no_answer_is_never_sent_again(
@@ -418,8 +418,8 @@ class TestDelivery:
         slow = WebhookServer(delay=1.0)
         monkeypatch.setattr(delivery, "WEBHOOK_TIMEOUT_SECONDS", 0.2)
         try:
-            assert delivery.deliver(in_session(session), recorded.id, slow.url).outcome is Outcome.UNKNOWN
-            assert delivery.deliver(in_session(session), recorded.id, slow.url).outcome is Outcome.NOT_PENDING
+            assert delivery.deliver(in_session(session), recorded.id, slow.url).outcome is DeliveryOutcome.UNKNOWN
+            assert delivery.deliver(in_session(session), recorded.id, slow.url).outcome is DeliveryOutcome.NOT_PENDING
         finally:
             slow.close()
         assert len(slow.bodies) == 1 and recorded.delivered_at is None and recorded.claimed_at is not None
@@ -429,7 +429,7 @@ class TestDelivery:
     ) -> None:
         recorded, _ = reminder
         keys.roll(recorded.api_key_id, OWNER)
-        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is Outcome.OBSOLETE
+        assert delivery.deliver(in_session(session), recorded.id, webhook.url).outcome is DeliveryOutcome.OBSOLETE
         assert webhook.bodies == []
 
 

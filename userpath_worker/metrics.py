@@ -34,7 +34,7 @@ AUTH_CACHE = Counter("userpath_auth_cache", "Key lookups by outcome.", ["result"
 RETRIES = Counter("userpath_task_retries", "Messages retried after a database failure.", ["task"])
 
 
-def record(outcome: dict[str, Any]) -> None:
+def count_outcome(outcome: dict[str, Any]) -> None:
     """Count what one message came to, from the summary its task returned."""
     source = outcome.get("source", "unknown")
     EVENTS_STORED.labels(source).inc(outcome.get("stored", 0))

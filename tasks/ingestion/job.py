@@ -22,7 +22,7 @@ from userpath_worker import metrics, runtime
 from userpath_worker.db import is_transient
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Rejection
-from userpath_worker.events.services import Incoming, Ingestor, Outcome, Refused
+from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome, Refused
 from userpath_worker.keys.auth import KeyAuthenticator
 
 logger = logging.getLogger("userpath.worker")
@@ -77,7 +77,7 @@ def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
                 },
             )
     for counts in by_source.values():
-        metrics.record(counts)
+        metrics.count_outcome(counts)
     metrics.BATCH_WRITE_SECONDS.observe(seconds)
     for result, count in (("hit", authenticator.hits - hits), ("miss", authenticator.misses - misses)):
         metrics.AUTH_CACHE.labels(result).inc(count)
@@ -107,7 +107,7 @@ def record_unprocessable(transport: str, items: Sequence[Any], why: str) -> dict
     return {"messages": len(items), "stored": 0, "dead_lettered": len(letters)}
 
 
-def _store(messages: Sequence[Incoming | Refused]) -> list[Outcome]:
+def _store(messages: Sequence[Incoming | Refused]) -> list[IngestOutcome]:
     try:
         return ingestor().ingest(messages)
     except Exception as error:
@@ -120,7 +120,7 @@ def _store(messages: Sequence[Incoming | Refused]) -> list[Outcome]:
         return [dead_letter(messages[0], f"the database refused the message: {type(error).__name__}")]
 
 
-def dead_letter(message: Incoming | Refused, detail: str) -> Outcome:
+def dead_letter(message: Incoming | Refused, detail: str) -> IngestOutcome:
     """Record one message that could not be stored as it is: a message the database refused
     whole for replay (``detail`` says why), a dead letter as it is; and when even that is
     refused, a dead letter with its reason and no payload. Raises ``DatabaseUnavailable``."""
@@ -140,4 +140,4 @@ def dead_letter(message: Incoming | Refused, detail: str) -> Outcome:
                 raise DatabaseUnavailable(type(failure).__name__) from None
             logger.exception("the database refused a dead letter")
     logger.error("not even a bare dead letter of a message could be recorded; it is dropped")
-    return Outcome(0, 0)
+    return IngestOutcome(0, 0)

@@ -11,7 +11,7 @@ from collections import Counter
 import click
 
 from userpath_worker.cli.common import celery_command, settings, transaction
-from userpath_worker.rotation.delivery import Outcome, deliver, unclaimed_reminders
+from userpath_worker.rotation.delivery import DeliveryOutcome, deliver, unclaimed_reminders
 from userpath_worker.rotation.services import KeyChange, RotationPolicy, run_pass
 
 
@@ -32,11 +32,11 @@ def rotation_run() -> None:
     for reminder_id in unclaimed_reminders(transaction):
         result = deliver(transaction, reminder_id, settings().reminder_webhook_url)
         totals[result.outcome.value] += 1
-        if result.outcome is not Outcome.DELIVERED:
+        if result.outcome is not DeliveryOutcome.DELIVERED:
             click.echo(f"reminder {reminder_id} {result.outcome.value}: {result.error or '-'}", err=True)
     click.echo(
         f"Flagged {totals['flagged']}, cleared {totals['cleared']}, reminded {totals['reminded']}, "
-        f"expired {totals['expired']} keys; delivered {totals[Outcome.DELIVERED.value]} reminders."
+        f"expired {totals['expired']} keys; delivered {totals[DeliveryOutcome.DELIVERED.value]} reminders."
     )
 
 

@@ -91,7 +91,7 @@ def _loose_text(value: Any) -> str:
         return repr(value)[: PAYLOAD_PREVIEW_CHARS * 2]
 
 
-def record(session: Session, rejections: Sequence[Rejection], delivery: Delivery) -> None:
+def record_dead_letters(session: Session, rejections: Sequence[Rejection], delivery: Delivery) -> None:
     """Write dead letters once: a redelivered message's are already there and are skipped."""
     if not rejections:
         return

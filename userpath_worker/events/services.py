@@ -29,7 +29,7 @@ from userpath_worker.keys.services import KeyIdentity
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
+class IngestOutcome:
     """What became of one message: events accepted (new or already stored) and dead letters.
 
     The other fields are for logs and metrics; two outcomes are equal when their counts are.
@@ -42,7 +42,7 @@ class Outcome:
     key: str | None = field(default=None, compare=False)  # the key's display form
 
     @classmethod
-    def of(cls, stored: int, rejections: Sequence[Rejection], identity: KeyIdentity | None = None) -> Outcome:
+    def of(cls, stored: int, rejections: Sequence[Rejection], identity: KeyIdentity | None = None) -> IngestOutcome:
         return cls(
             stored=stored,
             dead_lettered=len(rejections),
@@ -81,8 +81,8 @@ class _Judgement:
     identity: KeyIdentity | None = None
 
     @property
-    def outcome(self) -> Outcome:
-        return Outcome.of(len(self.rows), self.rejections, self.identity)
+    def outcome(self) -> IngestOutcome:
+        return IngestOutcome.of(len(self.rows), self.rejections, self.identity)
 
 
 class Ingestor:
@@ -90,17 +90,17 @@ class Ingestor:
         self.session_factory = session_factory
         self.authenticator = authenticator
 
-    def track(self, args: Sequence[Any], kwargs: dict[str, Any], source: Source, delivery: Delivery) -> Outcome:
+    def track(self, args: Sequence[Any], kwargs: dict[str, Any], source: Source, delivery: Delivery) -> IngestOutcome:
         """Handle one ``userpath.track`` message."""
         [outcome] = self.ingest([Incoming(TRACK_TASK, args, kwargs, source, delivery)])
         return outcome
 
-    def webhook(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery) -> Outcome:
+    def webhook(self, args: Sequence[Any], kwargs: dict[str, Any], delivery: Delivery) -> IngestOutcome:
         """Handle one ``userpath.webhook`` message."""
         [outcome] = self.ingest([Incoming(WEBHOOK_TASK, args, kwargs, Source.WEBHOOK, delivery)])
         return outcome
 
-    def ingest(self, messages: Sequence[Incoming | Refused]) -> list[Outcome]:
+    def ingest(self, messages: Sequence[Incoming | Refused]) -> list[IngestOutcome]:
         """Handle messages in one transaction: their events (one INSERT for all), their dead
         letters and their keys' last-used times commit together or not at all.
 
@@ -116,12 +116,12 @@ class Ingestor:
             ]
             insert_events(session, [row for judgement in judgements for row in judgement.rows])
             for judgement in judgements:
-                dead_letters.record(session, judgement.rejections, judgement.delivery)
+                dead_letters.record_dead_letters(session, judgement.rejections, judgement.delivery)
             for key_id in {j.identity.key_id for j in judgements if j.rows and j.identity}:
                 self.authenticator.mark_used(session, key_id)
         return [judgement.outcome for judgement in judgements]
 
-    def keep_for_replay(self, message: Incoming, detail: str) -> Outcome:
+    def keep_for_replay(self, message: Incoming, detail: str) -> IngestOutcome:
         """Dead-letter, whole, a message that could not be stored for a reason of ours (the
         database refused it): owned by its key's organization, so that ``deadletter replay``
         stores it once the bug is fixed."""
@@ -138,8 +138,8 @@ class Ingestor:
                 org_id=identity.org_id if identity else None,
                 api_key_id=identity.key_id if identity else None,
             )
-            dead_letters.record(session, [rejection], message.delivery)
-        return Outcome.of(0, [rejection], identity)
+            dead_letters.record_dead_letters(session, [rejection], message.delivery)
+        return IngestOutcome.of(0, [rejection], identity)
 
     # One message: argument shape, size, authentication, then the task's own verdicts.
 

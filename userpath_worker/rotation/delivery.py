@@ -34,7 +34,7 @@ MAX_ATTEMPTS = 6  # the first try and five retries
 WEBHOOK_TIMEOUT_SECONDS = 10.0
 
 
-class Outcome(enum.StrEnum):
+class DeliveryOutcome(enum.StrEnum):
     DELIVERED = "delivered"
     NOT_PENDING = "not_pending"  # delivered, being delivered, or out of attempts
     OBSOLETE = "obsolete"  # the key was rolled, deleted or expired since: nothing to remind
@@ -44,7 +44,7 @@ class Outcome(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class DeliveryResult:
-    outcome: Outcome
+    outcome: DeliveryOutcome
     error: str | None = None
 
 
@@ -94,7 +94,7 @@ class WebhookUnanswered(Exception):
 def deliver(transaction: Transaction, reminder_id: int, webhook_url: str | None) -> DeliveryResult:
     with transaction() as session:
         message = claim(session, reminder_id)
-    if isinstance(message, Outcome):
+    if isinstance(message, DeliveryOutcome):
         return DeliveryResult(message)
     try:
         if webhook_url:
@@ -103,19 +103,19 @@ def deliver(transaction: Transaction, reminder_id: int, webhook_url: str | None)
         with transaction() as session:
             _settle(session, reminder_id, claimed_at=None, last_error=str(error))
         logger.warning("rotation reminder %d not delivered, to be retried: %s", reminder_id, error)
-        return DeliveryResult(Outcome.FAILED, str(error))
+        return DeliveryResult(DeliveryOutcome.FAILED, str(error))
     except WebhookUnanswered as error:
         with transaction() as session:
             _settle(session, reminder_id, last_error=str(error))
         logger.error("rotation reminder %d may not have been delivered; not retried: %s", reminder_id, error)
-        return DeliveryResult(Outcome.UNKNOWN, str(error))
+        return DeliveryResult(DeliveryOutcome.UNKNOWN, str(error))
     with transaction() as session:
         _settle(session, reminder_id, delivered_at=utcnow(), last_error=None)
     logger.info("rotation reminder %s", json.dumps(message.webhook_body(), sort_keys=True))
-    return DeliveryResult(Outcome.DELIVERED)
+    return DeliveryResult(DeliveryOutcome.DELIVERED)
 
 
-def claim(session: Session, reminder_id: int) -> ReminderMessage | Outcome:
+def claim(session: Session, reminder_id: int) -> ReminderMessage | DeliveryOutcome:
     """Claim the reminder for this delivery alone and say what it is to send, or why not."""
     claimed = session.execute(
         update(Reminder)
@@ -123,12 +123,12 @@ def claim(session: Session, reminder_id: int) -> ReminderMessage | Outcome:
         .values(claimed_at=utcnow(), attempts=Reminder.attempts + 1)
     )
     if claimed.rowcount != 1:
-        return Outcome.NOT_PENDING
+        return DeliveryOutcome.NOT_PENDING
     reminder = session.get_one(Reminder, reminder_id)
     key = session.get_one(ApiKey, reminder.api_key_id)
     if key.flagged_at is None:
         reminder.last_error = "not sent: the key was rolled, deleted or expired since"
-        return Outcome.OBSOLETE
+        return DeliveryOutcome.OBSOLETE
     organization = session.get_one(Organization, reminder.org_id)
     owners = session.scalars(
         select(Member.email).where(Member.org_id == organization.id, Member.role == Role.OWNER).order_by(Member.email)
