@@ -14,8 +14,8 @@ from typing import Any
 
 import amqp
 
-from userpath_client.client import _task_headers  # the real producer's headers, byte for byte
 from userpath_client.contract import TRACK_TASK, WEBHOOK_TASK
+from userpath_client.wire import task_headers as _task_headers  # the real producer's headers, byte for byte
 
 _EMBED = {"callbacks": None, "errbacks": None, "chain": None, "chord": None}
 _CONTENT_TYPE = "application/json"

@@ -37,8 +37,8 @@ from config.celery import QUEUES
 from tests.conftest import TEST_DATABASE_PREFIX, table_dump
 from tests.test_worker_e2e import empty_queues
 from tests.workers import counts, rabbitmq_vhost, running_worker, wait_for, worker_environment
-from userpath_client.client import _task_headers
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
+from userpath_client.wire import task_headers as _task_headers
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 

@@ -25,6 +25,12 @@ WEBHOOK_TASK = "userpath.webhook"  # one forwarded webhook delivery, on the webh
 
 QueueType = Literal["classic", "quorum"]
 
+# How a message is published: to the default exchange, with the queue's name as routing key, as
+# JSON in UTF-8 (the worker refuses every other content type).
+EXCHANGE = ""
+CONTENT_TYPE = "application/json"
+CONTENT_ENCODING = "utf-8"
+
 
 def queue_arguments(queue_type: QueueType | str) -> dict[str, str] | None:
     """RabbitMQ's arguments of an ingestion queue; whoever declares it must give the same."""
