@@ -39,8 +39,8 @@ from userpath_client import UserPath
 from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.db import make_session_factory
 from userpath_worker.deadletter.models import DeadLetter, Reason
-from userpath_worker.deadletter.replay import replay_dead_letters
 from userpath_worker.events.models import Source
+from userpath_worker.events.replay import replay_dead_letters
 from userpath_worker.events.services import Incoming, Refused
 from userpath_worker.keys import tokens
 from userpath_worker.keys.tokens import Environment

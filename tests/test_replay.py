@@ -15,9 +15,10 @@ from tests.factories import OWNER, add_member, make_organization
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
-from userpath_worker.deadletter.replay import purge_dead_letters, replay_dead_letters
+from userpath_worker.deadletter.services import purge_dead_letters
 from userpath_worker.errors import PermissionDenied, UserError
 from userpath_worker.events.models import Event, Source
+from userpath_worker.events.replay import replay_dead_letters
 from userpath_worker.keys.services import KeyService
 from userpath_worker.organizations.models import Role
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Engine, Enum, MetaData, create_engine, event
+from sqlalchemy import JSON, BigInteger, DateTime, Engine, Enum, Integer, MetaData, create_engine, event
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -53,6 +53,10 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 # JSONB on PostgreSQL (indexable, compact), plain JSON text on SQLite.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+
+
+# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def string_enum(enum_class: type[enum.StrEnum], name: str) -> Enum:

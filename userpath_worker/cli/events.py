@@ -12,16 +12,10 @@ from userpath_worker.cli.common import json_option, print_json, print_table, sho
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import DeadLetter, Reason
-from userpath_worker.deadletter.replay import (
-    REPLAYABLE,
-    ReplayResult,
-    count_replayable,
-    purge_dead_letters,
-    replay_dead_letters,
-)
 from userpath_worker.durations import parse_duration
 from userpath_worker.errors import UserError
 from userpath_worker.events.models import Event
+from userpath_worker.events.replay import REPLAYABLE, ReplayResult, count_replayable, replay_dead_letters
 from userpath_worker.events.storage import newest_events
 from userpath_worker.organizations import services as organizations
 
@@ -153,7 +147,7 @@ def deadletter_replay(org: str, actor: str, reason: str | None, since: str | Non
 def deadletter_purge(older_than: str) -> None:
     """Delete old dead letters (retention)."""
     age = parse_duration(older_than, what="--older-than")
-    purged = purge_dead_letters(transaction, age)
+    purged = dead_letters.purge_dead_letters(transaction, age)
     click.echo(f"Deleted {purged} dead letters received more than {older_than} ago.")
 
 

@@ -7,8 +7,7 @@ from typing import Any
 from sqlalchemy import Index, String, Text
 from sqlalchemy.orm import Mapped, mapped_column
 
-from userpath_worker.db import Base
-from userpath_worker.events.models import BigId
+from userpath_worker.db import Base, BigId
 
 
 class Reason(enum.StrEnum):

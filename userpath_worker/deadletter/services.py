@@ -10,12 +10,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from userpath_client.contract import MAX_ENVELOPE_BYTES
 from userpath_client.schemas import canonical_json, has_nul
+from userpath_worker.db import Transaction, utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.keys import tokens
 
@@ -144,3 +145,17 @@ def list_dead_letters(
     if reason is not None:
         query = query.where(DeadLetter.reason == reason)
     return list(session.scalars(query.order_by(DeadLetter.id.desc()).limit(limit)))
+
+
+def purge_dead_letters(transaction: Transaction, older_than: dt.timedelta, batch: int = 10_000) -> int:
+    """Delete dead letters received more than ``older_than`` ago, in batches; returns how many."""
+    cutoff = utcnow() - older_than
+    purged = 0
+    while True:
+        with transaction() as session:
+            ids = list(session.scalars(select(DeadLetter.id).where(DeadLetter.received_at < cutoff).limit(batch)))
+            if ids:
+                session.execute(delete(DeadLetter).where(DeadLetter.id.in_(ids)))
+        purged += len(ids)
+        if len(ids) < batch:
+            return purged

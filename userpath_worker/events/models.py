@@ -4,15 +4,12 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import BigInteger, Index, Integer, String, UniqueConstraint
+from sqlalchemy import Index, String, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
 from userpath_client.contract import JOBS_QUEUE
-from userpath_worker.db import Base, string_enum
+from userpath_worker.db import Base, BigId, string_enum
 from userpath_worker.keys.tokens import Environment
-
-# SQLite only auto-increments a column declared exactly INTEGER PRIMARY KEY.
-BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Source(enum.StrEnum):

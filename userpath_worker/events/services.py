@@ -161,23 +161,3 @@ class Ingestor:
         else:
             judged = verdicts.track_verdicts(message, identity, incoming.source, delivery)
         return _Judgement(delivery, judged.rows, judged.rejections, identity)
-
-
-def replay(session: Session, payload: Any, identity: KeyIdentity, delivery: Delivery) -> str | None:
-    """Validate a dead letter's payload again and store what passes now (after a contract fix).
-
-    The payload is a whole message (api_key shown in its display form) or one event of a batch;
-    the key is the one that sent it, authenticated when it arrived. Returns why it still fails,
-    or None when its events are stored (again, harmlessly: storage is idempotent).
-    """
-    if not isinstance(payload, dict) or "preview" in payload:
-        return "only a text preview was kept"
-    if delivery.task == WEBHOOK_TASK:
-        judged = verdicts.webhook_verdicts(payload, identity, delivery)
-    else:
-        envelope = payload if "batch" in payload else {"api_key": identity.display, "batch": [payload]}
-        judged = verdicts.track_verdicts(envelope, identity, Source.for_queue(delivery.queue), delivery)
-    if judged.rejections:
-        return "; ".join(rejection.detail for rejection in judged.rejections)
-    insert_events(session, judged.rows)
-    return None

@@ -1,4 +1,4 @@
-"""Replay and retention of dead letters.
+"""Replaying dead letters: the ingestion rules, applied again to what was refused.
 
 Replay validates stored dead letters again and stores the events of those that pass now, for
 instance after a contract fix. It is idempotent twice over: a replayed dead letter is marked
@@ -10,16 +10,20 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from userpath_client.contract import WEBHOOK_TASK
 from userpath_worker.audit import services as audit
 from userpath_worker.db import Transaction, utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.errors import UserError
-from userpath_worker.events.services import replay
+from userpath_worker.events import verdicts
+from userpath_worker.events.models import Source
+from userpath_worker.events.storage import insert_events
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.organizations.models import Organization
@@ -89,7 +93,7 @@ def replay_dead_letters(
                 key = keys[letter.api_key_id]
                 # The key was authenticated when the message arrived; that verdict stands.
                 identity = KeyIdentity(key.id, key.org_id, key.environment, key.display, None)
-                failure = replay(
+                failure = _replay_payload(
                     session, letter.payload, identity, Delivery(letter.task, letter.queue, letter.received_at)
                 )
                 if failure is None:
@@ -111,15 +115,21 @@ def replay_dead_letters(
         audit.write(session, actor, audit.Entry(organization.id, "deadletter.replayed", detail=detail))
 
 
-def purge_dead_letters(transaction: Transaction, older_than: dt.timedelta, batch: int = 10_000) -> int:
-    """Delete dead letters received more than ``older_than`` ago, in batches; returns how many."""
-    cutoff = utcnow() - older_than
-    purged = 0
-    while True:
-        with transaction() as session:
-            ids = list(session.scalars(select(DeadLetter.id).where(DeadLetter.received_at < cutoff).limit(batch)))
-            if ids:
-                session.execute(delete(DeadLetter).where(DeadLetter.id.in_(ids)))
-        purged += len(ids)
-        if len(ids) < batch:
-            return purged
+def _replay_payload(session: Session, payload: Any, identity: KeyIdentity, delivery: Delivery) -> str | None:
+    """Validate a dead letter's payload again and store what passes now (after a contract fix).
+
+    The payload is a whole message (api_key shown in its display form) or one event of a batch;
+    the key is the one that sent it, authenticated when it arrived. Returns why it still fails,
+    or None when its events are stored (again, harmlessly: storage is idempotent).
+    """
+    if not isinstance(payload, dict) or "preview" in payload:
+        return "only a text preview was kept"
+    if delivery.task == WEBHOOK_TASK:
+        judged = verdicts.webhook_verdicts(payload, identity, delivery)
+    else:
+        envelope = payload if "batch" in payload else {"api_key": identity.display, "batch": [payload]}
+        judged = verdicts.track_verdicts(envelope, identity, Source.for_queue(delivery.queue), delivery)
+    if judged.rejections:
+        return "; ".join(rejection.detail for rejection in judged.rejections)
+    insert_events(session, judged.rows)
+    return None
