@@ -1,7 +1,8 @@
 """The architecture's direction, checked on every run: tasks -> core -> config -> contract.
 
 The contracts themselves are import-linter's, in pyproject.toml; this module runs them, and
-adds what import-linter has no contract for: no module imports itself in a cycle.
+adds what import-linter has no contract for: no module imports itself in a cycle, and no test
+module imports another.
 """
 
 from __future__ import annotations
@@ -29,6 +30,18 @@ def test_no_module_is_part_of_an_import_cycle() -> None:
     graph = grimp.build_graph(*PACKAGES, exclude_type_checking_imports=True)
     cycles = [sorted(component) for component in _strongly_connected(graph) if len(component) > 1]
     assert cycles == []
+
+
+def test_no_test_module_imports_another() -> None:
+    """Shared helpers live in tests/common/ and fixtures in conftest.py, where one can find them."""
+    graph = grimp.build_graph("tests", exclude_type_checking_imports=True)
+    imports = [
+        (importer, imported)
+        for importer in graph.modules
+        for imported in graph.find_modules_directly_imported_by(importer)
+        if imported.rpartition(".")[2].startswith("test_")
+    ]
+    assert imports == []
 
 
 def _strongly_connected(graph: grimp.ImportGraph) -> list[set[str]]:

@@ -1,0 +1,59 @@
+"""Small factories: build the rows and messages a test needs in one call, with sensible defaults."""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+import uuid
+from typing import Any
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.tokens import Environment
+from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.models import Organization, Role
+
+_sequence = itertools.count(1)
+
+OWNER = "owner@example.com"
+
+
+def make_organization(session: Session, name: str | None = None, owner: str = OWNER) -> Organization:
+    return organizations.create_organization(session, name or f"Org {next(_sequence)}", owner)
+
+
+def add_member(session: Session, organization: Organization, email: str, role: Role) -> None:
+    organizations.add_member(session, organization, email, role)
+
+
+def new_key(engine: Engine, environment: Environment = Environment.LIVE) -> tuple[int, int, str]:
+    """(org id, key id, plaintext) of a fresh key, committed."""
+    with Session(engine) as session, session.begin():
+        organization = organizations.create_organization(session, f"Org {uuid.uuid4().hex[:8]}", OWNER)
+        key, plaintext = KeyService(session).create(organization, "App X Production Server", OWNER, environment)
+        return organization.id, key.id, plaintext
+
+
+def now() -> str:
+    """Now as a producer writes it: ISO-8601 with the UTC offset."""
+    return dt.datetime.now(dt.UTC).isoformat()
+
+
+def envelope(key: str, count: int, prefix: str, **event_fields: Any) -> dict[str, Any]:
+    """A ``userpath.track`` envelope of ``count`` events with the ids ``{prefix}-0``, ``{prefix}-1`` ..."""
+    return {
+        "api_key": key,
+        "sent_at": now(),
+        "batch": [
+            {
+                "event_id": f"{prefix}-{n}",
+                "event": "Page Viewed",
+                "user_id": f"user-{n}",
+                "timestamp": now(),
+                **event_fields,
+            }
+            for n in range(count)
+        ],
+    }

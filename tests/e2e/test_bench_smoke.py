@@ -1,0 +1,52 @@
+"""The benchmark at its smoke size: it runs end to end on both brokers and reports every figure
+(not the targets)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.common.workers import REPOSITORY
+
+pytestmark = pytest.mark.slow
+
+BROKERS = ("redis", "rabbitmq")
+SCENARIOS = ("envelopes_100", "envelopes_1", "webhooks")
+
+
+def test_the_smoke_benchmark_writes_every_figure_of_both_brokers(tmp_path: Path) -> None:
+    output = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--size", "smoke", "--broker", "both", "--output", str(output)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "events/s Redis" in completed.stdout and "events/s RabbitMQ" in completed.stdout
+
+    results = json.loads(output.read_text())
+    assert results["brokers"] == list(BROKERS)
+    assert results["copy"]["rows_per_second"] > 0
+    assert results["naive"]["events_per_second"] > 0
+    for broker in BROKERS:
+        for scenario in SCENARIOS:
+            figures = results["drain"][broker][scenario]
+            assert figures["events_per_second"] > 0 and figures["times_naive"] > 0 and figures["share_of_copy"] > 0
+            assert figures["peak_rss_mib"]["main"] > 0 and len(figures["peak_rss_mib"]) == 1 + results["concurrency"]
+        long_run = results["drain"][broker]["envelopes_100"]
+        assert set(results["memory_growth_mib"][broker]) == set(long_run["peak_rss_mib"])
+    assert all(results["drain"]["rabbitmq"][scenario]["share_of_redis"] > 0 for scenario in SCENARIOS)
+    assert results["latency"]["p50_ms"] > 0 and results["latency"]["p99_ms"] >= results["latency"]["p50_ms"]
+    assert (
+        results["client_track"]["calls_per_second"] > 0
+        and results["client_track"]["calls_per_second_while_sending"] > 0
+    )
+    # With both brokers every target is measured, the cross-broker ones included.
+    assert {"rabbitmq_envelopes_100_share_of_redis", "rabbitmq_envelopes_1_share_of_redis"} <= set(results["targets"])
+    assert None not in results["targets"].values()

@@ -1,0 +1,108 @@
+"""Operations: status, health, metrics and JSON logs, against real processes and servers."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+import redis
+
+from config.celery import QUEUES
+from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database
+from tests.common.factories import envelope, new_key
+from tests.common.workers import producer, running_worker, wait_for, worker_environment
+from userpath_client.contract import EVENTS_QUEUE
+from userpath_worker import schema
+from userpath_worker.db import make_engine
+
+pytestmark = pytest.mark.slow
+
+REDIS_URL = "redis://127.0.0.1:6379/10"
+USERPATH = str(Path(sys.executable).with_name("userpath"))
+
+
+def userpath(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([USERPATH, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_status_and_health_on_the_embedded_default(tmp_path: Path) -> None:
+    env = {name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")}
+    status = userpath("status", "--json", env=env, cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    found = json.loads(status.stdout)
+    assert found["queues"] == {queue: 0 for queue in QUEUES}
+    assert found["workers"] is None and found["dead_letters_24h"] == {} and found["last_rotation_pass"] is None
+    health = userpath("health", env=env, cwd=tmp_path)
+    assert health.returncode == 1 and "embedded broker cannot broadcast" in health.stderr
+
+
+def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "USERPATH_BROKER_URL": "redis://127.0.0.1:9/0",
+        "USERPATH_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
+    }
+    result = userpath("status", env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cannot reach the broker in USERPATH_BROKER_URL" in result.stderr
+
+
+def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path) -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_ops")
+    engine = make_engine(url)
+    schema.upgrade(engine)
+    _, _, key = new_key(engine)
+    port = free_port()
+    env = worker_environment(url, REDIS_URL, USERPATH_METRICS_PORT=str(port), USERPATH_LOG_LEVEL="INFO")
+    assert userpath("health", "--timeout", "1", env=env).returncode == 1  # nobody there yet
+
+    log = tmp_path / "worker.log"
+    with running_worker(env, log, "--concurrency=1"):
+        app = producer(REDIS_URL)
+        app.send_task("userpath.track", args=[envelope(key, 3, "ok")], queue=EVENTS_QUEUE)
+        bad = envelope(key, 1, "bad")
+        bad["batch"][0].pop("user_id")
+        app.send_task("userpath.track", args=[bad], queue=EVENTS_QUEUE)
+
+        def scrape() -> str:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+                return response.read().decode()
+
+        def handled_both() -> str | None:
+            text = scrape()
+            return text if 'userpath_dead_letters_total{reason="invalid_event"' in text else None
+
+        metrics = wait_for(handled_both, 30, "the metrics")
+        assert 'userpath_events_stored_total{source="server"} 3.0' in metrics
+        assert 'userpath_dead_letters_total{reason="invalid_event",source="server"} 1.0' in metrics
+        assert 'userpath_queue_depth{queue="userpath.events"} 0.0' in metrics
+        # On Redis both messages may share a batch: one transaction or two.
+        assert re.search(r"^userpath_batch_write_seconds_count [12]\.0$", metrics, re.MULTILINE)
+
+        health = userpath("health", "--timeout", "5", env=env)
+        assert health.returncode == 0 and health.stdout.startswith("healthy: celery@")
+        status = json.loads(userpath("status", "--json", env=env).stdout)
+        assert status["dead_letters_24h"] == {"invalid_event": 1} and len(status["workers"]) == 1
+    engine.dispose()
+
+    # At INFO, one line per batch (tasks/batching.py); each message has its own line at DEBUG.
+    handled = [
+        json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and "batch handled" in line
+    ]
+    assert sum(entry["stored"] for entry in handled) == 3 and sum(entry["dead_lettered"] for entry in handled) == 1
+    assert sum(entry["messages"] for entry in handled) == 2
