@@ -37,7 +37,7 @@ from tests.common.workers import (
     settle_at,
     worker_environment,
 )
-from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 from userpath_worker.keys import tokens
@@ -73,7 +73,7 @@ class Draft:
     argument: Any = None
     events: tuple[tuple[Any, str | None], ...] = ()  # (event, dead-letter reason or None if valid)
     body: bytes = b""
-    task: str = "userpath.track"
+    task: str = TRACK_TASK
     reason: str | None = None  # for a whole message that is refused
 
 
@@ -249,7 +249,7 @@ class Sender:
             return
         argument = self._filled(draft.argument, number)
         if draft.kind == "webhook":
-            self._send(self._body(argument), "userpath.webhook", WEBHOOKS_QUEUE)
+            self._send(self._body(argument), WEBHOOK_TASK, WEBHOOKS_QUEUE)
             self.ledger.expect(**({draft.reason: 1} if draft.reason else {"stored": 1}))
             return
         if draft.reason is None:
@@ -261,7 +261,7 @@ class Sender:
                 self.ledger.expect(**({reason: 1} if reason else {"stored": 1}))
         else:
             self.ledger.expect(**{draft.reason: 1})
-        self._send(self._body(argument), "userpath.track", EVENTS_QUEUE if number % 2 else JOBS_QUEUE)
+        self._send(self._body(argument), TRACK_TASK, EVENTS_QUEUE if number % 2 else JOBS_QUEUE)
 
     def _envelope(self, number: int) -> dict[str, Any]:
         return {"api_key": self.key, "batch": [{"event_id": f"{number}-0", "event": "x", "user_id": "u"}]}
@@ -349,12 +349,12 @@ def test_bad_input_is_stored_or_dead_lettered_exactly_and_never_stops_the_worker
         publish()
         # A 10 MB message, and bodies that would run code if anything deserialized them.
         huge = {"api_key": key, "batch": [{"event": "x", "user_id": "u", "properties": {"blob": "x" * 10_000_000}}]}
-        sender._send(sender._body(huge), "userpath.track", EVENTS_QUEUE)
+        sender._send(sender._body(huge), TRACK_TASK, EVENTS_QUEUE)
         sender.ledger.expect(too_large=1)
         pickled = pickle.dumps([[RunsCode(marker)], {}, {}])
-        sender._send(pickled, "userpath.track", EVENTS_QUEUE, content_type="application/x-python-serialize")
+        sender._send(pickled, TRACK_TASK, EVENTS_QUEUE, content_type="application/x-python-serialize")
         yaml_body = f'!!python/object/apply:pathlib.Path.touch [!!python/object/apply:pathlib.Path ["{marker}"]]'
-        sender._send(yaml_body.encode(), "userpath.track", EVENTS_QUEUE, content_type="application/x-yaml")
+        sender._send(yaml_body.encode(), TRACK_TASK, EVENTS_QUEUE, content_type="application/x-yaml")
         sender.ledger.expect(undecodable=2)
 
     expected = sender.ledger

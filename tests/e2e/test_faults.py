@@ -21,7 +21,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, func, select, text
 
-from config.celery import MAINTENANCE_QUEUE
+from config.celery import FLAG_STALE_KEYS_TASK, MAINTENANCE_QUEUE
 from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.factories import envelope, new_key
 from tests.common.proxy import faulty_proxy
@@ -40,7 +40,7 @@ from tests.common.workers import (
     wait_for,
     worker_environment,
 )
-from userpath_client.contract import EVENTS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker.events.models import Event
 
 pytestmark = pytest.mark.slow
@@ -77,7 +77,7 @@ def publish_events(broker_url: str, key: str, prefix: str, total: int, per_envel
     with app.producer_or_acquire() as publisher:
         for first in range(0, total, per_envelope):
             message = envelope(key, per_envelope, f"{prefix}-{first // per_envelope}")
-            app.send_task("userpath.track", args=[message], queue=EVENTS_QUEUE, producer=publisher)
+            app.send_task(TRACK_TASK, args=[message], queue=EVENTS_QUEUE, producer=publisher)
 
 
 def stored_with_prefix(engine: Engine, prefix: str) -> int:
@@ -243,7 +243,7 @@ def test_a_reconnect_while_a_batch_waits_for_a_pool_slot_loses_nothing_and_stall
         proxied = through(broker_proxy.port, broker_url, broker_port)
         environment = worker_environment(database_url, proxied, USERPATH_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT_SECONDS)
         with running_worker(environment, log, "--concurrency=1") as worker:
-            producer(broker_url).send_task("userpath.flag_stale_keys", queue=MAINTENANCE_QUEUE)
+            producer(broker_url).send_task(FLAG_STALE_KEYS_TASK, queue=MAINTENANCE_QUEUE)
             time.sleep(2)  # the pass is running
             publish_events(broker_url, key, "waiting", 100, per_envelope=10)
             time.sleep(1)  # the batch is dispatched, behind the pass

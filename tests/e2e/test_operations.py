@@ -18,7 +18,7 @@ from config.celery import QUEUES
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database
 from tests.common.factories import envelope, new_key
 from tests.common.workers import producer, running_worker, wait_for, worker_environment
-from userpath_client.contract import EVENTS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 
@@ -74,10 +74,10 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
     log = tmp_path / "worker.log"
     with running_worker(env, log, "--concurrency=1"):
         app = producer(REDIS_URL)
-        app.send_task("userpath.track", args=[envelope(key, 3, "ok")], queue=EVENTS_QUEUE)
+        app.send_task(TRACK_TASK, args=[envelope(key, 3, "ok")], queue=EVENTS_QUEUE)
         bad = envelope(key, 1, "bad")
         bad["batch"][0].pop("user_id")
-        app.send_task("userpath.track", args=[bad], queue=EVENTS_QUEUE)
+        app.send_task(TRACK_TASK, args=[bad], queue=EVENTS_QUEUE)
 
         def scrape() -> str:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:

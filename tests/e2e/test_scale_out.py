@@ -40,7 +40,7 @@ from tests.common.workers import (
     wait_for,
     worker_environment,
 )
-from userpath_client.contract import EVENTS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.keys import tokens
 from userpath_worker.keys.services import KeyService
@@ -156,7 +156,7 @@ def preload(broker_url: str, key: str) -> tuple[int, int]:
                 message = envelope(key, number, with_invalid_event)
                 expected_events += EVENTS_PER_ENVELOPE
                 expected_dead_letters += int(with_invalid_event)
-            app.send_task("userpath.track", args=[message], queue=EVENTS_QUEUE, producer=publisher)
+            app.send_task(TRACK_TASK, args=[message], queue=EVENTS_QUEUE, producer=publisher)
     return expected_events, expected_dead_letters
 
 

@@ -31,7 +31,7 @@ from tests.common.workers import (
     settle_at,
     worker_environment,
 )
-from userpath_client.contract import EVENTS_QUEUE, WEBHOOKS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 from userpath_worker.keys.tokens import Environment
@@ -64,9 +64,9 @@ def test_a_key_stores_only_in_its_own_organization_and_environment(
         {**envelope(key_a, 1, "claim"), "org_id": org_b},  # not a field: refused
         envelope(test_key, 3, "t", properties=claims),
     ):
-        app.send_task("userpath.track", args=[message], queue=EVENTS_QUEUE)
+        app.send_task(TRACK_TASK, args=[message], queue=EVENTS_QUEUE)
     app.send_task(
-        "userpath.webhook",
+        WEBHOOK_TASK,
         args=[
             {
                 "api_key": key_a,

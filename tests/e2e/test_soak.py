@@ -22,7 +22,7 @@ from tests.common.workers import (
     settle_at,
     worker_environment,
 )
-from userpath_client.contract import EVENTS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,7 @@ def test_a_steady_load_loses_nothing_and_memory_stays_flat(request: pytest.Fixtu
         for tick in range(int(duration / TICK_SECONDS)):
             for _ in range(envelopes_per_tick):
                 message = envelope(key, EVENTS_PER_ENVELOPE, f"soak-{sent}")
-                app.send_task("userpath.track", args=[message], queue=EVENTS_QUEUE, producer=publisher)
+                app.send_task(TRACK_TASK, args=[message], queue=EVENTS_QUEUE, producer=publisher)
                 sent += EVENTS_PER_ENVELOPE
             now = time.monotonic()
             if now >= next_sample:

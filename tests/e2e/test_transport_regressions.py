@@ -40,7 +40,7 @@ from tests.common.transport import (
     wait_until_drained,
 )
 from tests.common.workers import database_fixtures
-from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_redis_transport_breakages_among_200_good_messages_are_each_dead_lettere
         return track_body(envelope(key, 1, f"broken-{name}"))
 
     broken = [
-        redis_message(body("headers"), [["task", "userpath.track"], ["id", new_id()]]),
+        redis_message(body("headers"), [["task", TRACK_TASK], ["id", new_id()]]),
         redis_message(body("nul"), headers(new_id(), task="userpath.track\x00")),
         redis_message(body("type"), headers(new_id()), content_type=["application/json"]),
         redis_message(body("encoding"), headers(new_id()), content_encoding=8),

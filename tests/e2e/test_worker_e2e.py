@@ -30,7 +30,7 @@ from tests.common.workers import (
     wait_for,
     worker_environment,
 )
-from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
@@ -71,7 +71,7 @@ def protocol2_headers(task: str) -> dict[str, Any]:
     return {"lang": "py", "task": task, "id": task_id, "root_id": task_id, "parent_id": None, "group": None}
 
 
-def publish_raw(broker_url: str, queue: str, body: Any, task: str = "userpath.track", **options: Any) -> None:
+def publish_raw(broker_url: str, queue: str, body: Any, task: str = TRACK_TASK, **options: Any) -> None:
     with Connection(broker_url) as connection:
         Producer(connection).publish(body, routing_key=queue, headers=protocol2_headers(task), **options)
 
@@ -81,9 +81,9 @@ def send_mixed_traffic(broker_url: str, key: str) -> tuple[int, int]:
     app = producer(broker_url)
     first = envelope(key, 10, "a")
     for message in (first, envelope(key, 10, "b"), envelope(key, 10, "c"), first):  # the last is a re-send
-        app.send_task("userpath.track", args=[message], queue=EVENTS_QUEUE)
+        app.send_task(TRACK_TASK, args=[message], queue=EVENTS_QUEUE)
     app.send_task(
-        "userpath.track",
+        TRACK_TASK,
         args=[envelope(key, 5, "job", context={"job": {"name": "nightly", "run_id": "r1"}})],
         queue=JOBS_QUEUE,
     )
@@ -92,7 +92,7 @@ def send_mixed_traffic(broker_url: str, key: str) -> tuple[int, int]:
         {"event": "No User", "timestamp": now()},
         {"event": "Naive", "user_id": "u", "timestamp": "2026-01-01T00:00:00"},
     ]
-    app.send_task("userpath.track", args=[mixed], queue=EVENTS_QUEUE)
+    app.send_task(TRACK_TASK, args=[mixed], queue=EVENTS_QUEUE)
     stripe = {
         "api_key": key,
         "provider": "stripe",
@@ -101,11 +101,11 @@ def send_mixed_traffic(broker_url: str, key: str) -> tuple[int, int]:
         "headers": {},
         "body": json.dumps({"type": "invoice.paid"}),
     }
-    app.send_task("userpath.webhook", args=[stripe], queue=WEBHOOKS_QUEUE)
-    app.send_task("userpath.webhook", args=[stripe], queue=WEBHOOKS_QUEUE)  # redelivered by the provider
+    app.send_task(WEBHOOK_TASK, args=[stripe], queue=WEBHOOKS_QUEUE)
+    app.send_task(WEBHOOK_TASK, args=[stripe], queue=WEBHOOKS_QUEUE)  # redelivered by the provider
     bad_checksum = key[:-1] + ("0" if key[-1] != "0" else "1")
-    app.send_task("userpath.track", args=[envelope(bad_checksum, 3, "x")], queue=EVENTS_QUEUE)
-    app.send_task("userpath.track", args=[envelope(key, 1, "two"), {}], queue=EVENTS_QUEUE)
+    app.send_task(TRACK_TASK, args=[envelope(bad_checksum, 3, "x")], queue=EVENTS_QUEUE)
+    app.send_task(TRACK_TASK, args=[envelope(key, 1, "two"), {}], queue=EVENTS_QUEUE)
     app.send_task("userpath.delete_everything", args=[envelope(key, 1, "u")], queue=EVENTS_QUEUE)
     publish_raw(broker_url, EVENTS_QUEUE, [[envelope(key, 1, "p")], {}, {}], serializer="pickle")
     publish_raw(
@@ -184,7 +184,7 @@ def test_secrets_stay_out_of_debug_logs_tables_and_task_events(clean_database, t
         listener.join(5)
 
     received = [e for e in seen_events if e.get("type") == "task-received"]
-    assert all("up_live_" in e["args"] for e in received if e.get("name") == "userpath.track"), (
+    assert all("up_live_" in e["args"] for e in received if e.get("name") == TRACK_TASK), (
         "argsrepr shows the display form"
     )
     with Session(engine) as session:
@@ -206,13 +206,13 @@ def test_a_deleted_key_is_refused_by_every_worker_process_within_5_seconds(clean
         "--prefetch-multiplier=1",
     ):
         for n in range(20):  # warm both processes' caches
-            app.send_task("userpath.track", args=[envelope(key, 1, f"before-{n}")], queue=EVENTS_QUEUE)
+            app.send_task(TRACK_TASK, args=[envelope(key, 1, f"before-{n}")], queue=EVENTS_QUEUE)
         wait_for(lambda: counts(engine) == (20, 0), 30, "the first events")
         with Session(engine) as session, session.begin():
             KeyService(session).delete(key_id, "owner@example.com")
         time.sleep(5)
         for n in range(20):
-            app.send_task("userpath.track", args=[envelope(key, 1, f"after-{n}")], queue=EVENTS_QUEUE)
+            app.send_task(TRACK_TASK, args=[envelope(key, 1, f"after-{n}")], queue=EVENTS_QUEUE)
         wait_for(lambda: counts(engine) == (20, 20), 30, "the refusals")
     with Session(engine) as session:
         assert set(session.scalars(select(DeadLetter.reason))) == {"deleted_key"}

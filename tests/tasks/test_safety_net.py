@@ -15,6 +15,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from tests.common.workers import wait_for
+from userpath_client.contract import EVENTS_QUEUE
 from userpath_worker import runtime, schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
@@ -46,7 +47,7 @@ def test_an_unexpected_failure_is_dead_lettered_with_the_key_redacted(database: 
     key = tokens.generate(Environment.LIVE)
     try:
         with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=10):
-            explodes.apply_async(args=[{"api_key": key, "batch": []}], queue="userpath.events")
+            explodes.apply_async(args=[{"api_key": key, "batch": []}], queue=EVENTS_QUEUE)
 
             def dead_letters() -> list[DeadLetter]:
                 with Session(database) as session:

@@ -32,7 +32,15 @@ from pydantic import ValidationError
 from tests.common.brokers import CLIENT_REDIS_URL as REDIS_URL
 from tests.common.brokers import RABBITMQ_URL, read_messages
 from userpath_client import ClientClosed, InvalidEvent, InvalidKey, NotSent, QueueFull, UserPath
-from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES, WEBHOOKS_QUEUE
+from userpath_client.contract import (
+    EVENTS_QUEUE,
+    JOBS_QUEUE,
+    MAX_ENVELOPE_BYTES,
+    MAX_EVENT_BYTES,
+    TRACK_TASK,
+    WEBHOOK_TASK,
+    WEBHOOKS_QUEUE,
+)
 from userpath_client.schemas import EnvelopeIn, EventIn, WebhookIn, canonical_json, has_nul
 from userpath_worker.keys import tokens
 from userpath_worker.keys.tokens import Environment
@@ -89,7 +97,7 @@ def test_a_tracked_event_arrives_as_a_celery_protocol_2_message(client: UserPath
 
     (message,) = read_messages(REDIS_URL, EVENTS_QUEUE, 1)
     headers = message.headers
-    assert headers["task"] == "userpath.track"
+    assert headers["task"] == TRACK_TASK
     assert headers["lang"] == "py"
     assert headers["id"] == headers["root_id"] == message.properties["correlation_id"]
     assert uuid.UUID(headers["id"]).version == 4
@@ -244,7 +252,7 @@ def test_job_events_go_to_the_jobs_queue_with_the_job_in_context(client: UserPat
     client.flush(timeout=10)
 
     (message,) = read_messages(REDIS_URL, JOBS_QUEUE, 1)
-    assert message.headers["task"] == "userpath.track"
+    assert message.headers["task"] == TRACK_TASK
     export, cleanup = envelope_of(message)["batch"]
     assert export["context"] == {"rows": 10, "job": {"name": "exports", "run_id": "r-42"}}
     assert cleanup["context"] == {"job": {"name": "cleanup"}}
@@ -260,7 +268,7 @@ def test_a_webhook_is_forwarded_as_one_message(client: UserPath, api_key: str) -
     client.flush(timeout=10)
 
     first, second = read_messages(REDIS_URL, WEBHOOKS_QUEUE, 2)
-    assert first.headers["task"] == second.headers["task"] == "userpath.webhook"
+    assert first.headers["task"] == second.headers["task"] == WEBHOOK_TASK
     assert api_key not in first.headers["argsrepr"]
     payload = envelope_of(first)
     webhook = WebhookIn.model_validate(payload)
@@ -445,13 +453,13 @@ def test_rabbitmq_receives_the_same_messages(api_key: str) -> None:
 
         events = read_messages(RABBITMQ_URL, EVENTS_QUEUE, 2)
         assert [len(envelope_of(message)["batch"]) for message in events] == [100, 50]
-        assert events[0].headers["task"] == "userpath.track"
+        assert events[0].headers["task"] == TRACK_TASK
         assert api_key not in json.dumps(events[0].headers)
         assert events[0].content_type == "application/json"
         (job,) = read_messages(RABBITMQ_URL, JOBS_QUEUE, 1)
         assert envelope_of(job)["batch"][0]["context"] == {"job": {"name": "nightly", "run_id": "r1"}}
         (webhook,) = read_messages(RABBITMQ_URL, WEBHOOKS_QUEUE, 1)
-        assert webhook.headers["task"] == "userpath.webhook"
+        assert webhook.headers["task"] == WEBHOOK_TASK
     finally:
         purge(RABBITMQ_URL)
 

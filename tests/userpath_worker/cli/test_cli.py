@@ -13,6 +13,7 @@ from sqlalchemy import insert
 
 from tests.common.cli import ok, run
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump, truncate_all
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import runtime, schema
 from userpath_worker.db import make_engine, utcnow
 from userpath_worker.deadletter.models import DeadLetter
@@ -209,8 +210,8 @@ def test_deadletter_replay_and_purge(acme: str, database_url: str) -> None:
                     "api_key_id": key["id"],
                     "reason": "invalid_event",
                     "detail": "old contract",
-                    "queue": "userpath.events",
-                    "task": "userpath.track",
+                    "queue": EVENTS_QUEUE,
+                    "task": TRACK_TASK,
                     "received_at": utcnow(),
                     "payload": {"event": "Signed Up", "user_id": "u1", "timestamp": "2026-03-01T11:59:00+00:00"},
                 }

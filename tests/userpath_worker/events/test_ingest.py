@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tests.common.databases import table_dump
 from tests.common.factories import OWNER, make_organization
-from userpath_client.contract import EVENTS_QUEUE, MAX_EVENT_BYTES
+from userpath_client.contract import EVENTS_QUEUE, MAX_EVENT_BYTES, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events import normalizers
@@ -60,7 +60,7 @@ def org_and_key(session: Session, keys: KeyService) -> tuple[int, ApiKey, str]:
     return organization.id, key, plaintext
 
 
-def delivery(queue: str = "userpath.events", task: str = "userpath.track") -> Delivery:
+def delivery(queue: str = EVENTS_QUEUE, task: str = TRACK_TASK) -> Delivery:
     return Delivery(task=task, queue=queue, received_at=RECEIVED)
 
 
@@ -164,7 +164,7 @@ def test_verdicts_are_per_event(session: Session, ingestor: Ingestor, org_and_ke
         ("invalid_event", "batch.6"),
         ("invalid_event", "batch.7"),
     ]
-    assert {(d.org_id, d.api_key_id, d.queue) for d in letters} == {(org_id, key.id, "userpath.events")}
+    assert {(d.org_id, d.api_key_id, d.queue) for d in letters} == {(org_id, key.id, EVENTS_QUEUE)}
     assert "needs a user_id or an anonymous_id" in letters[0].detail
     assert "timezone" in letters[1].detail
     assert letters[2].payload["userId"] == "typo"
@@ -370,7 +370,7 @@ class TestWebhooks:
             "headers": headers or {},
             "body": body,
         }
-        return ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook"))
+        return ingestor.webhook([payload], {}, delivery(WEBHOOKS_QUEUE, WEBHOOK_TASK))
 
     @pytest.mark.parametrize(
         ("provider", "headers", "body", "name", "user_id"),
@@ -469,7 +469,7 @@ class TestWebhooks:
             "body": "{}",
             **change,
         }
-        assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == IngestOutcome(0, 1)
+        assert ingestor.webhook([payload], {}, delivery(WEBHOOKS_QUEUE, WEBHOOK_TASK)) == IngestOutcome(0, 1)
         [letter] = dead(session)
         assert letter.reason == "invalid_envelope"
         assert letter.payload["api_key"] == tokens.display_form(plaintext)
@@ -542,7 +542,7 @@ def test_webhooks_no_database_can_store_are_invalid_events(
         "body": "{}",
         **change,
     }
-    assert ingestor.webhook([payload], {}, delivery("userpath.webhooks", "userpath.webhook")) == IngestOutcome(0, 1)
+    assert ingestor.webhook([payload], {}, delivery(WEBHOOKS_QUEUE, WEBHOOK_TASK)) == IngestOutcome(0, 1)
     [letter] = dead(session)
     assert letter.reason == "invalid_event" and detail in letter.detail
 
@@ -561,7 +561,7 @@ def test_malformed_and_mistyped_keys_cost_the_worker_no_key_lookup(session: Sess
 
     def send(key: object) -> None:
         batch = [{"event": "x", "user_id": "u", "timestamp": "2026-05-01T12:00:00+00:00"}]
-        delivery = Delivery(task="userpath.track", queue=EVENTS_QUEUE, received_at=dt.datetime.now(dt.UTC))
+        delivery = Delivery(task=TRACK_TASK, queue=EVENTS_QUEUE, received_at=dt.datetime.now(dt.UTC))
         ingestor.track([{"api_key": key, "batch": batch}], {}, Source.SERVER, delivery)
 
     event.listen(engine, "before_cursor_execute", record)

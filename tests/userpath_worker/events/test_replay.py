@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from tests.common.factories import OWNER, add_member, make_organization
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
@@ -40,8 +41,8 @@ def letter(session: Session, key, reason: Reason, payload: Any, **fields: Any) -
         reason=reason.value,
         detail="before the fix",
         payload=payload,
-        queue=fields.pop("queue", "userpath.events"),
-        task=fields.pop("task", "userpath.track"),
+        queue=fields.pop("queue", EVENTS_QUEUE),
+        task=fields.pop("task", TRACK_TASK),
         received_at=fields.pop("received_at", utcnow()),
         **fields,
     )
@@ -62,7 +63,7 @@ def run(transaction, organization, actor: str = OWNER, **options: Any):
 def test_what_passes_now_is_stored_once_and_the_rest_stays(session: Session, keys: KeyService, transaction) -> None:
     organization = make_organization(session)
     key, _ = keys.create(organization, "Server", OWNER)
-    fixed_event = letter(session, key, Reason.INVALID_EVENT, event(event_id="e1"), queue="userpath.jobs")
+    fixed_event = letter(session, key, Reason.INVALID_EVENT, event(event_id="e1"), queue=JOBS_QUEUE)
     fixed_envelope = letter(
         session, key, Reason.INVALID_ENVELOPE, {"api_key": key.display, "batch": [event(event_id="e2")]}
     )
@@ -78,8 +79,8 @@ def test_what_passes_now_is_stored_once_and_the_rest_stays(session: Session, key
             "headers": {},
             "body": '{"type": "invoice.paid"}',
         },
-        queue="userpath.webhooks",
-        task="userpath.webhook",
+        queue=WEBHOOKS_QUEUE,
+        task=WEBHOOK_TASK,
     )
     broken = letter(session, key, Reason.INVALID_EVENT, event(user_id=None))
     preview = letter(session, key, Reason.TOO_LARGE, {"preview": "{...", "bytes": 2_000_000})

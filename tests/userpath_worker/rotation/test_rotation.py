@@ -478,7 +478,7 @@ class TestSettings:
 
     def test_the_default_schedule_is_daily_at_three_utc(self) -> None:
         schedule = beat_schedule(Settings())[FLAG_STALE_KEYS_TASK]
-        assert schedule["task"] == "userpath.flag_stale_keys"
+        assert schedule["task"] == FLAG_STALE_KEYS_TASK
         assert schedule["schedule"] == crontab(minute="0", hour="3")
 
     def test_an_interval_schedule_is_for_tests_and_demos(self) -> None:
