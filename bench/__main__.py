@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
-from bench import harness, scenarios
+from bench import harness, scenarios, segment
 from bench.brokers import BROKERS, Broker
 
 
@@ -49,6 +49,7 @@ TARGETS = {
     "envelopes_1_events_per_second": 25_000,  # on each broker
     "peak_rss_mib_per_process": 200,
     "client_track_calls_per_second": 100_000,
+    "client_track_times_segment": 2.0,  # while sending: ours to Redis, analytics-python's to a local HTTP server
 }
 
 
@@ -93,6 +94,7 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
         results["drain"] = {name: drains(engine, api_key, BROKERS[name], size, concurrency) for name in broker_names}
         results["latency"] = scenarios.latency(engine, api_key, size.latency_rate, size.latency_seconds, concurrency)
         results["client_track"] = scenarios.client_track(api_key, size.client_calls)
+        results["segment_track"] = segment.track_rate(size.client_calls)  # None: not installed
     finally:
         engine.dispose()
     copy_rate, naive_rate = results["copy"]["rows_per_second"], results["naive"]["events_per_second"]
@@ -111,6 +113,11 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
         }
         for broker, by_scenario in results["drain"].items()
     }
+    if results["segment_track"] is not None:
+        results["client_track"]["times_segment"] = (
+            results["client_track"]["calls_per_second_while_sending"]
+            / results["segment_track"]["calls_per_second_while_sending"]
+        )
     results["machine"]["load_average_after"] = harness.load_average()
     results["targets"] = targets(results)
     return results
@@ -200,19 +207,21 @@ def targets(results: dict[str, Any]) -> dict[str, bool | None]:
     met["client_track_calls_per_second"] = at_least(
         results["client_track"]["calls_per_second"], TARGETS["client_track_calls_per_second"]
     )
+    if "times_segment" in results["client_track"]:  # left out, not None, without analytics-python
+        met["client_track_times_segment"] = at_least(
+            results["client_track"]["times_segment"], TARGETS["client_track_times_segment"]
+        )
     return met
 
 
 def table(results: dict[str, Any]) -> str:
     copy_rate = results["copy"]["rows_per_second"]
     naive_rate = results["naive"]["events_per_second"]
-    client = results["client_track"]
     once = [
         ("measured once per run", "per second", "of COPY"),
         ("PostgreSQL COPY, events' shape", f"{copy_rate:,.0f}", "100%"),
         ("naive: one task + commit per event (Redis)", f"{naive_rate:,.0f}", f"{naive_rate / copy_rate:.1%}"),
-        ("client track() into its buffer (calls)", f"{client['calls_per_second']:,.0f}", ""),
-        ("client track() while sending to Redis (calls)", f"{client['calls_per_second_while_sending']:,.0f}", ""),
+        *client_rows(results),
     ]
 
     drain = results["drain"]
@@ -234,6 +243,7 @@ def table(results: dict[str, Any]) -> str:
     latency = results["latency"]
     lines = [
         *_aligned(once),
+        client_comparison(results),
         "",
         *_aligned(drains),
         "",
@@ -254,6 +264,34 @@ def table(results: dict[str, Any]) -> str:
         *(f"  {name}: {_verdict(met)}" for name, met in results["targets"].items()),
     ]
     return "\n".join(lines)
+
+
+def client_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """The track() rows of the report's first table: ours, and analytics-python's if measured."""
+    client, theirs = results["client_track"], results["segment_track"]
+    rows = [
+        ("client track() into its buffer (calls)", f"{client['calls_per_second']:,.0f}", ""),
+        ("client track() while sending to Redis (calls)", f"{client['calls_per_second_while_sending']:,.0f}", ""),
+    ]
+    if theirs is not None:
+        rate = theirs["calls_per_second_while_sending"]
+        rows.append(
+            (
+                f"Segment analytics-python {theirs['version']} track() while sending to local HTTP (calls)",
+                f"{rate:,.0f}",
+                "",
+            )
+        )
+    return rows
+
+
+def client_comparison(results: dict[str, Any]) -> str:
+    """One line: how many times analytics-python's track() rate ours is, or why it was not measured."""
+    if results["segment_track"] is None:
+        return "Segment's analytics-python is not installed (pip install '.[bench]'): its track() comparison skipped"
+    ratio = results["client_track"]["times_segment"]
+    target = TARGETS["client_track_times_segment"]
+    return f"client track() while sending, ours / Segment analytics-python's: {ratio:.1f}x (target {target:.0f}x)"
 
 
 def _peak_rss(peak: dict[str, float]) -> str:
