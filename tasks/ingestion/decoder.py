@@ -20,7 +20,7 @@ import orjson
 from kombu.serialization import loads
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from userpath_client.contract import TRACK_TASK, WEBHOOK_TASK
+from userpath_client.contract import CONTENT_ENCODING, CONTENT_TYPE, TRACK_TASK, WEBHOOK_TASK
 from userpath_client.schemas import describe
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
@@ -32,11 +32,10 @@ from userpath_worker.events.services import Incoming, Refused
 logger = logging.getLogger("userpath.worker")
 
 INGESTION_TASKS = frozenset({TRACK_TASK, WEBHOOK_TASK})
-JSON = "application/json"
 # Our retries come back with an ETA at most a minute ahead; a later one would sit in a worker's
 # memory, unacknowledged, for as long as the producer asked.
 MAX_ETA_AHEAD = dt.timedelta(seconds=120)
-_UTF8 = frozenset({"utf-8", "utf8"})
+_UTF8 = frozenset({CONTENT_ENCODING, "utf8"})
 # Refused, but a key in them is plain text, which the scrubber finds: kept as a preview.
 _TEXT_SERIALIZERS = frozenset({"application/x-python-serialize", "application/x-yaml", "application/yaml"})
 
@@ -193,7 +192,7 @@ def _check(message: Transported, tasks: Collection[str]) -> Refused | None:
         return refused(message, Reason.UNDECODABLE, "compressed bodies are refused; send JSON", keep_body=False)
     if not isinstance(message.content_type, str):
         return refused(message, *invalid_message(f"the content type is {_kind(message.content_type)}, not text"))
-    if message.content_type != JSON:
+    if message.content_type != CONTENT_TYPE:
         return refused(message, *refused_content(message.content_type))
     encoding = message.content_encoding
     if encoding is not None and not (isinstance(encoding, str) and encoding.lower() in _UTF8):
@@ -235,7 +234,7 @@ def _json(body: bytes | str) -> Any:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
             pass  # kombu decides, and says what is wrong
-    return loads(body, JSON, "utf-8", accept={JSON})
+    return loads(body, CONTENT_TYPE, CONTENT_ENCODING, accept={CONTENT_TYPE})
 
 
 def _delivery(message: Transported, task: str) -> Delivery:
@@ -254,9 +253,12 @@ def _body_payload(message: Transported) -> Any:
     content_type = message.content_type if isinstance(message.content_type, str) else None
     if not isinstance(body, bytes | str):
         return {"content_type": content_type, "body_type": type(body).__name__}
-    if content_type == JSON:
+    if content_type == CONTENT_TYPE:
         try:
-            return {"content_type": content_type, "body": without_key(loads(body, JSON, "utf-8", accept={JSON}))}
+            return {
+                "content_type": content_type,
+                "body": without_key(loads(body, CONTENT_TYPE, CONTENT_ENCODING, accept={CONTENT_TYPE})),
+            }
         except Exception:  # noqa: BLE001, S110 - not JSON after all: kept as a preview below
             pass
     elif content_type not in _TEXT_SERIALIZERS and not (content_type or "").startswith("text/"):
