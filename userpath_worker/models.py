@@ -1,5 +1,6 @@
 """Every table, imported in one place so Alembic and the tests see the whole schema."""
 
+from userpath_worker.accounts.models import Account, Invitation, SignInFailure, WebSession
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import Base
 from userpath_worker.deadletter.models import DeadLetter
@@ -11,13 +12,17 @@ from userpath_worker.rotation.models import Reminder, RotationPass
 metadata = Base.metadata
 
 __all__ = [
+    "Account",
     "ApiKey",
     "AuditEntry",
     "DeadLetter",
     "Event",
+    "Invitation",
     "Member",
     "Organization",
     "Reminder",
     "RotationPass",
+    "SignInFailure",
+    "WebSession",
     "metadata",
 ]
