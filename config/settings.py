@@ -9,6 +9,7 @@ kombu's SQLAlchemy broker transport on SQLite files in the working directory. Pr
 from __future__ import annotations
 
 import functools
+import urllib.parse
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -61,6 +62,13 @@ class Settings(BaseSettings):
     rotation_hard_expiry_days: Annotated[int | None, Field(ge=1)] = None  # off by default
     reminder_webhook_url: str | None = Field(default=None, repr=False)  # Slack's carry a secret
 
+    # The web pages (``userpath web``): the address people open, which links in invitations and
+    # reminders start with; the secret that signs session cookies (required against PostgreSQL,
+    # generated beside the embedded SQLite database otherwise); the SMTP server that e-mails owners.
+    web_base_url: str = "http://127.0.0.1:8000"
+    web_secret: str | None = Field(default=None, repr=False)
+    smtp_url: str | None = Field(default=None, repr=False)  # may carry a password
+
     @field_validator("rotation_schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
@@ -75,6 +83,17 @@ class Settings(BaseSettings):
         scheme, separator, rest = value.partition("://")
         if scheme not in ("http", "https") or not separator or not rest:
             raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("web_base_url")
+    @classmethod
+    def _http_base_url(cls, value: str) -> str:
+        value = value.strip()
+        parts = urllib.parse.urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+            raise ValueError("must be an http:// or https:// URL, such as https://userpath.example.com")
+        if value.endswith("/"):
+            raise ValueError("must not end with a slash")
         return value
 
     @field_validator("database_url")
