@@ -10,6 +10,8 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from userpath_worker.accounts import services as accounts
+from userpath_worker.accounts.models import Account
 from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
@@ -18,6 +20,7 @@ from userpath_worker.organizations.models import Organization, Role
 _sequence = itertools.count(1)
 
 OWNER = "owner@example.com"
+PASSWORD = "correct horse battery staple"
 
 
 def make_organization(session: Session, name: str | None = None, owner: str = OWNER) -> Organization:
@@ -26,6 +29,14 @@ def make_organization(session: Session, name: str | None = None, owner: str = OW
 
 def add_member(session: Session, organization: Organization, email: str, role: Role) -> None:
     organizations.add_member(session, organization, email, role)
+
+
+def make_account(
+    session: Session, organization: Organization, email: str = OWNER, role: Role = Role.OWNER, password: str = PASSWORD
+) -> Account:
+    """A member of ``organization`` (added if new) who accepted an invitation with ``password``."""
+    token = accounts.invite(session, organization, email, role, accounts.OPERATOR)
+    return accounts.accept_invitation(session, token, password)
 
 
 def new_key(engine: Engine, environment: Environment = Environment.LIVE) -> tuple[int, int, str]:

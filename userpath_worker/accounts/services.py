@@ -326,7 +326,7 @@ def memberships(session: Session, account: Account) -> list[tuple[Organization, 
         .where(Member.email == account.email)
         .order_by(Organization.name)
     )
-    return [(organization, role) for organization, role in rows.tuples()]
+    return [(organization, role) for organization, role in rows]
 
 
 def _account(session: Session, email: str) -> Account | None:
