@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from config.celery import QUEUES
 from config.settings import Settings, SettingsError, get_settings
 from userpath_worker import runtime, schema
+from userpath_worker.accounts.services import INVITATION_LIFETIME, invitation_url
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
 from userpath_worker.keys.models import ApiKey
@@ -119,6 +120,21 @@ def print_new_key(key: ApiKey, plaintext: str, as_json: bool, **extra: Any) -> N
         f"Copy this key now: it will not be shown again. (id {key.id}, '{key.name}', {key.environment.value})",
         err=True,
     )
+
+
+def print_link(token: str, as_json: bool, what: str) -> None:
+    """A one-time link to the web pages: ``what`` happened (on standard error), then the link as the
+    last line of standard output, or ``{"url": ...}`` with --json."""
+    url = invitation_url(settings().web_base_url, token)
+    if as_json:
+        print_json({"url": url})
+        return
+    click.echo(f"{what} Send them this one-time link, valid {_hours(INVITATION_LIFETIME)} hours:", err=True)
+    click.echo(url)
+
+
+def _hours(duration: dt.timedelta) -> int:
+    return int(duration.total_seconds() // 3600)
 
 
 def shorten(text: str, width: int) -> str:

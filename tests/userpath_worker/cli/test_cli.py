@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,33 +12,12 @@ import pytest
 from sqlalchemy import insert
 
 from tests.common.cli import ok, run
-from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump, truncate_all
+from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import runtime, schema
 from userpath_worker.db import make_engine, utcnow
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.keys import tokens
-
-
-@pytest.fixture(scope="module")
-def cli_postgres_url() -> str:
-    url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_cli")
-    schema.upgrade(make_engine(url))
-    return url
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Iterator[str]:
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'cli.db'}"
-    else:
-        url = request.getfixturevalue("cli_postgres_url")
-    monkeypatch.setenv("USERPATH_DATABASE_URL", url)
-    yield url
-    if request.param == "postgresql":
-        engine = make_engine(url)
-        truncate_all(engine)
-        engine.dispose()
 
 
 @pytest.fixture
