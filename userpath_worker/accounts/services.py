@@ -141,19 +141,19 @@ def account_has_password(session: Session, email: str) -> bool:
     return account is not None and account.password_hash is not None
 
 
-def accept_invitation(session: Session, token: str, password: str) -> Account:
+def accept_invitation(session: Session, token: str, password: str, client_address: str | None = None) -> Account:
     """Use a link once: set its e-mail's password and return the account (sign it in next).
 
     An invitation for an e-mail that already has a password (a member of another organization)
-    does not replace it: ``password`` must be that password (InvalidCredentials otherwise), so
-    whoever holds the link cannot take over the account. A reset link always sets a new one.
+    does not replace it: ``password`` must be that password, checked, throttled and recorded as a
+    sign-in is (InvalidCredentials, TooManyAttempts; commit the failure), so whoever holds the link
+    cannot take over the account. A reset link always sets a new one (WeakPassword).
     """
     invitation = _valid_invitation(session, token)
     account = _account(session, invitation.email)
     confirming = invitation.purpose is Purpose.INVITE and account is not None and account.password_hash is not None
     if confirming:
-        if not passwords.verify(account.password_hash, password):  # type: ignore[union-attr]
-            raise InvalidCredentials()
+        _check_password(session, invitation.email, password, client_address, utcnow())
     else:
         passwords.check_policy(password, invitation.email)
     now = utcnow()
@@ -225,9 +225,19 @@ def sign_in(session: Session, email: str, password: str, client_address: str) ->
     MAX_FAILURES failures for the e-mail or MAX_ADDRESS_FAILURES from the address within
     FAILURE_WINDOW.
     """
-    email = normalize_email(email)
-    client_address = client_address[:64]
-    now = utcnow()
+    email, client_address, now = normalize_email(email), client_address[:64], utcnow()
+    account = _check_password(session, email, password, client_address, now)
+    _audit_everywhere(session, email, "signed_in", client_address, now)
+    session.flush()
+    return account
+
+
+def _check_password(
+    session: Session, email: str, password: str, client_address: str | None, now: dt.datetime
+) -> Account:
+    """The account of ``email`` if ``password`` is its password, throttled and recorded as a sign-in
+    is (without an address, only the e-mail's failures are counted)."""
+    client_address = (client_address or "")[:64]
     _refuse_if_throttled(session, email, client_address, now)
     account = _account(session, email)
     if not passwords.verify(account.password_hash if account else None, password):
@@ -240,17 +250,14 @@ def sign_in(session: Session, email: str, password: str, client_address: str) ->
     if passwords.needs_rehash(account.password_hash):
         account.password_hash = passwords.hash_password(password)
     session.execute(delete(SignInFailure).where(SignInFailure.email == email))
-    _audit_everywhere(session, email, "signed_in", client_address, now)
-    session.flush()
     return account
 
 
 def _refuse_if_throttled(session: Session, email: str, client_address: str, now: dt.datetime) -> None:
     since = now - FAILURE_WINDOW
-    waits = [
-        _wait(session, SignInFailure.email == email, MAX_FAILURES, since),
-        _wait(session, SignInFailure.client_address == client_address, MAX_ADDRESS_FAILURES, since),
-    ]
+    waits = [_wait(session, SignInFailure.email == email, MAX_FAILURES, since)]
+    if client_address:
+        waits.append(_wait(session, SignInFailure.client_address == client_address, MAX_ADDRESS_FAILURES, since))
     longest = max((wait for wait in waits if wait is not None), default=None)
     if longest is not None:
         raise TooManyAttempts(max(1, math.ceil((longest - now).total_seconds() / 60)))

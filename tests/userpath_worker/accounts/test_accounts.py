@@ -188,6 +188,19 @@ def test_an_invitation_never_replaces_an_existing_password(session: Session, acm
     assert accounts.sign_in(session, NEW_MEMBER, PASSWORD, ADDRESS).id == account.id
 
 
+def test_confirming_an_invitation_with_a_password_is_throttled_like_a_sign_in(session: Session, acme) -> None:
+    make_account(session, acme, NEW_MEMBER, Role.MEMBER)
+    token = accounts.invite(session, make_organization(session, "Other"), NEW_MEMBER, Role.MEMBER, OWNER)
+    for _ in range(accounts.MAX_FAILURES):
+        with pytest.raises(accounts.InvalidCredentials):
+            accounts.accept_invitation(session, token, "a guess at it", client_address=ADDRESS)
+    with pytest.raises(accounts.TooManyAttempts, match="try again in 15 minutes"):
+        accounts.accept_invitation(session, token, PASSWORD)
+    with pytest.raises(accounts.TooManyAttempts):
+        accounts.sign_in(session, NEW_MEMBER, PASSWORD, "198.51.100.1")
+    assert [detail for _, _, detail in audit_rows(session, "sign_in_failed")][:1] == [{"client_address": ADDRESS}]
+
+
 # --- passwords -----------------------------------------------------------------------------
 
 
