@@ -9,12 +9,12 @@ import datetime as dt
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, select
 from sqlalchemy.orm import Session
 
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
-from userpath_worker.organizations.services import normalize_email
+from userpath_worker.emails import normalize_email
 
 SYSTEM = "system"  # the actor of what the worker or beat does on its own
 
@@ -50,3 +50,27 @@ def write(session: Session, actor: str, *entries: Entry, at: dt.datetime | None 
             for entry in entries
         ],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of an organization's audit log, newest first."""
+
+    entries: list[AuditEntry]
+    number: int  # from 1
+    has_next: bool
+
+
+def page(session: Session, org_id: int, number: int = 1, size: int = 50) -> Page:
+    """Page ``number`` (from 1; anything lower is the first) of the organization's audit log."""
+    number = max(number, 1)
+    rows = list(
+        session.scalars(
+            select(AuditEntry)
+            .where(AuditEntry.org_id == org_id)
+            .order_by(AuditEntry.created_at.desc(), AuditEntry.id.desc())
+            .offset((number - 1) * size)
+            .limit(size + 1)  # one more tells whether a next page exists
+        )
+    )
+    return Page(rows[:size], number, len(rows) > size)

@@ -4,13 +4,22 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from userpath_worker.audit import services as audit
+from userpath_worker.emails import normalize_email
 from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserError
 from userpath_worker.organizations.models import Member, Organization, Role
 
-
-def normalize_email(email: str) -> str:
-    """An e-mail address (a member's, an actor's) as it is stored and compared: trimmed, lower case."""
-    return email.strip().lower()
+__all__ = [
+    "add_member",
+    "change_role",
+    "create_organization",
+    "get_member",
+    "get_organization",
+    "members_of",
+    "normalize_email",
+    "remove_member",
+    "require_owner",
+]
 
 
 def _valid_email(email: str) -> str:
@@ -66,3 +75,73 @@ def require_owner(session: Session, organization: Organization, actor_email: str
             f"{actor_email} is not an owner of '{organization.name}'; only owners can create, roll or delete keys"
         )
     return member
+
+
+def members_of(session: Session, organization: Organization) -> list[Member]:
+    """Everyone in the organization, owners first, then by e-mail."""
+    order = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}
+    found = session.scalars(select(Member).where(Member.org_id == organization.id).order_by(Member.email))
+    return sorted(found, key=lambda member: order[member.role])
+
+
+def get_member(session: Session, organization: Organization, member_id: int) -> Member:
+    """A member of this organization by id; NotFound for an id of another organization's member too."""
+    member = session.get(Member, member_id)
+    if member is None or member.org_id != organization.id:
+        raise NotFound(f"member {member_id} not found in '{organization.name}'")
+    return member
+
+
+def change_role(session: Session, organization: Organization, email: str, role: Role, actor: str) -> Member:
+    """Give a member another role (owners only); an organization always keeps an owner."""
+    require_owner(session, organization, actor)
+    member = _member_for_change(session, organization, email)
+    previous = member.role
+    if previous is role:
+        return member
+    if previous is Role.OWNER:
+        _keep_an_owner(session, organization, member)
+    member.role = role
+    session.flush()
+    detail = {"email": member.email, "from": previous.value, "to": role.value}
+    audit.write(session, actor, audit.Entry(organization.id, "member.role_changed", detail=detail))
+    return member
+
+
+def remove_member(session: Session, organization: Organization, email: str, actor: str) -> Member:
+    """Take a member out of the organization (owners only); never its last owner."""
+    require_owner(session, organization, actor)
+    member = _member_for_change(session, organization, email)
+    if member.role is Role.OWNER:
+        _keep_an_owner(session, organization, member)
+    session.delete(member)
+    session.flush()
+    detail = {"email": member.email, "role": member.role.value}
+    audit.write(session, actor, audit.Entry(organization.id, "member.removed", detail=detail))
+    return member
+
+
+def _member_for_change(session: Session, organization: Organization, email: str) -> Member:
+    member = session.scalar(
+        select(Member).where(Member.org_id == organization.id, Member.email == normalize_email(email))
+    )
+    if member is None:
+        raise NotFound(f"{normalize_email(email)} is not a member of '{organization.name}'")
+    return member
+
+
+def _keep_an_owner(session: Session, organization: Organization, leaving: Member) -> None:
+    """Conflict unless an owner other than ``leaving`` remains."""
+    # Lock the organization's owners (in one order: no deadlock), so that two owners demoting each
+    # other at once cannot both see the other one still there. PostgreSQL re-reads a locked row
+    # that changed, so the second one finds a single owner left; SQLite serializes writers anyway.
+    owners = session.scalars(
+        select(Member.id)
+        .where(Member.org_id == organization.id, Member.role == Role.OWNER)
+        .order_by(Member.id)
+        .with_for_update()
+    ).all()
+    if not set(owners) - {leaving.id}:
+        raise Conflict(
+            f"{leaving.email} is the last owner of '{organization.name}'; make another member an owner first"
+        )
