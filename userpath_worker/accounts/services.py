@@ -42,6 +42,7 @@ __all__ = [
     "accept_invitation",
     "account_has_password",
     "end_session",
+    "invitation_confirms_password",
     "invitation_email",
     "invitation_url",
     "invite",
@@ -135,6 +136,18 @@ def invitation_email(session: Session, token: str) -> str:
     return _valid_invitation(session, token).email
 
 
+def invitation_confirms_password(session: Session, token: str) -> bool:
+    """Whether a valid link asks for the account's current password (an invitation for an e-mail
+    that already signs in) rather than a new one (a first invitation, a reset); InvalidInvitation
+    if it is unknown, used or expired. The page asks for the one ``accept_invitation`` checks."""
+    invitation = _valid_invitation(session, token)
+    return _confirms(invitation, _account(session, invitation.email))
+
+
+def _confirms(invitation: Invitation, account: Account | None) -> bool:
+    return invitation.purpose is Purpose.INVITE and account is not None and account.password_hash is not None
+
+
 def account_has_password(session: Session, email: str) -> bool:
     """Whether ``email`` already signs in with a password (its invitations then ask for that one)."""
     account = _account(session, email)
@@ -151,7 +164,7 @@ def accept_invitation(session: Session, token: str, password: str, client_addres
     """
     invitation = _valid_invitation(session, token)
     account = _account(session, invitation.email)
-    confirming = invitation.purpose is Purpose.INVITE and account is not None and account.password_hash is not None
+    confirming = _confirms(invitation, account)
     if confirming:
         _check_password(session, invitation.email, password, client_address, utcnow())
     else:
