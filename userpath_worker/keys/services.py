@@ -71,13 +71,25 @@ class KeyService:
         self._audit(key, actor, "key.created", environment=environment.value)
         return key, plaintext
 
-    def list(self, organization: Organization) -> list[ApiKey]:
-        return list(self.session.scalars(select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)))
+    def list(self, organization: Organization, *, deleted: bool = True) -> list[ApiKey]:
+        """The organization's keys by id; without the deleted ones when ``deleted`` is False."""
+        query = select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)
+        if not deleted:
+            query = query.where(ApiKey.deleted_at.is_(None))
+        return list(self.session.scalars(query))
 
     def get(self, key_id: int) -> ApiKey:
         key = self.session.get(ApiKey, key_id)
         if key is None:
             raise NotFound(f"API key {key_id} not found; `userpath keys list --org ORG` shows ids")
+        return key
+
+    def get_in(self, organization: Organization, key_id: int) -> ApiKey:
+        """A key of ``organization``; NotFound for another organization's key as for an unknown id,
+        so that nobody learns which ids exist elsewhere."""
+        key = self.session.get(ApiKey, key_id)
+        if key is None or key.org_id != organization.id:
+            raise NotFound(f"API key {key_id} not found in '{organization.name}'")
         return key
 
     def roll(self, key_id: int, actor: str, grace: dt.timedelta = DEFAULT_ROLL_GRACE) -> tuple[ApiKey, str]:
