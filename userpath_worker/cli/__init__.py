@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from userpath_worker.cli import db, events, keys, members, operations, orgs, rotation, worker
+from userpath_worker.cli import db, events, keys, members, operations, orgs, rotation, web, worker
 from userpath_worker.cli.common import UserPathGroup, settings
 
 
@@ -31,6 +31,7 @@ for command in (
     rotation.beat,
     operations.status,
     operations.health,
+    web.web,
 ):
     cli.add_command(command)
 

@@ -1,0 +1,92 @@
+"""``create_app(settings)``: the Flask application behind ``userpath web``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Flask, Response
+from flask_wtf.csrf import CSRFError, CSRFProtect
+from sqlalchemy import Engine, text
+from werkzeug.exceptions import HTTPException
+
+from config.settings import Settings
+from userpath_worker.accounts.secret import web_secret
+from userpath_worker.db import make_engine, make_session_factory
+from userpath_worker.errors import NotFound, PermissionDenied
+from userpath_worker.rotation.services import RotationPolicy
+from userpath_worker.web import audit, auth, context, formatting, keys, members, security
+
+SESSION_COOKIE = "userpath_session"
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
+    """The pages on ``engine`` (by default one made from USERPATH_DATABASE_URL), whose schema the
+    caller has prepared (``userpath web`` does, once, at start)."""
+    app = Flask(__name__)
+    app.config.update(
+        SECRET_KEY=web_secret(settings),
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        SESSION_COOKIE_SECURE=settings.web_base_url.startswith("https://"),
+        # The cookie lasts as long as the browser; the server ends the session after 12 h idle.
+        SESSION_REFRESH_EACH_REQUEST=False,
+        # A form's CSRF token is good for as long as its session: a page left open an hour
+        # before submitting still works. Sign-in starts a new session, and so new tokens.
+        WTF_CSRF_TIME_LIMIT=None,
+        MAX_CONTENT_LENGTH=64 * 1024,  # our forms are a few short fields
+    )
+    engine = engine or make_engine(settings.database_url, hide_parameters=True)
+    app.extensions["userpath"] = context.Web(
+        settings=settings,
+        sessions=make_session_factory(engine),
+        policy=RotationPolicy.from_settings(settings),
+    )
+
+    CSRFProtect(app)
+    security.install(app, settings.web_base_url)  # the Origin check runs first, before CSRF
+    app.before_request(context.load_account)
+    app.teardown_appcontext(context.close_db)
+    app.context_processor(context.template_globals)
+    app.add_template_filter(formatting.utc)
+    app.add_template_filter(formatting.relative)
+    _register_errors(app)
+
+    for blueprint in (auth.blueprint, keys.blueprint, members.blueprint, audit.blueprint):
+        app.register_blueprint(blueprint)
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        return Response("ok", mimetype="text/plain")
+
+    return app
+
+
+def _register_errors(app: Flask) -> None:
+    def error_page(status: int, title: str, message: str) -> tuple[str, int]:
+        return context.page("error.html", status, title=title, message=message)
+
+    @app.errorhandler(CSRFError)
+    def csrf_failed(error: CSRFError) -> Any:
+        return error_page(
+            400,
+            "The form expired",
+            "This form was sent without its security token. Go back, reload the page and retry.",
+        )
+
+    @app.errorhandler(PermissionDenied)
+    def not_allowed(error: PermissionDenied) -> Any:
+        return error_page(403, "Not allowed", str(error))
+
+    @app.errorhandler(NotFound)
+    def not_found(error: NotFound) -> Any:
+        # Never say whether a key or member exists elsewhere: the same page as an unknown address.
+        return error_page(404, "Not found", "There is nothing here, or it is not yours to see.")
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Any:
+        status = error.code or 500
+        message = "There is nothing here, or it is not yours to see." if status == 404 else error.description
+        return error_page(status, error.name, message or "")

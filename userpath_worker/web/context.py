@@ -1,0 +1,158 @@
+"""What the views share: the request's database session, who is signed in, and in which
+organization with which role.
+
+One database session per request, opened on first use and closed (rolling back whatever was not
+committed) when the request ends. A view commits itself, before it answers: a key is shown only
+once it is stored.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+from flask import Response, abort, current_app, g, make_response, redirect, render_template, request, session, url_for
+from sqlalchemy.orm import Session, sessionmaker
+
+from config.settings import Settings
+from userpath_worker.accounts import services as accounts
+from userpath_worker.accounts.models import Account
+from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserError
+from userpath_worker.keys.services import KeyService
+from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.models import Organization, Role
+from userpath_worker.rotation.services import RotationPolicy
+
+View = TypeVar("View", bound=Callable[..., Any])
+
+SESSION_TOKEN = "session"  # the key, in Flask's signed cookie, of the web session's token
+
+
+@dataclass(frozen=True, slots=True)
+class Web:
+    """The app's handles, built once by ``create_app``."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    policy: RotationPolicy
+
+    def keys(self, database: Session) -> KeyService:
+        return KeyService(database, pepper=self.settings.key_pepper)
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    organization: Organization
+    role: Role
+
+    @property
+    def is_owner(self) -> bool:
+        """Whether to show the controls. The services decide what an owner may do."""
+        return self.role is Role.OWNER
+
+
+def web() -> Web:
+    return cast(Web, current_app.extensions["userpath"])
+
+
+def db() -> Session:
+    if "db" not in g:
+        g.db = web().sessions()
+    return cast(Session, g.db)
+
+
+def close_db(_error: BaseException | None = None) -> None:
+    database = g.pop("db", None)
+    if database is not None:
+        database.close()
+
+
+def load_account() -> None:
+    """Who the session cookie says is signed in, if that session is still open (12 h idle at most)."""
+    g.account = None
+    if request.endpoint in ("static", "healthz"):
+        return
+    token = session.get(SESSION_TOKEN)
+    if not isinstance(token, str):
+        return
+    g.account = accounts.session_account(db(), token)
+    db().commit()  # the session's last activity, or its end after 12 h idle
+    if g.account is None:
+        session.pop(SESSION_TOKEN, None)
+
+
+def account() -> Account:
+    return cast(Account, g.account)
+
+
+def actor() -> str:
+    """The signed-in member's e-mail: the actor the services check and audit."""
+    return account().email
+
+
+def signed_in(view: View) -> View:
+    """The view runs for a signed-in account; anyone else goes to the sign-in page, and back after."""
+
+    @functools.wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if g.get("account") is None:
+            target = request.full_path.rstrip("?") if request.method == "GET" else None
+            return redirect(url_for("auth.sign_in", next=target))
+        return view(*args, **kwargs)
+
+    return cast(View, wrapper)
+
+
+def memberships() -> list[Membership]:
+    if "memberships" not in g:
+        g.memberships = [Membership(org, role) for org, role in accounts.memberships(db(), account())]
+    return cast(list[Membership], g.memberships)
+
+
+def membership(org_id: int) -> Membership:
+    """The signed-in account's membership of organization ``org_id``; 404 if it has none, whether
+    or not the organization exists."""
+    for found in memberships():
+        if found.organization.id == org_id:
+            g.current = found
+            return found
+    abort(404)
+
+
+def owner(org_id: int) -> Membership:
+    """The membership, if the signed-in member is an owner: the organizations service decides
+    (PermissionDenied, 403, otherwise), the one the CLI's and the key service's checks use."""
+    current = membership(org_id)
+    organizations.require_owner(db(), current.organization, actor())
+    return current
+
+
+def form_status(error: UserError) -> int:
+    """The status of a form shown again with a service's message. A refusal, or an organization,
+    key or member that is not there, is not the form's mistake: it goes to its own page (403, 404)."""
+    if isinstance(error, PermissionDenied | NotFound):
+        raise error
+    return 409 if isinstance(error, Conflict) else 400
+
+
+def shown_once(rendered: tuple[str, int]) -> Response:
+    """A response that carries a secret (a new key, an invitation link): no cache keeps it."""
+    response = make_response(rendered)
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def page(template: str, status: int = 200, **values: Any) -> tuple[str, int]:
+    return render_template(template, **values), status
+
+
+def template_globals() -> dict[str, Any]:
+    """What the layout needs on every page: who is signed in, their organizations, the current one."""
+    signed_in_account = g.get("account")
+    return {
+        "account": signed_in_account,
+        "memberships": memberships() if signed_in_account is not None else [],
+        "current": g.get("current"),
+    }

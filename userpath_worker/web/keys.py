@@ -1,0 +1,156 @@
+"""Settings → API Keys: the list, "+" (create), roll and delete.
+
+The list is every member's to read; the forms and their POSTs are for owners, which KeyService
+decides (``require_owner``), as it does for the CLI. A key's plaintext exists only in the response
+to the POST that made it: rendered there, never redirected to, marked ``no-store``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Blueprint, flash, redirect, request, url_for
+
+from userpath_worker.db import utcnow
+from userpath_worker.errors import UserError
+from userpath_worker.keys.models import ApiKey, KeyStatus
+from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.tokens import Environment
+from userpath_worker.organizations import services as organizations
+from userpath_worker.web.context import actor, db, form_status, membership, owner, page, shown_once, signed_in, web
+from userpath_worker.web.formatting import flag_reason, relative, utc
+
+blueprint = Blueprint("keys", __name__)
+
+ENVIRONMENTS = [(Environment.LIVE.value, "Live"), (Environment.TEST.value, "Test")]
+# The form's choices of lifetime and of roll grace: the services take any duration, and check it.
+EXPIRIES = {"never": None, "30": dt.timedelta(days=30), "90": dt.timedelta(days=90), "365": dt.timedelta(days=365)}
+EXPIRY_LABELS = {"never": "Never", "30": "30 days", "90": "90 days", "365": "365 days"}
+GRACES = {"0": dt.timedelta(0), "1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7)}
+GRACE_LABELS = {"0": "At once", "1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
+DEFAULT_GRACE = "24h"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRow:
+    """One row of the list, as text."""
+
+    id: int
+    name: str
+    display: str
+    environment: str
+    status: str
+    status_until: str  # for an expiring key: when it stops working
+    created: str
+    last_used: str  # relative, or "never"
+    last_used_utc: str
+    expires: str  # relative, or "never"
+    expires_utc: str
+    flag: str  # the rotation flag's reasons, in words; empty when not flagged
+
+    @classmethod
+    def of(cls, key: ApiKey, now: dt.datetime) -> KeyRow:
+        policy = web().policy
+        status = key.status(now)
+        return cls(
+            id=key.id,
+            name=key.name,
+            display=key.display,
+            environment=key.environment.value,
+            status=status.value,
+            status_until=utc(key.expires_at) if status is KeyStatus.EXPIRING else "",
+            created=utc(key.created_at),
+            last_used=relative(key.last_used_at, now),
+            last_used_utc=utc(key.last_used_at),
+            expires=relative(key.expires_at, now),
+            expires_utc=utc(key.expires_at),
+            flag="; ".join(flag_reason(reason, key, policy, now) for reason in key.flag_reasons or []),
+        )
+
+
+@blueprint.get("/orgs/<int:org_id>/settings/api-keys")
+@signed_in
+def list_keys(org_id: int) -> Any:
+    current = membership(org_id)
+    now = utcnow()
+    found = web().keys(db()).list(current.organization, deleted=False)
+    return page("keys.html", rows=[KeyRow.of(key, now) for key in found])
+
+
+@blueprint.get("/orgs/<int:org_id>/settings/api-keys/new")
+@signed_in
+def new_key(org_id: int) -> Any:
+    owner(org_id)
+    return _new_key_form({"environment": Environment.LIVE.value, "expiry": "never"})
+
+
+@blueprint.post("/orgs/<int:org_id>/settings/api-keys")
+@signed_in
+def create_key(org_id: int) -> Any:
+    current = owner(org_id)  # before reading the form: anyone else gets 403, whatever they sent
+    values = {field: request.form.get(field, "") for field in ("name", "environment", "expiry")}
+    if values["environment"] not in dict(ENVIRONMENTS) or values["expiry"] not in EXPIRIES:
+        return _new_key_form(values, "choose an environment (live or test) and an expiry from the lists", 400)
+    try:
+        environment, lifetime = Environment(values["environment"]), EXPIRIES[values["expiry"]]
+        key, plaintext = web().keys(db()).create(current.organization, values["name"], actor(), environment, lifetime)
+    except UserError as error:
+        return _new_key_form(values, str(error), form_status(error))
+    db().commit()
+    return shown_once(page("key_shown.html", 201, key=key, plaintext=plaintext, replaced=None))
+
+
+@blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/roll", methods=["GET", "POST"])
+@signed_in
+def roll_key(org_id: int, key_id: int) -> Any:
+    keys, key = _owned_key(org_id, key_id)
+    if request.method == "GET":
+        return page("roll.html", key=key, graces=GRACE_LABELS, grace=DEFAULT_GRACE)
+    grace = request.form.get("grace", "")
+    if grace not in GRACES:
+        return page("roll.html", 400, key=key, graces=GRACE_LABELS, grace=DEFAULT_GRACE, error="choose a grace period")
+    try:
+        new, plaintext = keys.roll(key.id, actor(), GRACES[grace])
+    except UserError as error:
+        status = form_status(error)
+        return page("roll.html", status, key=key, graces=GRACE_LABELS, grace=grace, error=str(error))
+    db().commit()
+    return shown_once(page("key_shown.html", 201, key=new, plaintext=plaintext, replaced=key))
+
+
+@blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/delete", methods=["GET", "POST"])
+@signed_in
+def delete_key(org_id: int, key_id: int) -> Any:
+    keys, key = _owned_key(org_id, key_id)
+    if request.method == "GET":
+        return page("delete.html", key=key)
+    try:
+        keys.delete(key.id, actor())
+    except UserError as error:
+        return page("delete.html", form_status(error), key=key, error=str(error))
+    db().commit()
+    flash(f"Deleted the key '{key.name}' ({key.display}); it no longer authenticates.")
+    return redirect(url_for("keys.list_keys", org_id=org_id), 303)
+
+
+def _owned_key(org_id: int, key_id: int) -> tuple[KeyService, ApiKey]:
+    """The key, if it is the organization's (404 otherwise, as for an unknown id) and the signed-in
+    member is an owner (403 otherwise)."""
+    current = membership(org_id)
+    keys = web().keys(db())
+    key = keys.get_in(current.organization, key_id)
+    organizations.require_owner(db(), current.organization, actor())
+    return keys, key
+
+
+def _new_key_form(values: dict[str, str], error: str | None = None, status: int = 200) -> Any:
+    return page(
+        "new_key.html",
+        status,
+        values=values,
+        environments=ENVIRONMENTS,
+        expiries=EXPIRY_LABELS,
+        error=error,
+    )
