@@ -1,0 +1,96 @@
+"""``userpath web``: waitress serves the pages on the embedded default with no other setup; a busy
+port and a missing secret are one line each."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tests.common.cli import ok
+from userpath_worker.accounts.secret import SECRET_FILE
+
+USERPATH = str(Path(sys.executable).with_name("userpath"))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def environment(**settings: str) -> dict[str, str]:
+    """This process's environment without its USERPATH_* settings, plus ``settings``."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")}
+    return {**inherited, **settings}
+
+
+def get(url: str) -> tuple[int, dict[str, str], str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, dict(response.headers), response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read().decode()
+
+
+def test_userpath_web_serves_the_pages_on_the_embedded_default(tmp_path: Path) -> None:
+    port = free_port()
+    command = [USERPATH, "web", "--port", str(port)]
+    log = tmp_path / "web.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=output, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                status, _, body = get(f"http://127.0.0.1:{port}/healthz")
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert (status, body) == (200, "ok")
+        status, headers, body = get(f"http://127.0.0.1:{port}/sign-in")
+        assert status == 200 and 'name="email"' in body
+        assert headers["Server"] == "userpath"  # waitress, not a development server
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        # The schema was made and a secret generated beside the database, readable by its owner only.
+        assert (tmp_path / "userpath.db").exists()
+        assert (tmp_path / SECRET_FILE).stat().st_mode & 0o077 == 0
+
+        # A second server on the same port: one line, exit 1.
+        busy = subprocess.run(command, cwd=tmp_path, env=environment(), capture_output=True, text=True, timeout=60)
+        assert busy.returncode == 1
+        assert (
+            busy.stderr.strip().splitlines()[-1] == f"Error: cannot listen on 127.0.0.1:{port}: Address already in use"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert f"Serving the web pages on http://127.0.0.1:{port}" in log.read_text()
+
+
+def test_userpath_web_needs_a_secret_against_postgresql(postgres_url: str, tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [USERPATH, "web", "--port", str(free_port())],
+        cwd=tmp_path,
+        env=environment(USERPATH_DATABASE_URL=postgres_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.strip().splitlines() == [
+        "Error: USERPATH_WEB_SECRET is not set; set it to a long random value, the same for every web process "
+        '(python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
+    ]
+
+
+def test_userpath_web_is_a_command_with_host_and_port() -> None:
+    help_text = ok("web", "--help").output
+    assert "--host" in help_text and "--port" in help_text

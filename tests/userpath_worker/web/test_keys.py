@@ -1,0 +1,313 @@
+"""Settings → API Keys (issue 13, item 3): the list, "+", the key shown once, roll, delete; what
+admins and members may not do; and the keys created here never stored nor logged."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import pytest
+import time_machine
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
+
+from config.settings import Settings
+from tests.common.databases import table_dump
+from tests.common.web import OWNER, Browser, People
+from userpath_client.contract import KEY_PATTERN
+from userpath_worker.audit.models import AuditEntry
+from userpath_worker.db import make_session_factory, utcnow
+from userpath_worker.keys.models import ApiKey
+from userpath_worker.keys.services import KeyIdentity, KeyService
+from userpath_worker.keys.tokens import AuthFailure, Environment
+from userpath_worker.organizations.models import Role
+from userpath_worker.rotation.services import RotationPolicy, run_pass
+
+NEW_KEY_FIELD = re.compile(r'<input id="new-key" type="text" value="([^"]+)" readonly')
+CELLS = re.compile(r'<td class="([a-z-]+)">(.*?)</td>', re.S)
+
+
+def keys_page(org_id: int) -> str:
+    return f"/orgs/{org_id}/settings/api-keys"
+
+
+def create(browser: Browser, org_id: int, name: str = "App X Production Server", **fields: str) -> TestResponse:
+    return browser.post(keys_page(org_id), {"name": name, "environment": "live", "expiry": "never", **fields})
+
+
+def shown_key(response: TestResponse) -> str:
+    """The key in the read-only copy field of a key-shown-once page, checked as the issue asks."""
+    html = response.get_data(as_text=True)
+    assert response.status_code == 201, html
+    assert "Location" not in response.headers  # rendered in the POST's response, never redirected to
+    assert response.headers["Cache-Control"] == "no-store"
+    match = NEW_KEY_FIELD.search(html)
+    assert match, html
+    assert 'id="copy-key"' in html
+    assert "it will not be shown again" in html
+    key = match.group(1)
+    assert KEY_PATTERN.fullmatch(key)
+    assert html.count(key) == 1  # in the field only
+    return key
+
+
+def row(html: str, key_id: int) -> dict[str, str]:
+    """The text of each cell of the key's row, by class, tags stripped."""
+    match = re.search(rf'<tr data-key-id="{key_id}">(.*?)</tr>', html, re.S)
+    assert match, f"no row for key {key_id}"
+    return {name: " ".join(re.sub(r"<[^>]+>", " ", cell).split()) for name, cell in CELLS.findall(match.group(1))}
+
+
+def authenticate(people: People, plaintext: str) -> KeyIdentity | AuthFailure:
+    with Session(people.engine) as session:
+        return KeyService(session).authenticate(plaintext)
+
+
+def test_the_list_shows_each_key_with_its_columns_and_never_a_secret(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    live_id, live = people.key(org_id, "App X Production Server")
+    test_id, test = people.key(org_id, "App Y Webhook Handler", environment=Environment.TEST)
+    gone_id, _ = people.key(org_id, "Deleted")
+    with Session(people.engine) as session, session.begin():
+        KeyService(session).delete(gone_id, OWNER)
+    browser.sign_in()
+    response = browser.get(keys_page(org_id))
+    html = response.get_data(as_text=True)
+    assert "<h1>API Keys</h1>" in html and 'id="api-keys"' in html
+    assert re.findall(r'data-key-id="(\d+)"', html) == [str(live_id), str(test_id)]  # deleted keys are not listed
+    live_row = row(html, live_id)
+    assert live_row["name"] == "App X Production Server"
+    assert live_row["display"] == f"{live[:12]}...{live[-4:]}"
+    assert live_row["environment"] == "live"
+    assert live_row["status"] == "active"
+    assert live_row["created"].endswith("UTC")
+    assert live_row["last-used"] == "never"
+    assert live_row["expires"] == "never"
+    assert live_row["flag"] == ""
+    assert row(html, test_id)["environment"] == "test"
+    assert live not in html and test not in html
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_last_used_is_relative_with_the_utc_time(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    key_id, _ = people.key(org_id)
+    used = utcnow() - dt.timedelta(hours=3)
+    with Session(people.engine) as session, session.begin():
+        session.execute(update(ApiKey).where(ApiKey.id == key_id).values(last_used_at=used))
+    browser.sign_in()
+    html = browser.get(keys_page(org_id)).get_data(as_text=True)
+    utc = used.strftime("%Y-%m-%d %H:%M UTC")
+    assert row(html, key_id)["last-used"] == f"3 hours ago {utc}"
+    assert f'title="{utc}"' in html
+
+
+def test_the_rotation_flag_shows_its_reasons_in_words(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    start = utcnow()
+    with time_machine.travel(start, tick=False) as traveller:
+        key_id, _ = people.key(org_id, expires_in=dt.timedelta(days=96))
+        traveller.shift(dt.timedelta(days=91))
+        sessions = make_session_factory(people.engine)
+        for _ in run_pass(sessions.begin, RotationPolicy.from_settings(Settings())):
+            pass
+        browser.sign_in()
+        html = browser.get(keys_page(org_id)).get_data(as_text=True)
+    assert row(html, key_id)["flag"] == "rotate older than 90 days; unused for 30 days; expires in 5 days"
+
+
+def test_plus_opens_the_form_with_name_environment_and_expiry(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    listing = browser.get(keys_page(org_id)).get_data(as_text=True)
+    assert re.search(rf'<a id="new-key"[^>]*href="{keys_page(org_id)}/new"[^>]*>\+</a>', listing)
+    form = browser.get(f"{keys_page(org_id)}/new").get_data(as_text=True)
+    assert 'name="name"' in form and 'maxlength="100"' in form and 'id="create-key"' in form
+    environments = re.search(r'<select name="environment".*?</select>', form, re.S).group(0)  # type: ignore[union-attr]
+    expiries = re.search(r'<select name="expiry".*?</select>', form, re.S).group(0)  # type: ignore[union-attr]
+    assert re.findall(r'value="([^"]+)"', environments) == ["live", "test"]
+    assert re.findall(r'value="([^"]+)"', expiries) == ["never", "30", "90", "365"]
+
+
+def test_creating_a_key_shows_it_once_and_stores_it_as_the_cli_would(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    key = shown_key(create(browser, org_id))
+    identity = authenticate(people, key)
+    assert isinstance(identity, KeyIdentity) and identity.org_id == org_id and identity.environment is Environment.LIVE
+    with Session(people.engine) as session:
+        created = session.scalars(select(AuditEntry).where(AuditEntry.action == "key.created")).one()
+    assert created.actor == OWNER and created.api_key_id == identity.key_id
+    # Never again: not on the list, nor on the form pages.
+    for path in (keys_page(org_id), f"{keys_page(org_id)}/{identity.key_id}/roll"):
+        assert key not in browser.get(path).get_data(as_text=True)
+
+
+@pytest.mark.parametrize(("expiry", "days"), [("never", None), ("30", 30), ("90", 90), ("365", 365)])
+def test_the_expiry_choices(browser: Browser, people: People, expiry: str, days: int | None) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    key = shown_key(create(browser, org_id, expiry=expiry, environment="test"))
+    identity = authenticate(people, key)
+    assert isinstance(identity, KeyIdentity) and identity.environment is Environment.TEST
+    if days is None:
+        assert identity.expires_at is None
+    else:
+        assert identity.expires_at is not None
+        assert abs(identity.expires_at - (utcnow() + dt.timedelta(days=days))) < dt.timedelta(minutes=1)
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "message"),
+    [
+        ("", 400, "1 to 100 characters"),
+        ("   ", 400, "1 to 100 characters"),
+        ("x" * 101, 400, "1 to 100 characters"),
+        ("Taken", 409, "already exists"),
+    ],
+    ids=["empty", "blank", "too-long", "taken"],
+)
+def test_the_services_rules_on_names_are_the_pages(
+    browser: Browser, people: People, name: str, status: int, message: str
+) -> None:
+    org_id = people.organization()
+    people.key(org_id, "Taken")
+    browser.sign_in()
+    response = create(browser, org_id, name)
+    html = response.get_data(as_text=True)
+    assert response.status_code == status
+    assert message in html and 'class="error"' in html
+    assert not NEW_KEY_FIELD.search(html)
+    with Session(people.engine) as session:
+        assert session.scalars(select(ApiKey.name).where(ApiKey.org_id == org_id)).all() == ["Taken"]
+
+
+def test_choices_not_on_the_form_are_refused(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    assert create(browser, org_id, environment="prod").status_code == 400
+    assert create(browser, org_id, expiry="5").status_code == 400
+
+
+@pytest.mark.parametrize(
+    ("grace", "length"),
+    [
+        ("0", dt.timedelta(0)),
+        ("1h", dt.timedelta(hours=1)),
+        ("24h", dt.timedelta(hours=24)),
+        ("7d", dt.timedelta(days=7)),
+    ],
+)
+def test_rolling_shows_the_new_key_once_and_lists_the_old_one_as_expiring(
+    browser: Browser, people: People, grace: str, length: dt.timedelta
+) -> None:
+    org_id = people.organization()
+    old_id, old = people.key(org_id)
+    browser.sign_in()
+    form = browser.get(f"{keys_page(org_id)}/{old_id}/roll").get_data(as_text=True)
+    grace_select = re.search(r'<select name="grace".*?</select>', form, re.S).group(0)  # type: ignore[union-attr]
+    assert re.findall(r'value="([^"]+)"', grace_select) == ["0", "1h", "24h", "7d"]
+    assert 'id="roll-key"' in form
+    new = shown_key(browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": grace}))
+    assert new != old
+    html = browser.get(keys_page(org_id)).get_data(as_text=True)
+    new_identity = authenticate(people, new)
+    assert isinstance(new_identity, KeyIdentity)
+    assert row(html, new_identity.key_id)["status"] == "active"
+    if length:
+        assert row(html, old_id)["status"].startswith("expiring until ")
+        assert isinstance(authenticate(people, old), KeyIdentity)  # still works within the grace
+    else:
+        assert row(html, old_id)["status"] == "expired"
+        assert authenticate(people, old) is AuthFailure.EXPIRED
+    with Session(people.engine) as session:
+        rolled = session.scalars(select(AuditEntry).where(AuditEntry.action == "key.rolled")).one()
+    assert rolled.actor == OWNER and rolled.api_key_id == old_id
+
+
+def test_a_key_that_is_not_active_cannot_be_rolled(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    old_id, _ = people.key(org_id)
+    browser.sign_in()
+    shown_key(browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": "1h"}))
+    again = browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": "1h"})
+    assert again.status_code == 409 and "cannot be rolled" in again.get_data(as_text=True)
+    assert browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": "30d"}).status_code == 400
+
+
+def test_deleting_asks_first_naming_the_key_then_it_stops_authenticating(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    key_id, plaintext = people.key(org_id, "App Y Webhook Handler")
+    browser.sign_in()
+    confirmation = browser.get(f"{keys_page(org_id)}/{key_id}/delete").get_data(as_text=True)
+    assert "App Y Webhook Handler" in confirmation and 'id="delete-key"' in confirmation
+    assert isinstance(authenticate(people, plaintext), KeyIdentity)  # asking deleted nothing
+    response = browser.post(f"{keys_page(org_id)}/{key_id}/delete")
+    assert response.status_code == 303 and response.headers["Location"] == keys_page(org_id)
+    assert authenticate(people, plaintext) is AuthFailure.DELETED
+    listing = browser.get(keys_page(org_id)).get_data(as_text=True)
+    assert f'data-key-id="{key_id}"' not in listing
+    assert "Deleted the key" in listing
+    assert browser.post(f"{keys_page(org_id)}/{key_id}/delete").status_code == 409
+
+
+@pytest.mark.parametrize("role", [Role.ADMIN, Role.MEMBER])
+def test_admins_and_members_read_the_list_and_every_change_is_refused_with_403(
+    browser: Browser, people: People, role: Role
+) -> None:
+    org_id = people.organization()
+    key_id, plaintext = people.key(org_id)
+    people.member(org_id, "someone@example.com", role)
+    browser.sign_in("someone@example.com")
+    listing = browser.get(keys_page(org_id)).get_data(as_text=True)
+    assert f'data-key-id="{key_id}"' in listing
+    for control in ('id="new-key"', 'class="roll"', 'class="delete"', "/settings/members", "/settings/audit"):
+        assert control not in listing
+    for path in (
+        f"{keys_page(org_id)}/new",
+        f"{keys_page(org_id)}/{key_id}/roll",
+        f"{keys_page(org_id)}/{key_id}/delete",
+    ):
+        assert browser.get(path).status_code == 403, path
+    # Whatever the page showed, the server refuses every change, with or without a valid form.
+    posts = [
+        (keys_page(org_id), {"name": "Mine", "environment": "live", "expiry": "never"}),
+        (keys_page(org_id), {"name": "", "environment": "nonsense", "expiry": "5"}),
+        (f"{keys_page(org_id)}/{key_id}/roll", {"grace": "0"}),
+        (f"{keys_page(org_id)}/{key_id}/delete", {}),
+        (f"/orgs/{org_id}/settings/members", {"email": "friend@example.com", "role": "owner"}),
+        (f"/orgs/{org_id}/settings/members/1/role", {"new_role": "member"}),
+        (f"/orgs/{org_id}/settings/members/1/remove", {}),
+    ]
+    for path, data in posts:
+        assert browser.post(path, data).status_code == 403, path
+    assert isinstance(authenticate(people, plaintext), KeyIdentity)
+    with Session(people.engine) as session:
+        assert session.scalars(select(ApiKey.id)).all() == [key_id]
+        assert session.scalars(select(AuditEntry.action).where(AuditEntry.action.like("key.%"))).all() == [
+            "key.created"
+        ]
+
+
+def test_the_keys_made_through_the_pages_are_in_no_table_and_no_log(
+    browser: Browser, people: People, all_logs: pytest.LogCaptureFixture
+) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    created = shown_key(create(browser, org_id))
+    identity = authenticate(people, created)
+    assert isinstance(identity, KeyIdentity)
+    rolled = shown_key(browser.post(f"{keys_page(org_id)}/{identity.key_id}/roll", {"grace": "1h"}))
+    invitation = browser.post(f"/orgs/{org_id}/settings/members", {"email": "friend@example.com", "role": "member"})
+    token = re.search(r"/invitations/([A-Za-z0-9_-]+)", invitation.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
+    for path in (keys_page(org_id), f"/orgs/{org_id}/settings/audit"):
+        browser.get(path)
+    with people.engine.connect() as connection:
+        dump = table_dump(connection, people.engine)  # type: ignore[arg-type]
+    assert "App X Production Server" in dump  # the dump does see the keys' rows
+    logged = all_logs.text + "\n".join(str(record.args) for record in all_logs.records)
+    assert "api_keys" in logged  # SQL and its parameters were captured
+    for secret in (created, rolled, created.split("_")[-1], rolled.split("_")[-1], token):
+        assert secret not in dump
+        assert secret not in logged
