@@ -20,8 +20,8 @@ def web(host: str, port: int, threads: int) -> None:
 
     configured = settings()
     logs.configure(configured.log_level)
+    app = create_app(configured, runtime.engine())  # a missing USERPATH_WEB_SECRET stops it here
     schema.prepare(runtime.engine())  # once, at start: migrates the embedded SQLite file
-    app = create_app(configured, runtime.engine())
     try:
         server = waitress.create_server(app, host=host, port=port, threads=threads, ident="userpath")
     except OSError as error:
