@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import http.server
 import json
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -27,14 +25,14 @@ from config.schedules import parse_schedule
 from config.settings import Settings, SettingsError, get_settings
 from tests.common.cli import ok, run
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
-from tests.common.factories import OWNER, add_member, make_organization
+from tests.common.factories import OWNER, make_organization
+from tests.common.webhook import WebhookServer
 from userpath_worker import schema
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import make_engine, make_session_factory
 from userpath_worker.keys.models import ApiKey, KeyStatus
 from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.keys.tokens import AuthFailure
-from userpath_worker.organizations.models import Role
 from userpath_worker.rotation import delivery
 from userpath_worker.rotation.delivery import DeliveryOutcome
 from userpath_worker.rotation.models import Reminder
@@ -291,53 +289,6 @@ def test_two_passes_at_once_record_the_same_flags_and_one_reminder_per_key(concu
         connection.execute(text("TRUNCATE organizations, api_keys, reminders, audit_log, members CASCADE"))
         connection.commit()
     engine.dispose()
-
-
-class WebhookServer:
-    """A local webhook: answers each POST with the next status of ``statuses`` (then 200)."""
-
-    def __init__(self, statuses: list[int] | None = None, delay: float = 0.0) -> None:
-        self.statuses = list(statuses or [])
-        self.bodies: list[dict[str, Any]] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
-                outer.bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                time.sleep(delay)
-                self.send_response(outer.statuses.pop(0) if outer.statuses else 200)
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hooks/T000/secret"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.fixture
-def webhook() -> Iterator[WebhookServer]:
-    server = WebhookServer()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def reminder(session: Session, keys: KeyService) -> tuple[Reminder, str]:
-    """A recorded reminder for a key created 100 days ago and never used, and that key's plaintext."""
-    organization = make_organization(session, "Acme")
-    add_member(session, organization, "second-owner@example.com", Role.OWNER)
-    add_member(session, organization, "member@example.com", Role.MEMBER)
-    with time_machine.travel(dt.datetime.now(dt.UTC) - 100 * DAY, tick=False):
-        key, plaintext = keys.create(organization, "App X Production Server", OWNER)
-    rotate(session)
-    (recorded,) = reminders(session, key)
-    return recorded, plaintext
 
 
 class TestDelivery:
