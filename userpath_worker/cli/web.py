@@ -12,7 +12,13 @@ from userpath_worker.cli.common import settings
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every one).")
 @click.option("--port", type=click.IntRange(1, 65535), default=8000, show_default=True, help="Port to listen on.")
 @click.option("--threads", type=click.IntRange(1, 64), default=4, show_default=True, help="Requests served at once.")
-def web(host: str, port: int, threads: int) -> None:
+@click.option(
+    "--trusted-proxy",
+    metavar="ADDRESS",
+    help="The address of the TLS proxy in front, whose X-Forwarded-For gives the client's address "
+    "(sign-in throttling counts per client address); '*' trusts any. Unset: none.",
+)
+def web(host: str, port: int, threads: int, trusted_proxy: str | None) -> None:
     """Serve Settings → API Keys and the sign-in pages (production server: waitress)."""
     import waitress  # only this command needs the web stack
 
@@ -22,8 +28,18 @@ def web(host: str, port: int, threads: int) -> None:
     logs.configure(configured.log_level)
     app = create_app(configured, runtime.engine())  # a missing USERPATH_WEB_SECRET stops it here
     schema.prepare(runtime.engine())  # once, at start: migrates the embedded SQLite file
+    proxy = {}
+    if trusted_proxy:
+        # waitress then takes the client's address (and scheme) from the proxy's headers, and drops
+        # those headers from anyone else.
+        proxy = {
+            "trusted_proxy": trusted_proxy,
+            "trusted_proxy_count": 1,
+            "trusted_proxy_headers": "x-forwarded-for x-forwarded-proto",
+            "clear_untrusted_proxy_headers": True,
+        }
     try:
-        server = waitress.create_server(app, host=host, port=port, threads=threads, ident="userpath")
+        server = waitress.create_server(app, host=host, port=port, threads=threads, ident="userpath", **proxy)
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     click.echo(

@@ -3,12 +3,17 @@ port and a missing secret are one line each."""
 
 from __future__ import annotations
 
+import contextlib
+import http.cookiejar
 import os
+import re
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -45,15 +50,8 @@ def test_userpath_web_serves_the_pages_on_the_embedded_default(tmp_path: Path) -
     with log.open("wb") as output:
         server = subprocess.Popen(command, cwd=tmp_path, env=environment(), stdout=output, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None, log.read_text()
-            try:
-                status, _, body = get(f"http://127.0.0.1:{port}/healthz")
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
+        wait_until_serving(server, port, log)
+        status, _, body = get(f"http://127.0.0.1:{port}/healthz")
         assert (status, body) == (200, "ok")
         status, headers, body = get(f"http://127.0.0.1:{port}/sign-in")
         assert status == 200 and 'name="email"' in body
@@ -89,6 +87,55 @@ def test_userpath_web_needs_a_secret_against_postgresql(postgres_url: str, tmp_p
         "Error: USERPATH_WEB_SECRET is not set; set it to a long random value, the same for every web process "
         '(python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
     ]
+
+
+def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(tmp_path: Path) -> None:
+    port = free_port()
+    database = tmp_path / "userpath.db"
+    settings = {"USERPATH_DATABASE_URL": f"sqlite:///{database}", "USERPATH_WEB_BASE_URL": f"http://127.0.0.1:{port}"}
+    command = [USERPATH, "web", "--port", str(port), "--trusted-proxy", "127.0.0.1"]
+    log = tmp_path / "web.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(command, cwd=tmp_path, env=environment(**settings), stdout=output, stderr=output)
+    try:
+        wait_until_serving(server, port, log)
+        created = subprocess.run(
+            [USERPATH, "orgs", "create", "Acme", "--owner", "owner@example.com"],
+            env=environment(**settings),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert created.returncode == 0, created.stderr
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        page = opener.open(f"http://127.0.0.1:{port}/sign-in", timeout=5).read().decode()
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        form = urllib.parse.urlencode({"csrf_token": token, "email": "owner@example.com", "password": "wrong one"})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/sign-in",
+            data=form.encode(),
+            headers={"Origin": f"http://127.0.0.1:{port}", "X-Forwarded-For": "203.0.113.7"},
+        )
+        with contextlib.suppress(urllib.error.HTTPError):  # 401: wrong e-mail or password
+            opener.open(request, timeout=10)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    with sqlite3.connect(database) as connection:
+        [(address,)] = connection.execute("SELECT client_address FROM sign_in_failures").fetchall()
+    assert address == "203.0.113.7"
+
+
+def wait_until_serving(server: subprocess.Popen[bytes], port: int, log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        assert server.poll() is None, log.read_text()
+        try:
+            get(f"http://127.0.0.1:{port}/healthz")
+            return
+        except OSError:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
 
 
 def test_userpath_web_is_a_command_with_host_and_port() -> None:
