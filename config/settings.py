@@ -8,6 +8,7 @@ kombu's SQLAlchemy broker transport on SQLite files in the working directory. Pr
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import urllib.parse
 from typing import Annotated, Literal
@@ -26,6 +27,52 @@ class SettingsError(ValueError):
 
 
 _BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps", "pyamqp", "sqla+sqlite", "sqla+postgresql")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SmtpServer:
+    """Where e-mail goes, from ``USERPATH_SMTP_URL``.
+
+    ``smtp://host[:port]`` (port 25) is a plain connection, for a relay on the same host or network;
+    with ``user:password@`` it must upgrade with STARTTLS before it logs in (port 587 usually), so a
+    password never crosses the network in clear. ``smtps://[user:password@]host[:port]`` (port 465)
+    is TLS from the first byte. Certificates are verified against the system's CAs.
+    """
+
+    host: str
+    port: int
+    implicit_tls: bool
+    username: str | None = None
+    password: str | None = dataclasses.field(default=None, repr=False)
+
+    @property
+    def starttls(self) -> bool:
+        return not self.implicit_tls and self.username is not None
+
+
+def parse_smtp_url(value: str) -> SmtpServer:
+    """The server of an ``smtp://`` or ``smtps://`` URL; ValueError (never quoting it) otherwise."""
+    parts = urllib.parse.urlsplit(value.strip())
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ValueError("must be an smtp://host:port or smtps://user:password@host:port URL")
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ValueError("must name only the server: smtp://host:port or smtps://user:password@host:port")
+    try:
+        port = parts.port  # ValueError on a port that is not a number from 0 to 65535
+    except ValueError:
+        port = 0
+    if port == 0 or (port is None and parts.netloc.endswith(":")):
+        raise ValueError("has a port that is not a number from 1 to 65535")
+    if (parts.username is None) != (parts.password is None) or parts.username == "":
+        raise ValueError("must give both a user and a password, as user:password@host, or neither")
+    implicit_tls = parts.scheme == "smtps"
+    return SmtpServer(
+        host=parts.hostname,
+        port=port or (465 if implicit_tls else 25),
+        implicit_tls=implicit_tls,
+        username=urllib.parse.unquote(parts.username) if parts.username is not None else None,
+        password=urllib.parse.unquote(parts.password) if parts.password is not None else None,
+    )
 
 
 class Settings(BaseSettings):
@@ -68,6 +115,7 @@ class Settings(BaseSettings):
     web_base_url: str = "http://127.0.0.1:8000"
     web_secret: str | None = Field(default=None, repr=False)
     smtp_url: str | None = Field(default=None, repr=False)  # may carry a password
+    smtp_from: str = "userpath@localhost"  # the sender of those e-mails
 
     @field_validator("rotation_schedule")
     @classmethod
@@ -94,6 +142,23 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL, such as https://userpath.example.com")
         if value.endswith("/"):
             raise ValueError("must not end with a slash")
+        return value
+
+    @field_validator("smtp_url")
+    @classmethod
+    def _smtp_server(cls, value: str | None) -> str | None:
+        if not value or not value.strip():
+            return None
+        parse_smtp_url(value)
+        return value.strip()
+
+    @field_validator("smtp_from")
+    @classmethod
+    def _one_address(cls, value: str) -> str:
+        value = value.strip()
+        local, at, domain = value.rpartition("@")
+        if not at or not local or not domain or any(c.isspace() or c in '<>,"' for c in value):
+            raise ValueError("must be one e-mail address, such as userpath@example.com")
         return value
 
     @field_validator("database_url")
@@ -127,6 +192,11 @@ class Settings(BaseSettings):
     @property
     def uses_embedded_database(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def smtp_server(self) -> SmtpServer | None:
+        """The parsed ``smtp_url``, or None when owners are not e-mailed."""
+        return parse_smtp_url(self.smtp_url) if self.smtp_url else None
 
 
 def _first_problem(error: ValidationError) -> str:

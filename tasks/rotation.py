@@ -40,7 +40,7 @@ def flag_stale_keys() -> dict[str, int]:
 
 @app.task(name=DELIVER_REMINDER_TASK, bind=True, base=UserPathTask, max_retries=MAX_ATTEMPTS - 1, shared=False)
 def deliver_reminder(self: UserPathTask, reminder_id: int) -> str:
-    result = delivery.deliver(_transaction, int(reminder_id), get_settings().reminder_webhook_url)
+    result = delivery.deliver_as_configured(_transaction, int(reminder_id), get_settings())
     if result.outcome is DeliveryOutcome.FAILED and self.request.retries < self.max_retries:
         raise self.retry(countdown=self.retry_delay())
     return result.outcome.value

@@ -11,7 +11,7 @@ from collections import Counter
 import click
 
 from userpath_worker.cli.common import celery_command, settings, transaction
-from userpath_worker.rotation.delivery import DeliveryOutcome, deliver, unclaimed_reminders
+from userpath_worker.rotation.delivery import DeliveryOutcome, deliver_as_configured, unclaimed_reminders
 from userpath_worker.rotation.services import KeyChange, RotationPolicy, run_pass
 
 
@@ -30,7 +30,7 @@ def rotation_run() -> None:
                 click.echo(f"{kind:<8}  {_describe(change)}")
         totals.update(batch.counts())
     for reminder_id in unclaimed_reminders(transaction):
-        result = deliver(transaction, reminder_id, settings().reminder_webhook_url)
+        result = deliver_as_configured(transaction, reminder_id, settings())
         totals[result.outcome.value] += 1
         if result.outcome is not DeliveryOutcome.DELIVERED:
             click.echo(f"reminder {reminder_id} {result.outcome.value}: {result.error or '-'}", err=True)

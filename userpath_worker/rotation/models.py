@@ -44,6 +44,9 @@ class Reminder(Base):
     # A delivery claims the row before it sends, so that only one delivery ever sends it.
     claimed_at: Mapped[dt.datetime | None]
     delivered_at: Mapped[dt.datetime | None]
+    # When the owners' e-mail went out (USERPATH_SMTP_URL): a retry after the webhook refused it
+    # does not e-mail them again.
+    emailed_at: Mapped[dt.datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
     last_error: Mapped[str | None] = mapped_column(String(200))
 
