@@ -2,7 +2,8 @@
 
 Creates a demo organization and key, starts a real worker process, sends server, job and
 webhook events plus a few bad messages through the real broker with the producer client, and
-waits until every one of them is stored or dead-lettered.
+waits until every one of them is stored or dead-lettered. Ends with a fresh one-time link for the
+demo's owner to set a password on the web pages (``userpath web``) and see the keys there.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from config.settings import get_settings
 from userpath_client import UserPath
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import runtime, schema
+from userpath_worker.accounts import services as accounts
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.errors import NotFound, UserError
@@ -35,6 +37,7 @@ from userpath_worker.keys import tokens
 from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.models import Role
 
 DEMO_ORG = "Demo"
 DEMO_OWNER = "owner@demo.example"
@@ -48,6 +51,7 @@ class DemoRun:
     started_at: dt.datetime
     events: int
     dead_letters: int
+    owner_link: str  # the demo owner's one-time link to set a password on the web pages
 
 
 def run(worker_command: list[str], say: Callable[[str], None], timeout: float = 90.0) -> DemoRun:
@@ -68,7 +72,7 @@ def run(worker_command: list[str], say: Callable[[str], None], timeout: float = 
             if time.monotonic() > deadline:
                 raise UserError(f"the worker handled {done} (events, dead letters) in {timeout:.0f} s; see {log_path}")
             time.sleep(0.2)
-    return DemoRun(org_id, started_at, *done)
+    return DemoRun(org_id, started_at, *done, owner_link=_owner_link(settings.web_base_url))
 
 
 def _demo_keys(started_at: dt.datetime) -> tuple[int, str, str]:
@@ -84,6 +88,18 @@ def _demo_keys(started_at: dt.datetime) -> tuple[int, str, str]:
         deleted, deleted_key = service.create(organization, f"Demo deleted {stamp}", DEMO_OWNER)
         service.delete(deleted.id, DEMO_OWNER)
         return organization.id, key, deleted_key
+
+
+def _owner_link(web_base_url: str) -> str:
+    """A fresh one-time link for the demo's owner: an invitation while they have no password, a
+    password reset once they set one (the demo cannot know it). Issued as the operator."""
+    with runtime.session_factory().begin() as session:
+        organization = organizations.get_organization(session, DEMO_ORG)
+        if accounts.account_has_password(session, DEMO_OWNER):
+            token = accounts.reset_password(session, organization, DEMO_OWNER, accounts.OPERATOR)
+        else:
+            token = accounts.invite(session, organization, DEMO_OWNER, Role.OWNER, accounts.OPERATOR)
+    return accounts.invitation_url(web_base_url, token)
 
 
 def _send(key: str, deleted_key: str, broker_url: str) -> None:

@@ -37,3 +37,8 @@ def demo() -> None:
     click.echo(f"\nDead letters ({run.dead_letters}):")
     show_dead_letters(rejected, as_json=False)
     click.echo("\nEvery message was stored or dead-lettered. Try: userpath events list --org Demo")
+    click.echo(
+        f"\nSee its keys on the web pages as the demo's owner ({demonstration.DEMO_OWNER}): run `userpath web`, "
+        "then open this one-time link (valid 72 hours) to set a password:"
+    )
+    click.echo(run.owner_link)
