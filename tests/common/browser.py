@@ -47,7 +47,7 @@ def start_chromium() -> WebDriver:
     """Headless Chromium under ``/usr/bin/chromedriver``; fails the test (never skips) if it cannot start.
 
     Chromium's performance log is on, so that ``requested_urls`` can list every URL the browser
-    asked for, redirects included.
+    asked for, redirects included, and its console log, for ``console_problems``.
     """
     missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not os.access(path, os.X_OK)]
     if missing:
@@ -56,7 +56,7 @@ def start_chromium() -> WebDriver:
     options.binary_location = str(CHROMIUM)
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", f"--window-size={WINDOW_SIZE}"):
         options.add_argument(argument)
-    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL", "browser": "ALL"})
     try:
         driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     except WebDriverException as error:
@@ -97,6 +97,17 @@ def requested_urls(driver: WebDriver) -> list[str]:
             headers = {name.lower(): value for name, value in redirect.get("headers", {}).items()}
             urls.append(headers.get("location", ""))
     return urls
+
+
+def console_problems(driver: WebDriver) -> list[str]:
+    """The console's warnings and errors since the last call (a script error, a Content-Security-Policy
+    violation, a resource that failed to load), which this call drains. The browser's own request for
+    /favicon.ico, which no page makes, is left out."""
+    return [
+        entry["message"]
+        for entry in driver.get_log("browser")
+        if entry["level"] in ("WARNING", "SEVERE") and "/favicon.ico " not in entry["message"]
+    ]
 
 
 def element(driver: WebDriver, css: str, timeout: float = ELEMENT_TIMEOUT) -> WebElement:

@@ -1,0 +1,279 @@
+"""Settings → API Keys in a real browser (issue 13): Debian's Chromium, driven by Selenium, against
+``userpath web`` and a real worker, with the organization and its members made by the real CLI.
+
+An owner who knows only the product documentation opens the invitation, sets a password, clicks
+"+", creates "App X Production Server" and copies the key; the worker stores an event sent with it
+and the page shows the key as used; the owner rolls it (the old key expiring within the grace, and
+still working) and deletes the new one (which stops authenticating at once). A member sees the list
+without any control. The key is in no URL the browser asked for and in no log. A screenshot of each
+page is saved in the test's temporary folder.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from selenium.webdriver.chrome.webdriver import WebDriver
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.select import Select
+from selenium.webdriver.support.wait import WebDriverWait
+from sqlalchemy import Engine, select
+
+from tests.common.browser import (
+    ELEMENT_TIMEOUT,
+    chromium,
+    console_problems,
+    element,
+    free_port,
+    page_text,
+    requested_urls,
+    running_web,
+    screenshot,
+    submit_and_wait,
+    userpath,
+    web_environment,
+)
+from tests.common.databases import TEST_DATABASE_PREFIX, flushed_redis
+from tests.common.workers import counts, migrated_database, running_worker, settle_at, wait_for
+from userpath_client import UserPath
+from userpath_client.contract import KEY_PATTERN
+from userpath_worker.deadletter.models import DeadLetter, Reason
+
+pytestmark = pytest.mark.slow
+
+REDIS_URL = "redis://127.0.0.1:6379/6"  # this module's own: flushed first
+ORGANIZATION = "App X Inc"
+FOUNDER = "founder@appx.example"
+OWNER = "owner@appx.example"
+MEMBER = "member@appx.example"
+PASSWORD = "correct horse battery staple"
+KEY_NAME = "App X Production Server"
+KEYS_PAGE = re.compile(r"/orgs/(\d+)/settings/api-keys$")
+
+
+@pytest.fixture
+def database() -> Iterator[tuple[str, Engine]]:
+    url, engine = migrated_database(f"{TEST_DATABASE_PREFIX}_browser")
+    yield url, engine
+    engine.dispose()
+
+
+@pytest.fixture
+def redis_db() -> Iterator[redis.Redis]:
+    yield from flushed_redis(REDIS_URL)
+
+
+@pytest.fixture
+def driver() -> Iterator[WebDriver]:
+    with chromium() as driver:
+        yield driver
+
+
+class Visit:
+    """The browser's steps: a screenshot of each page, and every URL it asked for along the way."""
+
+    def __init__(self, driver: WebDriver, tmp_path: Path) -> None:
+        self.driver = driver
+        self.tmp_path = tmp_path
+        self.urls: list[str] = []
+        self.sources: dict[str, str] = {}
+        self.console: list[str] = []
+
+    def page(self, name: str) -> str:
+        """Screenshot the current page as ``name``; its text."""
+        self.urls += [self.driver.current_url, *requested_urls(self.driver)]
+        self.sources[name] = self.driver.page_source
+        self.console += [f"{name}: {problem}" for problem in console_problems(self.driver)]
+        screenshot(self.driver, self.tmp_path, name)
+        return page_text(self.driver)
+
+    def pages_showing(self, secret: str) -> list[str]:
+        return [name for name, source in self.sources.items() if secret in source]
+
+    def open(self, url: str, name: str) -> str:
+        self.driver.get(url)
+        return self.page(name)
+
+
+def invitation_link(output: str, base_url: str) -> str:
+    link = output.strip().splitlines()[-1].strip()
+    assert link.startswith(f"{base_url}/invitations/"), f"the last line is not an invitation link:\n{output}"
+    return link
+
+
+def accept_invitation(visit: Visit, link: str, who: str) -> str:
+    """Open the invitation, set the password; the keys page's URL, where the new member lands."""
+    visit.open(link, f"{who}-invitation")
+    element(visit.driver, "input[name=password]").send_keys(PASSWORD)
+    element(visit.driver, "input[name=password_confirmation]").send_keys(PASSWORD)
+    submit_and_wait(visit.driver, "button#set-password")
+    element(visit.driver, "table#api-keys")
+    text = visit.page(f"{who}-api-keys")
+    assert KEYS_PAGE.search(visit.driver.current_url), visit.driver.current_url
+    assert "API Keys" in text
+    return visit.driver.current_url
+
+
+def row(driver: WebDriver, key_id: int | str) -> dict[str, str]:
+    """The cells of the key's row, by class."""
+    cells = element(driver, f'tr[data-key-id="{key_id}"]').find_elements(By.CSS_SELECTOR, "td[class]")
+    return {cell.get_attribute("class").split()[0]: cell.text.strip() for cell in cells}
+
+
+def key_ids(driver: WebDriver) -> list[str]:
+    element(driver, "table#api-keys")
+    return [tr.get_attribute("data-key-id") for tr in driver.find_elements(By.CSS_SELECTOR, "tr[data-key-id]")]
+
+
+def shown_once(visit: Visit, name: str) -> str:
+    """The key in the read-only copy field, with its Copy button and warning."""
+    driver = visit.driver
+    field = element(driver, "input#new-key")
+    text = visit.page(name)
+    assert field.get_attribute("readonly") is not None
+    assert "it will not be shown again" in text.lower()
+    key = field.get_attribute("value")
+    assert KEY_PATTERN.fullmatch(key), f"not a key in input#new-key: {key!r}"
+    assert key not in text  # only in the field
+
+    # The Copy button puts it on the clipboard (the page's one script, allowed by its CSP).
+    origin = re.match(r"https?://[^/]+", driver.current_url).group(0)
+    driver.execute_cdp_cmd(
+        "Browser.grantPermissions",
+        {"origin": origin, "permissions": ["clipboardReadWrite", "clipboardSanitizedWrite"]},
+    )
+    element(driver, "button#copy-key").click()
+    WebDriverWait(driver, ELEMENT_TIMEOUT).until(lambda _: "Copied" in element(driver, "button#copy-key").text)
+    clipboard = driver.execute_async_script(
+        "navigator.clipboard.readText().then(arguments[0], e => arguments[0](String(e)))"
+    )
+    assert clipboard == key
+    return key
+
+
+def send(key: str, event_id: str) -> None:
+    with UserPath(key, broker_url=REDIS_URL) as client:
+        client.track("Signed Up", user_id="user-1", properties={"plan": "pro"}, event_id=event_id)
+        client.flush(timeout=30)  # NotSent if the broker did not take it
+
+
+def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
+    database: tuple[str, Engine], redis_db: redis.Redis, driver: WebDriver, tmp_path: Path
+) -> None:
+    database_url, engine = database
+    port = free_port()
+    environment = web_environment(database_url, REDIS_URL, port)
+    base_url = environment["USERPATH_WEB_BASE_URL"]
+
+    created = userpath(environment, "orgs", "create", ORGANIZATION, "--owner", FOUNDER)
+    invitation_link(created, base_url)  # the founder's; the test's owner is invited like any owner
+    owner_link = invitation_link(
+        userpath(environment, "members", "invite", "--org", ORGANIZATION, OWNER, "--role", "owner"), base_url
+    )
+    member_link = invitation_link(
+        userpath(environment, "members", "invite", "--org", ORGANIZATION, MEMBER, "--role", "member"), base_url
+    )
+
+    visit = Visit(driver, tmp_path)
+    with (
+        running_web(environment, tmp_path / "web.log") as web,
+        running_worker(environment, tmp_path / "worker.log"),
+    ):
+        # The owner opens the invitation, sets a password and lands on Settings → API Keys.
+        keys_page = accept_invitation(visit, owner_link, "owner")
+        assert key_ids(driver) == []
+
+        # "+" opens the form; the key is shown once, in the copy field.
+        plus = element(driver, "a#new-key")
+        assert plus.text.strip() == "+"
+        plus.click()
+        element(driver, "input[name=name]").send_keys(KEY_NAME)
+        Select(element(driver, "select[name=environment]")).select_by_value("live")
+        Select(element(driver, "select[name=expiry]")).select_by_value("never")
+        visit.page("new-key-form")
+        submit_and_wait(driver, "button#create-key")
+        key = shown_once(visit, "key-created")
+        assert key.startswith("up_live_")
+
+        visit.open(keys_page, "api-keys-one-key")
+        [key_id] = key_ids(driver)
+        created_row = row(driver, key_id)
+        assert created_row["name"] == KEY_NAME
+        assert created_row["environment"] == "live"
+        assert created_row["last-used"] == "never"
+        assert key not in driver.page_source
+
+        # A real worker stores an event sent with the copied key; the page then shows it as used.
+        send(key, "browser-1")
+        settle_at(engine, (1, 0), 60, quiet_seconds=0.5)
+
+        def used() -> bool:
+            driver.get(keys_page)
+            return row(driver, key_id)["last-used"] != "never"
+
+        wait_for(used, 30, "the keys page to show the key as used", interval=1)
+        visit.page("api-keys-used")
+        last_used = element(driver, f'tr[data-key-id="{key_id}"] td.last-used')
+        assert "UTC" in last_used.get_attribute("outerHTML"), "last used: relative, with the UTC time"
+
+        # Roll, with an hour's grace: the new key is shown once, the old one is expiring.
+        element(driver, f'tr[data-key-id="{key_id}"] a.roll').click()
+        Select(element(driver, "select[name=grace]")).select_by_value("1h")
+        visit.page("roll-form")
+        submit_and_wait(driver, "button#roll-key")
+        rolled = shown_once(visit, "key-rolled")
+        assert rolled != key
+
+        visit.open(keys_page, "api-keys-rolled")
+        [new_id] = [found for found in key_ids(driver) if found != key_id]
+        assert "expiring" in row(driver, key_id)["status"].lower()
+        assert row(driver, new_id)["name"] == KEY_NAME
+        assert "active" in row(driver, new_id)["status"].lower()
+        assert key not in driver.page_source and rolled not in driver.page_source
+
+        # Delete the new key: the confirmation names it; then it is gone or shown deleted.
+        element(driver, f'tr[data-key-id="{new_id}"] a.delete').click()
+        element(driver, "button#delete-key")
+        assert KEY_NAME in visit.page("delete-confirmation")
+        submit_and_wait(driver, "button#delete-key")
+        visit.page("after-delete")
+        visit.open(keys_page, "api-keys-deleted")
+        remaining = key_ids(driver)
+        assert new_id not in remaining or "deleted" in row(driver, new_id)["status"].lower(), row(driver, new_id)
+        assert key_id in remaining
+
+        # The old key still works within its grace; the deleted one stops authenticating at once.
+        send(key, "browser-2")
+        send(rolled, "browser-3")
+        settle_at(engine, (2, 1), 60)
+        with engine.connect() as connection:
+            assert connection.scalar(select(DeadLetter.reason)) == Reason.DELETED_KEY
+
+        # Sign out; a member sets a password and sees the list without any control.
+        submit_and_wait(driver, "button#sign-out")
+        visit.page("signed-out")
+        visit.open(keys_page, "keys-page-signed-out")
+        element(driver, "input[name=email]")  # the session ended: the keys page asks to sign in
+        assert driver.find_elements(By.CSS_SELECTOR, "table#api-keys") == []
+        member_keys_page = accept_invitation(visit, member_link, "member")
+        assert member_keys_page == keys_page
+        assert key_id in key_ids(driver)
+        for control in ("a#new-key", "a.roll", "a.delete"):
+            assert driver.find_elements(By.CSS_SELECTOR, control) == [], f"a member sees {control}"
+
+        web_log, worker_log = web.log(), (tmp_path / "worker.log").read_text(errors="replace")
+
+    # The keys were never in a URL (requests and redirects included) nor in a log line.
+    assert any(KEYS_PAGE.search(url) for url in visit.urls)
+    for secret, shown_on in ((key, "key-created"), (rolled, "key-rolled")):
+        assert visit.pages_showing(secret) == [shown_on]  # once, and on no later page
+        assert [url for url in visit.urls if secret in url] == []
+        assert secret not in web_log
+        assert secret not in worker_log
+    assert visit.console == []  # no script error or Content-Security-Policy violation on any page
+    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 16
+    assert counts(engine) == (2, 1)
