@@ -57,11 +57,21 @@ class ApiKey(Base):
     expired_at: Mapped[dt.datetime | None]
 
     def status(self, now: dt.datetime | None = None) -> KeyStatus:
-        now = now or utcnow()
-        if self.deleted_at is not None:
-            return KeyStatus.DELETED
-        if self.expired_at is not None or (self.expires_at is not None and self.expires_at <= now):
-            return KeyStatus.EXPIRED
-        if self.rolled_at is not None:
-            return KeyStatus.EXPIRING
-        return KeyStatus.ACTIVE
+        return key_status(self.deleted_at, self.expired_at, self.expires_at, self.rolled_at, now or utcnow())
+
+
+def key_status(
+    deleted_at: dt.datetime | None,
+    expired_at: dt.datetime | None,
+    expires_at: dt.datetime | None,
+    rolled_at: dt.datetime | None,
+    now: dt.datetime,
+) -> KeyStatus:
+    """A key's status at ``now`` from its columns (``ApiKey.status``, and lists read as plain rows)."""
+    if deleted_at is not None:
+        return KeyStatus.DELETED
+    if expired_at is not None or (expires_at is not None and expires_at <= now):
+        return KeyStatus.EXPIRED
+    if rolled_at is not None:
+        return KeyStatus.EXPIRING
+    return KeyStatus.ACTIVE

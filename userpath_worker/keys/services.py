@@ -9,8 +9,9 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -71,12 +72,28 @@ class KeyService:
         self._audit(key, actor, "key.created", environment=environment.value)
         return key, plaintext
 
-    def list(self, organization: Organization, *, deleted: bool = True) -> list[ApiKey]:
-        """The organization's keys by id; without the deleted ones when ``deleted`` is False."""
-        query = select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)
-        if not deleted:
-            query = query.where(ApiKey.deleted_at.is_(None))
-        return list(self.session.scalars(query))
+    def list(self, organization: Organization) -> list[ApiKey]:
+        return list(self.session.scalars(select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)))
+
+    def listing(self, organization: Organization) -> list[Row[Any]]:
+        """The organization's current keys (not the deleted ones) by id, as plain rows of what a list
+        shows: id, name, display, environment, created_at, last_used_at, expires_at, rolled_at,
+        expired_at, flag_reasons. Half the time of whole keys: the web page lists a thousand.
+        ``keys.models.key_status`` gives their status."""
+        columns = (
+            ApiKey.id,
+            ApiKey.name,
+            ApiKey.display,
+            ApiKey.environment,
+            ApiKey.created_at,
+            ApiKey.last_used_at,
+            ApiKey.expires_at,
+            ApiKey.rolled_at,
+            ApiKey.expired_at,
+            ApiKey.flag_reasons,
+        )
+        query = select(*columns).where(ApiKey.org_id == organization.id, ApiKey.deleted_at.is_(None))
+        return list(self.session.execute(query.order_by(ApiKey.id)))
 
     def get(self, key_id: int) -> ApiKey:
         key = self.session.get(ApiKey, key_id)

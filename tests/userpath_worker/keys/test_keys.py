@@ -16,7 +16,7 @@ from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
 from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserError
 from userpath_worker.keys import tokens
-from userpath_worker.keys.models import KeyStatus
+from userpath_worker.keys.models import KeyStatus, key_status
 from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.keys.tokens import AuthFailure, Environment
 from userpath_worker.organizations.models import Role
@@ -73,6 +73,29 @@ def test_list_shows_every_key_with_its_status_and_never_a_secret(session: Sessio
         replacement.id: KeyStatus.ACTIVE,
     }
     assert keys.list(make_organization(session)) == []
+
+
+def test_listing_gives_the_current_keys_as_rows_with_the_same_status(session: Session, keys: KeyService) -> None:
+    organization = make_organization(session)
+    active, _ = keys.create(organization, "Active", OWNER, Environment.TEST, dt.timedelta(days=30))
+    deleted, _ = keys.create(organization, "Deleted", OWNER)
+    rolled, _ = keys.create(organization, "Rolled", OWNER)
+    keys.delete(deleted.id, OWNER)
+    replacement, _ = keys.roll(rolled.id, OWNER)
+    now = utcnow()
+
+    rows = keys.listing(organization)
+    assert [row.id for row in rows] == [active.id, rolled.id, replacement.id]  # no deleted key
+    for row in rows:
+        key = keys.get(row.id)
+        assert (row.name, row.display, row.environment, row.expires_at) == (
+            key.name,
+            key.display,
+            key.environment,
+            key.expires_at,
+        )
+        assert key_status(None, row.expired_at, row.expires_at, row.rolled_at, now) is key.status(now)
+    assert keys.listing(make_organization(session)) == []
 
 
 def test_an_expiring_key_turns_expired_at_its_expiry(session: Session, keys: KeyService) -> None:

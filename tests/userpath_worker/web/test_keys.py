@@ -100,7 +100,7 @@ def test_last_used_is_relative_with_the_utc_time(browser: Browser, people: Peopl
     html = browser.get(keys_page(org_id)).get_data(as_text=True)
     utc = used.strftime("%Y-%m-%d %H:%M UTC")
     assert row(html, key_id)["last-used"] == f"3 hours ago {utc}"
-    assert f'title="{utc}"' in html
+    assert f'<span class="utc">{utc}</span>' in html
 
 
 def test_the_rotation_flag_shows_its_reasons_in_words(browser: Browser, people: People) -> None:
