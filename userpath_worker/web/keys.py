@@ -23,6 +23,7 @@ from userpath_worker.organizations import services as organizations
 from userpath_worker.rotation.services import RotationPolicy
 from userpath_worker.web.context import actor, db, form_status, membership, owner, page, shown_once, signed_in, web
 from userpath_worker.web.formatting import flag_reason, relative, utc
+from userpath_worker.web_links import key_anchor
 
 blueprint = Blueprint("keys", __name__)
 
@@ -52,6 +53,7 @@ class KeyRow(NamedTuple):
     expires_utc: str
     flag: str  # the rotation flag's reasons, in words; empty when not flagged
     path: str  # of its roll and delete pages, without the last part
+    anchor: str  # the row's id, where a reminder's link points (web_links.key_url)
 
 
 def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: dt.datetime) -> list[KeyRow]:
@@ -77,6 +79,7 @@ def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: d
                 utc(expires),
                 flag,
                 f"{keys_url}/{key_id}",
+                key_anchor(key_id),
             )
         )
     return rows

@@ -14,8 +14,9 @@ from werkzeug.test import TestResponse
 
 from config.settings import Settings
 from tests.common.databases import table_dump
-from tests.common.web import OWNER, Browser, People
+from tests.common.web import BASE_URL, OWNER, Browser, People
 from userpath_client.contract import KEY_PATTERN
+from userpath_worker import web_links
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import make_session_factory, utcnow
 from userpath_worker.keys.models import ApiKey
@@ -54,7 +55,7 @@ def shown_key(response: TestResponse) -> str:
 
 def row(html: str, key_id: int) -> dict[str, str]:
     """The text of each cell of the key's row, by class, tags stripped."""
-    match = re.search(rf'<tr data-key-id="{key_id}">(.*?)</tr>', html, re.S)
+    match = re.search(rf'<tr id="key-{key_id}" data-key-id="{key_id}">(.*?)</tr>', html, re.S)
     assert match, f"no row for key {key_id}"
     return {name: " ".join(re.sub(r"<[^>]+>", " ", cell).split()) for name, cell in CELLS.findall(match.group(1))}
 
@@ -311,3 +312,13 @@ def test_the_keys_made_through_the_pages_are_in_no_table_and_no_log(
     for secret in (created, rolled, created.split("_")[-1], rolled.split("_")[-1], token):
         assert secret not in dump
         assert secret not in logged
+
+
+def test_a_reminders_link_opens_the_keys_row(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    key_id, _ = people.key(org_id)
+    link = web_links.key_url(BASE_URL, org_id, key_id)
+    path, _, fragment = link.removeprefix(BASE_URL).partition("#")
+    browser.sign_in()
+    html = browser.get(path).get_data(as_text=True)
+    assert re.search(rf'<tr id="{fragment}" data-key-id="{key_id}">', html)
