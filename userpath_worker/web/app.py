@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Flask, Response
+from flask import Flask, Response, g
 from flask_wtf.csrf import CSRFError, CSRFProtect
 from sqlalchemy import Engine, text
 from werkzeug.exceptions import HTTPException
@@ -88,5 +88,10 @@ def _register_errors(app: Flask) -> None:
     @app.errorhandler(HTTPException)
     def http_error(error: HTTPException) -> Any:
         status = error.code or 500
+        if status >= 500:
+            # The database may be why: render without it (no switcher, no account in the header).
+            context.close_db()
+            g.account = None
+            g.pop("memberships", None)
         message = "There is nothing here, or it is not yours to see." if status == 404 else error.description
         return error_page(status, error.name, message or "")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from flask import Flask
 from sqlalchemy import Engine
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.common.web import BASE_URL, OWNER, PASSWORD, Browser, People, web_settings
@@ -223,3 +224,23 @@ def test_the_session_cookie_is_secure_when_the_base_url_is_https(web_engine: Eng
     assert response.status_code == 302, response.get_data(as_text=True)
     cookie = response.headers["Set-Cookie"]
     assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+
+
+def test_a_failure_inside_a_page_is_a_plain_500_with_the_headers_and_no_detail(
+    browser: Browser, people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+
+    def broken(*_: object) -> None:
+        raise OperationalError("SELECT secret", {"parameter": "up_live_notarealkey"}, Exception("server closed"))
+
+    monkeypatch.setattr(KeyService, "listing", broken)
+    response = browser.get(keys_page(org_id))
+    html = response.get_data(as_text=True)
+    assert response.status_code == 500
+    assert response.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "Internal Server Error" in html
+    assert "SELECT" not in html and "notarealkey" not in html and "Traceback" not in html
+    monkeypatch.undo()
+    assert browser.get(keys_page(org_id)).status_code == 200  # the next request is served as usual
