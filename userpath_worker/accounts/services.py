@@ -23,10 +23,10 @@ from userpath_worker.accounts.models import Account, Invitation, Purpose, SignIn
 from userpath_worker.accounts.passwords import WeakPassword
 from userpath_worker.audit import services as audit
 from userpath_worker.db import utcnow
+from userpath_worker.emails import normalize_email
 from userpath_worker.errors import NotFound, UserError
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Member, Organization, Role
-from userpath_worker.organizations.services import normalize_email
 
 __all__ = [
     "FAILURE_WINDOW",

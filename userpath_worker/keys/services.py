@@ -17,12 +17,13 @@ from sqlalchemy.orm import Session
 
 from userpath_worker.audit import services as audit
 from userpath_worker.db import utcnow
+from userpath_worker.emails import normalize_email
 from userpath_worker.errors import Conflict, NotFound, UserError
 from userpath_worker.keys import tokens
 from userpath_worker.keys.models import ApiKey, KeyStatus
 from userpath_worker.keys.tokens import AuthFailure, Environment
 from userpath_worker.organizations.models import Organization
-from userpath_worker.organizations.services import normalize_email, require_owner
+from userpath_worker.organizations.services import require_owner
 
 DEFAULT_ROLL_GRACE = dt.timedelta(hours=24)
 MAX_ROLL_GRACE = dt.timedelta(days=7)  # Stripe's ceiling for keeping a rolled key alive
