@@ -11,7 +11,16 @@ checks events at the call, ``sender`` buffers them and sends them from a backgro
 contract the worker shares.
 """
 
-from userpath_client.client import UserPath
+from userpath_client.client import UserPath, install_sigterm_flush
 from userpath_client.errors import ClientClosed, InvalidEvent, InvalidKey, NotSent, QueueFull, UserPathError
 
-__all__ = ["ClientClosed", "InvalidEvent", "InvalidKey", "NotSent", "QueueFull", "UserPath", "UserPathError"]
+__all__ = [
+    "ClientClosed",
+    "InvalidEvent",
+    "InvalidKey",
+    "NotSent",
+    "QueueFull",
+    "UserPath",
+    "UserPathError",
+    "install_sigterm_flush",
+]

@@ -22,8 +22,14 @@ Guarantees:
   ``close()`` raise ``NotSent`` with the number of events they could not deliver in time.
 * Each event gets its ``event_id`` when queued, so a batch re-sent after an uncertain failure is
   stored once (the worker deduplicates on ``event_id``).
-* Pending events are flushed at interpreter exit. After ``os.fork()`` the child starts with an
-  empty queue and its own connection and thread; the parent's events are sent by the parent only.
+* Pending events are flushed at interpreter exit, and also when a ``multiprocessing`` child ends
+  (it leaves through ``os._exit``, skipping ``atexit``, but runs multiprocessing's finalizers
+  first) and when a Celery worker process shuts down (``worker_process_shutdown``, connected
+  when Celery is already imported as the client is made; the client never imports Celery).
+  SIGTERM kills a process without running any of these: ``flush_on_sigterm=True`` (or
+  ``install_sigterm_flush()``) flushes first, then calls the previous handler.
+* After ``os.fork()`` the child starts with an empty queue and its own connection and thread; the
+  parent's events are sent by the parent only.
 * The API key is never logged, put in an exception, or written to message headers.
 """
 
@@ -32,10 +38,15 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
+import multiprocessing.util
 import os
+import signal
+import sys
+import threading
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
+from types import FrameType
 from typing import Any
 
 from userpath_client.contract import (
@@ -74,6 +85,7 @@ class UserPath:
         broker_timeout: float = 5.0,
         shutdown_timeout: float = 5.0,
         queue_type: str | None = None,
+        flush_on_sigterm: bool = False,
     ) -> None:
         """``broker_url`` defaults to ``USERPATH_BROKER_URL``, the worker's own setting, and
         ``queue_type`` (RabbitMQ: ``classic`` or ``quorum``) to ``USERPATH_QUEUE_TYPE``, else
@@ -82,6 +94,8 @@ class UserPath:
 
         ``broker_timeout`` bounds each connect and publish; ``shutdown_timeout`` is how long
         ``close()`` (and interpreter exit) wait for the last events to be sent.
+
+        ``flush_on_sigterm=True`` calls ``install_sigterm_flush()`` (from the main thread only).
         """
         problem = key_problem(api_key)
         if problem == "malformed":
@@ -115,6 +129,9 @@ class UserPath:
         )
         self._sender = self._new_sender()
         _open_clients.add(self)
+        _connect_celery_shutdown()
+        if flush_on_sigterm:
+            install_sigterm_flush()
 
     def __repr__(self) -> str:
         return f"<UserPath {self._key_display} pending={self._sender.pending}>"
@@ -189,12 +206,81 @@ _open_clients: weakref.WeakSet[UserPath] = weakref.WeakSet()
 
 
 @atexit.register
-def _flush_at_exit() -> None:
+def _flush_at_exit(*_: object, **__: object) -> None:
+    """Close every open client. Also multiprocessing's exit finalizer and a Celery signal receiver."""
     for client in list(_open_clients):
         try:
             client.close()
         except NotSent as error:
             logger.error("at exit: %s", error)
+
+
+# -- processes that end without atexit ----------------------------------------------------------
+
+_EXIT_PRIORITY = 100  # multiprocessing runs higher priorities first: ours before its queues' cleanup
+
+
+def _flush_when_multiprocessing_exits(*_: object) -> None:
+    # A multiprocessing child runs its finalizers and then calls os._exit, skipping atexit. Its
+    # bootstrap empties the finalizers it inherited, then runs the after-fork hooks: so this is
+    # registered at import (this process, or a spawned child) and again by that hook in each child.
+    multiprocessing.util.Finalize(None, _flush_at_exit, exitpriority=_EXIT_PRIORITY)
+
+
+_flush_when_multiprocessing_exits()
+multiprocessing.util.register_after_fork(_flush_at_exit, _flush_when_multiprocessing_exits)
+
+
+def _connect_celery_shutdown() -> None:
+    # A Celery (billiard) worker process ends with os._exit after sending worker_process_shutdown.
+    # Connected only if the application already imported Celery: the client must not import it.
+    signals = sys.modules.get("celery.signals")
+    if signals is not None:
+        signals.worker_process_shutdown.connect(_flush_at_exit, weak=False, dispatch_uid="userpath_client")
+
+
+_previous_sigterm_handler: Any = None
+
+
+def install_sigterm_flush() -> None:
+    """On SIGTERM, flush every client (each up to its ``shutdown_timeout``), then do what the
+    previous handler did: call it, ignore the signal, or (the default) end the process as killed by
+    SIGTERM. Call it from the main thread, after installing your own handler if you have one.
+    Installing it twice does nothing.
+    """
+    global _previous_sigterm_handler
+    current = signal.getsignal(signal.SIGTERM)
+    if current is _on_sigterm:
+        return
+    signal.signal(signal.SIGTERM, _on_sigterm)  # ValueError outside the main thread
+    _previous_sigterm_handler = current
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    clients = list(_open_clients)
+    if clients:
+        # From a helper thread, joined with a bound: the signal may have interrupted this thread
+        # inside a client, holding the lock the flush needs.
+        helper = threading.Thread(target=_flush_each, args=(clients,), name="userpath-sigterm-flush", daemon=True)
+        helper.start()
+        helper.join(sum(client._shutdown_timeout for client in clients) + 1)
+    previous = _previous_sigterm_handler
+    if previous is signal.SIG_IGN:
+        return
+    if callable(previous):
+        previous(signum, frame)
+        return
+    # SIG_DFL, or a handler not set from Python (which cannot be called): end as SIGTERM would.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _flush_each(clients: list[UserPath]) -> None:
+    for client in clients:
+        try:
+            client.flush(client._shutdown_timeout)
+        except NotSent as error:
+            logger.error("on SIGTERM: %s", error)
 
 
 def _after_fork_in_child() -> None:
