@@ -16,6 +16,7 @@ from tasks.ingestion.decoder import Transported, decode, refused
 from tasks.ingestion.job import DatabaseUnavailable, dead_letter
 from userpath_worker import metrics
 from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.reporting import REPORTER
 from userpath_worker.events.services import Incoming, Refused
 
 logger = logging.getLogger("userpath.worker")
@@ -62,5 +63,6 @@ def settle(message: Message, letter: Incoming | Refused, detail: str = "") -> No
         return
     for reason, count in outcome.reasons.items():
         metrics.DEAD_LETTERS.labels(reason, "unknown").inc(count)
-    logger.warning("dead-lettered a message: %s", ", ".join(outcome.reasons) or "nothing recorded")
+    logger.info("dead-lettered a message: %s", ", ".join(outcome.reasons) or "nothing recorded")
+    REPORTER.report([(outcome.reasons, outcome.key)])
     message.ack()

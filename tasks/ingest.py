@@ -13,6 +13,7 @@ from tasks.ingestion.job import ingestor
 from userpath_client.contract import TRACK_TASK, WEBHOOK_TASK
 from userpath_worker import metrics
 from userpath_worker.db import is_transient, utcnow
+from userpath_worker.deadletter.reporting import REPORTER
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events.models import Source
 from userpath_worker.events.services import IngestOutcome
@@ -59,6 +60,8 @@ def _run(task: UserPathTask, source: Source, handle: Callable[[], IngestOutcome]
         "message handled",
         extra={name: summary[name] for name in ("org_id", "key", "source", "stored", "dead_lettered")},
     )
+    if outcome.dead_lettered:
+        REPORTER.report([(outcome.reasons, outcome.key)])
     return f"stored {outcome.stored}, dead-lettered {outcome.dead_lettered}"
 
 

@@ -21,6 +21,7 @@ from tasks.ingestion.decoder import Transported, decode, refused
 from userpath_worker import metrics, runtime
 from userpath_worker.db import is_transient
 from userpath_worker.deadletter.models import Reason
+from userpath_worker.deadletter.reporting import REPORTER
 from userpath_worker.deadletter.services import Rejection
 from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome, Refused
 from userpath_worker.keys.auth import KeyAuthenticator
@@ -87,6 +88,7 @@ def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
         "dead_lettered": sum(outcome.dead_lettered for outcome in outcomes),
     }
     logger.info("batch handled", extra=totals | {"seconds": round(seconds, 4)})
+    REPORTER.report((outcome.reasons, outcome.key) for outcome in outcomes if outcome.dead_lettered)
     return totals
 
 

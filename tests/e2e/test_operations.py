@@ -21,6 +21,7 @@ from tests.common.workers import producer, running_worker, wait_for, worker_envi
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import schema
 from userpath_worker.db import make_engine
+from userpath_worker.keys import tokens
 
 pytestmark = pytest.mark.slow
 
@@ -106,3 +107,10 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
     ]
     assert sum(entry["stored"] for entry in handled) == 3 and sum(entry["dead_lettered"] for entry in handled) == 1
     assert sum(entry["messages"] for entry in handled) == 2
+    # The dead letter's WARNING line, with the reason and the key's display form (never the key).
+    warned = [
+        json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and "dead-lettered" in line
+    ]
+    assert [(entry["reason"], entry["key"], entry["dead_lettered"]) for entry in warned] == [
+        ("invalid_event", tokens.display_form(key), 1)
+    ]

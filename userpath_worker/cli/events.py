@@ -83,19 +83,24 @@ def deadletter() -> None:
 
 
 @deadletter.command("list")
-@click.option("--org", required=True, help="Organization name.")
+@click.option("--org", help="Only this organization's (default: every organization's and the unattributed ones).")
+@click.option("--unattributed", is_flag=True, help="Only those without an organization (an unknown or malformed key).")
 @click.option("--reason", type=click.Choice([reason.value for reason in Reason]), help="Only this reason.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=50, show_default=True)
 @json_option
-def deadletter_list(org: str, reason: str | None, limit: int, as_json: bool) -> None:
-    """An organization's newest dead letters (those whose key was known)."""
+def deadletter_list(org: str | None, unattributed: bool, reason: str | None, limit: int, as_json: bool) -> None:
+    """The newest dead letters, with their organization ("-" when their key was unknown or malformed)."""
+    if org is not None and unattributed:
+        raise click.UsageError("--org and --unattributed exclude each other.")
     with transaction() as session:
-        organization = organizations.get_organization(session, org)
-        found = dead_letters.list_dead_letters(session, organization.id, reason, limit)
-    show_dead_letters(found, as_json)
+        org_id = organizations.get_organization(session, org).id if org is not None else None
+        found = dead_letters.list_dead_letters(session, org_id, reason, limit, unattributed=unattributed)
+    show_dead_letters([letter for letter, _ in found], as_json, [name for _, name in found])
 
 
-def show_dead_letters(found: list[DeadLetter], as_json: bool) -> None:
+def show_dead_letters(found: list[DeadLetter], as_json: bool, org_names: list[str | None] | None = None) -> None:
+    """``found`` as a table or JSON; with ``org_names`` (one per dead letter), an organization column."""
+    orgs = org_names if org_names is not None else [None] * len(found)
     if as_json:
         print_json(
             [
@@ -109,13 +114,23 @@ def show_dead_letters(found: list[DeadLetter], as_json: bool) -> None:
                     "received_at": d.received_at,
                     "payload": d.payload,
                 }
-                for d in found
+                | ({"org_id": d.org_id, "org": name} if org_names is not None else {})
+                for d, name in zip(found, orgs, strict=True)
             ]
         )
         return
+    if org_names is None:
+        print_table(
+            ["ID", "RECEIVED", "REASON", "QUEUE", "DETAIL"],
+            [[str(d.id), when(d.received_at), d.reason, d.queue or "-", shorten(d.detail, 70)] for d in found],
+        )
+        return
     print_table(
-        ["ID", "RECEIVED", "REASON", "QUEUE", "DETAIL"],
-        [[str(d.id), when(d.received_at), d.reason, d.queue or "-", shorten(d.detail, 70)] for d in found],
+        ["ID", "RECEIVED", "ORG", "REASON", "QUEUE", "DETAIL"],
+        [
+            [str(d.id), when(d.received_at), name or "-", d.reason, d.queue or "-", shorten(d.detail, 60)]
+            for d, name in zip(found, orgs, strict=True)
+        ],
     )
 
 

@@ -35,7 +35,7 @@ def demo() -> None:
     click.echo(f"\nStored events ({run.events}):")
     show_events(found, as_json=False)
     click.echo(f"\nDead letters ({run.dead_letters}):")
-    show_dead_letters(rejected, as_json=False)
+    show_dead_letters([letter for letter, _ in rejected], as_json=False, org_names=[name for _, name in rejected])
     click.echo("\nEvery message was stored or dead-lettered. Try: userpath events list --org Demo")
     click.echo(
         f"\nSee its keys on the web pages as the demo's owner ({demonstration.DEMO_OWNER}): run `userpath web`, "

@@ -19,6 +19,7 @@ from userpath_client.schemas import canonical_json, has_nul
 from userpath_worker.db import Transaction, utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.keys import tokens
+from userpath_worker.organizations.models import Organization
 
 PAYLOAD_PREVIEW_CHARS = 64 * 1024  # what is kept of a payload too large or too odd to store whole
 
@@ -135,16 +136,23 @@ def list_dead_letters(
     reason: str | None = None,
     limit: int = 100,
     since: dt.datetime | None = None,
-) -> list[DeadLetter]:
-    """The newest dead letters of one organization, or of all (``org_id=None``)."""
-    query = select(DeadLetter)
+    unattributed: bool = False,
+) -> list[tuple[DeadLetter, str | None]]:
+    """The newest dead letters, each with its organization's name: one organization's, or all
+    (``org_id=None``) including those without one (an unknown or malformed key), or with
+    ``unattributed`` only those without one."""
+    if unattributed and org_id is not None:
+        raise ValueError("a dead letter without an organization is not one organization's")
+    query = select(DeadLetter, Organization.name).outerjoin(Organization, Organization.id == DeadLetter.org_id)
     if org_id is not None:
         query = query.where(DeadLetter.org_id == org_id)
+    if unattributed:
+        query = query.where(DeadLetter.org_id.is_(None))
     if since is not None:
         query = query.where(DeadLetter.received_at >= since)
     if reason is not None:
         query = query.where(DeadLetter.reason == reason)
-    return list(session.scalars(query.order_by(DeadLetter.id.desc()).limit(limit)))
+    return [(letter, name) for letter, name in session.execute(query.order_by(DeadLetter.id.desc()).limit(limit))]
 
 
 def purge_dead_letters(transaction: Transaction, older_than: dt.timedelta, batch: int = 10_000) -> int:

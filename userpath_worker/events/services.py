@@ -24,6 +24,7 @@ from userpath_worker.deadletter.services import Delivery, Rejection, without_key
 from userpath_worker.events import verdicts
 from userpath_worker.events.models import Source
 from userpath_worker.events.storage import insert_events
+from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.services import KeyIdentity
 
@@ -42,13 +43,20 @@ class IngestOutcome:
     key: str | None = field(default=None, compare=False)  # the key's display form
 
     @classmethod
-    def of(cls, stored: int, rejections: Sequence[Rejection], identity: KeyIdentity | None = None) -> IngestOutcome:
+    def of(
+        cls,
+        stored: int,
+        rejections: Sequence[Rejection],
+        identity: KeyIdentity | None = None,
+        key: str | None = None,
+    ) -> IngestOutcome:
+        """``key``: the display form of a key that identifies no one (unknown, deleted...)."""
         return cls(
             stored=stored,
             dead_lettered=len(rejections),
             reasons=dict(Counter(rejection.reason.value for rejection in rejections)),
             org_id=identity.org_id if identity else None,
-            key=identity.display if identity else None,
+            key=identity.display if identity else key,
         )
 
 
@@ -79,10 +87,11 @@ class _Judgement:
     rows: list[dict[str, Any]]
     rejections: list[Rejection]
     identity: KeyIdentity | None = None
+    key: str | None = None  # the display form of a key refused without an identity
 
     @property
     def outcome(self) -> IngestOutcome:
-        return IngestOutcome.of(len(self.rows), self.rejections, self.identity)
+        return IngestOutcome.of(len(self.rows), self.rejections, self.identity, self.key)
 
 
 class Ingestor:
@@ -155,9 +164,20 @@ class Ingestor:
         identity = self.authenticator.authenticate(session, message.get("api_key"))
         refused = verdicts.key_refusal(message, identity, utcnow())
         if refused is not None:
-            return _Judgement(delivery, [], [refused], identity if isinstance(identity, KeyIdentity) else None)
+            if isinstance(identity, KeyIdentity):
+                return _Judgement(delivery, [], [refused], identity)
+            return _Judgement(delivery, [], [refused], key=_display_form(message.get("api_key")))
         if incoming.task == WEBHOOK_TASK:
             judged = verdicts.webhook_verdicts(message, identity, delivery)
         else:
             judged = verdicts.track_verdicts(message, identity, incoming.source, delivery)
         return _Judgement(delivery, judged.rows, judged.rejections, identity)
+
+
+def _display_form(candidate: object) -> str | None:
+    """The display form of a key-shaped value (one that was refused), None for anything else."""
+    return (
+        tokens.display_form(candidate)
+        if isinstance(candidate, str) and tokens.KEY_PATTERN.fullmatch(candidate)
+        else None
+    )

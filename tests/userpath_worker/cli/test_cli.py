@@ -207,6 +207,36 @@ def test_deadletter_replay_and_purge(acme: str, database_url: str) -> None:
     assert "Deleted 1 dead letters" in ok("deadletter", "purge", "--older-than", "0").stdout
 
 
+def test_deadletter_list_shows_every_organization_and_the_unattributed(acme: str, database_url: str) -> None:
+    ok("orgs", "create", "Beta", "--owner", "owner@beta.io")
+    engine = make_engine(database_url)
+    with engine.begin() as connection:
+        connection.execute(
+            insert(DeadLetter),
+            [
+                {"org_id": org_id, "reason": reason, "detail": detail, "received_at": utcnow(), "payload": None}
+                for org_id, reason, detail in (
+                    (1, "invalid_event", "acme's"),
+                    (2, "expired_key", "beta's"),
+                    (None, "unknown_key", "nobody's"),
+                )
+            ],
+        )
+    engine.dispose()
+
+    every = ok("deadletter", "list").stdout
+    assert "ORG" in every.splitlines()[0]
+    assert all(detail in every for detail in ("acme's", "beta's", "nobody's"))
+    assert any("nobody's" in line and " - " in line for line in every.splitlines())
+    only_acme = ok("deadletter", "list", "--org", acme).stdout
+    assert "acme's" in only_acme and "beta's" not in only_acme and "nobody's" not in only_acme
+    unattributed = json.loads(ok("deadletter", "list", "--unattributed", "--json").stdout)
+    assert [(d["detail"], d["org"], d["org_id"]) for d in unattributed] == [("nobody's", None, None)]
+    listed = json.loads(ok("deadletter", "list", "--reason", "expired_key", "--json").stdout)
+    assert [(d["detail"], d["org"]) for d in listed] == [("beta's", "Beta")]
+    assert run("deadletter", "list", "--org", acme, "--unattributed").exit_code == 2
+
+
 class TestOnlyOwnersManageKeysThroughTheCli:
     """The test above covers an admin; members and people outside the organization are refused too."""
 

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import Engine, event, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from tests.common.clock import FakeClock
 from tests.common.databases import table_dump
 from tests.common.factories import OWNER, make_organization
 from userpath_client.contract import EVENTS_QUEUE, MAX_EVENT_BYTES, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
@@ -31,14 +32,6 @@ from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
 
 RECEIVED = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -208,7 +201,10 @@ def test_refused_keys_dead_letter_the_whole_envelope(
     good = tokens.generate(Environment.LIVE)
     candidate = {"bad-checksum": good[:-1] + ("0" if good[-1] != "0" else "1"), "unknown": good}.get(api_key, api_key)
     envelope = {"batch": [an_event(), an_event(event="Second")]} | ({"api_key": candidate} if candidate else {})
-    assert track(ingestor, envelope) == IngestOutcome(stored=0, dead_lettered=1)
+    outcome = track(ingestor, envelope)
+    assert outcome == IngestOutcome(stored=0, dead_lettered=1)
+    shaped = bool(candidate and tokens.KEY_PATTERN.fullmatch(candidate))
+    assert outcome.key == (tokens.display_form(candidate) if shaped else None)  # for the log's line
     [letter] = dead(session)
     assert letter.reason == reason and letter.org_id is None
     assert len(letter.payload["batch"]) == 2
