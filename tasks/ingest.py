@@ -46,6 +46,7 @@ def _run(task: UserPathTask, source: Source, handle: Callable[[], IngestOutcome]
         raise task.retry(exc=error, countdown=delay, max_retries=None) from None
     summary = {
         "stored": outcome.stored,
+        "duplicates": outcome.duplicates,
         "dead_lettered": outcome.dead_lettered,
         "dead_letters": outcome.reasons,
         "source": source.value,
@@ -58,11 +59,11 @@ def _run(task: UserPathTask, source: Source, handle: Callable[[], IngestOutcome]
     metrics.count_outcome(summary)
     logger.info(
         "message handled",
-        extra={name: summary[name] for name in ("org_id", "key", "source", "stored", "dead_lettered")},
+        extra={name: summary[name] for name in ("org_id", "key", "source", "stored", "duplicates", "dead_lettered")},
     )
     if outcome.dead_lettered:
         REPORTER.report([(outcome.reasons, outcome.key)])
-    return f"stored {outcome.stored}, dead-lettered {outcome.dead_lettered}"
+    return f"stored {outcome.stored}, duplicates {outcome.duplicates}, dead-lettered {outcome.dead_lettered}"
 
 
 # shared=False: these tasks belong to this app only, not to every Celery app the process makes.

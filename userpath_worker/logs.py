@@ -23,6 +23,7 @@ FIELDS = (
     "queue",
     "source",
     "stored",
+    "duplicates",
     "dead_lettered",
     "reason",
     "retry_in",

@@ -23,7 +23,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, multiproces
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
 
-EVENTS_STORED = Counter("userpath_events_stored", "Events stored (new or already stored).", ["source"])
+EVENTS_STORED = Counter("userpath_events_stored", "Events stored.", ["source"])
+EVENTS_DUPLICATE = Counter("userpath_events_duplicate", "Events re-sent after they were stored: kept once.", ["source"])
 DEAD_LETTERS = Counter("userpath_dead_letters", "Messages or events dead-lettered.", ["reason", "source"])
 BATCH_WRITE_SECONDS = Histogram(
     "userpath_batch_write_seconds",
@@ -38,6 +39,7 @@ def count_outcome(outcome: dict[str, Any]) -> None:
     """Count what one message came to, from the summary its task returned."""
     source = outcome.get("source", "unknown")
     EVENTS_STORED.labels(source).inc(outcome.get("stored", 0))
+    EVENTS_DUPLICATE.labels(source).inc(outcome.get("duplicates", 0))
     for reason, count in outcome.get("dead_letters", {}).items():
         DEAD_LETTERS.labels(reason, source).inc(count)
     if "seconds" in outcome:

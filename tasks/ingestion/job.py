@@ -62,8 +62,11 @@ def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
     debug = logger.isEnabledFor(logging.DEBUG)
     for message, outcome in zip(messages, outcomes, strict=True):
         source = message.source.value if isinstance(message, Incoming) else "unknown"
-        counts = by_source.setdefault(source, {"source": source, "stored": 0, "dead_letters": Counter()})
+        counts = by_source.setdefault(
+            source, {"source": source, "stored": 0, "duplicates": 0, "dead_letters": Counter()}
+        )
         counts["stored"] += outcome.stored
+        counts["duplicates"] += outcome.duplicates
         counts["dead_letters"].update(outcome.reasons)
         if debug:
             logger.debug(
@@ -74,6 +77,7 @@ def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
                     "key": outcome.key,
                     "source": source,
                     "stored": outcome.stored,
+                    "duplicates": outcome.duplicates,
                     "dead_lettered": outcome.dead_lettered,
                 },
             )
@@ -85,6 +89,7 @@ def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
     totals = {
         "messages": len(items),
         "stored": sum(outcome.stored for outcome in outcomes),
+        "duplicates": sum(outcome.duplicates for outcome in outcomes),
         "dead_lettered": sum(outcome.dead_lettered for outcome in outcomes),
     }
     logger.info("batch handled", extra=totals | {"seconds": round(seconds, 4)})
@@ -106,7 +111,7 @@ def record_unprocessable(transport: str, items: Sequence[Any], why: str) -> dict
             letters.append(refused(transported, Reason.INTERNAL_ERROR, detail, keep_body=False))
     _store(letters)
     logger.error("recorded %s message(s) that could not be processed (%s)", len(letters), why)
-    return {"messages": len(items), "stored": 0, "dead_lettered": len(letters)}
+    return {"messages": len(items), "stored": 0, "duplicates": 0, "dead_lettered": len(letters)}
 
 
 def _store(messages: Sequence[Incoming | Refused]) -> list[IngestOutcome]:

@@ -75,7 +75,9 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
     log = tmp_path / "worker.log"
     with running_worker(env, log, "--concurrency=1"):
         app = producer(REDIS_URL)
-        app.send_task(TRACK_TASK, args=[envelope(key, 3, "ok")], queue=EVENTS_QUEUE)
+        ok = envelope(key, 3, "ok")
+        app.send_task(TRACK_TASK, args=[ok], queue=EVENTS_QUEUE)
+        app.send_task(TRACK_TASK, args=[ok], queue=EVENTS_QUEUE)  # re-sent: 3 duplicates
         bad = envelope(key, 1, "bad")
         bad["batch"][0].pop("user_id")
         app.send_task(TRACK_TASK, args=[bad], queue=EVENTS_QUEUE)
@@ -90,10 +92,11 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
 
         metrics = wait_for(handled_both, 30, "the metrics")
         assert 'userpath_events_stored_total{source="server"} 3.0' in metrics
+        assert 'userpath_events_duplicate_total{source="server"} 3.0' in metrics
         assert 'userpath_dead_letters_total{reason="invalid_event",source="server"} 1.0' in metrics
         assert 'userpath_queue_depth{queue="userpath.events"} 0.0' in metrics
-        # On Redis both messages may share a batch: one transaction or two.
-        assert re.search(r"^userpath_batch_write_seconds_count [12]\.0$", metrics, re.MULTILINE)
+        # On Redis the messages may share a batch: one transaction to three.
+        assert re.search(r"^userpath_batch_write_seconds_count [123]\.0$", metrics, re.MULTILINE)
 
         health = userpath("health", "--timeout", "5", env=env)
         assert health.returncode == 0 and health.stdout.startswith("healthy: celery@")
@@ -101,12 +104,12 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
         assert status["dead_letters_24h"] == {"invalid_event": 1} and len(status["workers"]) == 1
     engine.dispose()
 
-    # At INFO, one line per batch (tasks/batching.py); each message has its own line at DEBUG.
+    # At INFO, one line per batch (tasks/ingestion/job.py); each message has its own line at DEBUG.
     handled = [
         json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and "batch handled" in line
     ]
     assert sum(entry["stored"] for entry in handled) == 3 and sum(entry["dead_lettered"] for entry in handled) == 1
-    assert sum(entry["messages"] for entry in handled) == 2
+    assert sum(entry["duplicates"] for entry in handled) == 3 and sum(entry["messages"] for entry in handled) == 3
     # The dead letter's WARNING line, with the reason and the key's display form (never the key).
     warned = [
         json.loads(line) for line in log.read_text().splitlines() if line.startswith("{") and "dead-lettered" in line

@@ -147,6 +147,15 @@ def test_every_message_is_stored_once_or_dead_lettered(clean_database, broker_ur
     )
     assert key not in log.read_text() and key not in dump
     assert not tokens.KEY_PATTERN.search(dump)
+    # The logs count truthfully: the re-sent envelope's 10 events and the redelivered webhook are
+    # duplicates, not stored twice.
+    handled = [
+        json.loads(line)
+        for line in log.read_text().splitlines()
+        if line.startswith("{") and ("batch handled" in line or "message handled" in line)
+    ]
+    assert sum(entry["stored"] for entry in handled) == expected[0]
+    assert sum(entry["duplicates"] for entry in handled) == 10 + 1
 
 
 def test_secrets_stay_out_of_debug_logs_tables_and_task_events(clean_database, tmp_path: Path) -> None:

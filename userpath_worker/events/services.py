@@ -31,13 +31,15 @@ from userpath_worker.keys.services import KeyIdentity
 
 @dataclass(frozen=True, slots=True)
 class IngestOutcome:
-    """What became of one message: events accepted (new or already stored) and dead letters.
+    """What became of one message: events stored, events already stored (re-sent: kept once,
+    counted as duplicates) and dead letters.
 
     The other fields are for logs and metrics; two outcomes are equal when their counts are.
     """
 
     stored: int
     dead_lettered: int
+    duplicates: int = 0
     reasons: dict[str, int] = field(default_factory=dict, compare=False)  # dead letters by reason
     org_id: int | None = field(default=None, compare=False)
     key: str | None = field(default=None, compare=False)  # the key's display form
@@ -49,11 +51,13 @@ class IngestOutcome:
         rejections: Sequence[Rejection],
         identity: KeyIdentity | None = None,
         key: str | None = None,
+        duplicates: int = 0,
     ) -> IngestOutcome:
         """``key``: the display form of a key that identifies no one (unknown, deleted...)."""
         return cls(
             stored=stored,
             dead_lettered=len(rejections),
+            duplicates=duplicates,
             reasons=dict(Counter(rejection.reason.value for rejection in rejections)),
             org_id=identity.org_id if identity else None,
             key=identity.display if identity else key,
@@ -89,9 +93,16 @@ class _Judgement:
     identity: KeyIdentity | None = None
     key: str | None = None  # the display form of a key refused without an identity
 
-    @property
-    def outcome(self) -> IngestOutcome:
-        return IngestOutcome.of(len(self.rows), self.rejections, self.identity, self.key)
+    def outcome(self, inserted: set[tuple[int, str]]) -> IngestOutcome:
+        """The outcome, given the (org_id, event_id) the INSERT stored; each claims one row, so
+        an event sent twice in one batch is stored once and counted once as a duplicate."""
+        stored = 0
+        for row in self.rows:
+            event = (row["org_id"], row["event_id"])
+            if event in inserted:
+                inserted.discard(event)
+                stored += 1
+        return IngestOutcome.of(stored, self.rejections, self.identity, self.key, len(self.rows) - stored)
 
 
 class Ingestor:
@@ -123,12 +134,12 @@ class Ingestor:
                 else _Judgement(message.delivery, [], [message.rejection])
                 for message in messages
             ]
-            insert_events(session, [row for judgement in judgements for row in judgement.rows])
+            inserted = insert_events(session, [row for judgement in judgements for row in judgement.rows])
             for judgement in judgements:
                 dead_letters.record_dead_letters(session, judgement.rejections, judgement.delivery)
             for key_id in {j.identity.key_id for j in judgements if j.rows and j.identity}:
                 self.authenticator.mark_used(session, key_id)
-        return [judgement.outcome for judgement in judgements]
+        return [judgement.outcome(inserted) for judgement in judgements]
 
     def keep_for_replay(self, message: Incoming, detail: str) -> IngestOutcome:
         """Dead-letter, whole, a message that could not be stored for a reason of ours (the

@@ -27,19 +27,26 @@ SELECT (r->>0)::integer, (r->>1)::integer, r->>2, r->>3, r->>4,
        (r->>6)::timestamptz, (r->>7)::timestamptz, (r->>8)::timestamptz, (r->>9)::timestamptz
 FROM jsonb_array_elements(%s::jsonb) AS incoming(r)
 ON CONFLICT (org_id, event_id) DO NOTHING
+RETURNING org_id, event_id
 """
 
 
-def insert_events(session: Session, rows: list[dict[str, Any]]) -> None:
+def insert_events(session: Session, rows: list[dict[str, Any]]) -> set[tuple[int, str]]:
     """Insert events rows, each with its ``event_json``; one already stored (the same org_id
-    and event_id) is skipped."""
+    and event_id) is skipped. Returns the (org_id, event_id) of the rows inserted, so that a
+    re-sent event is counted as a duplicate, not as stored (RETURNING: SQLite 3.35 or later)."""
     if not rows:
-        return
+        return set()
     if session.get_bind().dialect.name == "postgresql":
-        session.connection().exec_driver_sql(_JSON_ROWS_INSERT, (_rows_document(rows),))
+        inserted = session.connection().exec_driver_sql(_JSON_ROWS_INSERT, (_rows_document(rows),))
     else:
-        insert = sqlite.insert(Event.__table__).on_conflict_do_nothing(index_elements=["org_id", "event_id"])
-        session.execute(insert, [_sqlite_row(row) for row in rows])
+        insert = (
+            sqlite.insert(Event.__table__)
+            .on_conflict_do_nothing(index_elements=["org_id", "event_id"])
+            .returning(Event.org_id, Event.event_id)
+        )
+        inserted = session.execute(insert, [_sqlite_row(row) for row in rows])
+    return {(org_id, event_id) for org_id, event_id in inserted}
 
 
 def newest_events(session: Session, org_id: int, limit: int = 20) -> list[Event]:

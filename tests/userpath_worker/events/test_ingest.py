@@ -23,7 +23,7 @@ from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Event, Source
-from userpath_worker.events.services import Ingestor, IngestOutcome
+from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome
 from userpath_worker.events.verdicts import derived_event_id, occurred_at
 from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
@@ -169,9 +169,26 @@ def test_the_same_envelope_twice_stores_each_event_once(session: Session, ingest
         "api_key": plaintext,
         "batch": [an_event(event_id="a"), an_event(event="No Id"), an_event(event="No Id")],
     }
-    track(ingestor, envelope)
-    track(ingestor, envelope)
+    # The two "No Id" events are one event (same key and content): stored once, then a duplicate.
+    assert track(ingestor, envelope) == IngestOutcome(stored=2, dead_lettered=0, duplicates=1)
+    assert track(ingestor, envelope) == IngestOutcome(stored=0, dead_lettered=0, duplicates=3)
     assert sorted(e.name for e in events(session)) == ["No Id", "Signed Up"]
+
+
+def test_duplicates_are_counted_per_message_of_one_batch(session: Session, ingestor: Ingestor, org_and_key) -> None:
+    _, _, plaintext = org_and_key
+    first = Incoming(
+        TRACK_TASK, [{"api_key": plaintext, "batch": [an_event(event_id="a")]}], {}, Source.SERVER, delivery()
+    )
+    again = Incoming(
+        TRACK_TASK,
+        [{"api_key": plaintext, "batch": [an_event(event_id="a"), an_event(event_id="b")]}],
+        {},
+        Source.SERVER,
+        delivery(),
+    )
+    assert ingestor.ingest([first, again]) == [IngestOutcome(1, 0, 0), IngestOutcome(1, 0, 1)]
+    assert sorted(e.event_id for e in events(session)) == ["a", "b"]
 
 
 def test_an_event_without_id_gets_one_from_its_key_and_content(
@@ -411,8 +428,11 @@ class TestWebhooks:
 
     def test_a_redelivered_webhook_is_stored_once(self, session: Session, ingestor: Ingestor, org_and_key) -> None:
         _, _, plaintext = org_and_key
-        for _ in range(3):
+        outcomes = [
             self.webhook(ingestor, plaintext, "stripe", '{"type": "charge.succeeded"}', delivery_id="evt_1")
+            for _ in range(3)
+        ]
+        assert [(o.stored, o.duplicates) for o in outcomes] == [(1, 0), (0, 1), (0, 1)]
         self.webhook(ingestor, plaintext, "stripe", '{"type": "charge.succeeded"}', delivery_id="evt_2")
         [first, second] = events(session)
         assert first.event_id == derived_event_id("webhook", "stripe", "evt_1") != second.event_id
