@@ -3,6 +3,8 @@ another organization's key, an off-site ``next``; and the session cookie's flags
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from flask import Flask
 from sqlalchemy import Engine
@@ -78,6 +80,15 @@ def test_every_response_carries_the_security_headers(browser: Browser, path: str
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert response.headers["Referrer-Policy"] == "same-origin"
     assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_the_pages_name_their_icon_and_it_is_served(browser: Browser) -> None:
+    # Without it every page view costs the browser a 404 for /favicon.ico.
+    html = browser.get("/sign-in").get_data(as_text=True)
+    [icon] = re.findall(r'<link rel="icon" type="image/svg\+xml" href="([^"]+)">', html)
+    response = browser.get(icon)
+    assert (response.status_code, response.mimetype) == (200, "image/svg+xml")
+    assert response.get_data(as_text=True).startswith("<svg")
 
 
 def test_the_policy_allows_no_inline_script_and_no_framing() -> None:
