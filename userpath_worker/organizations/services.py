@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+import difflib
+
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,6 +17,7 @@ __all__ = [
     "create_organization",
     "get_member",
     "get_organization",
+    "list_organizations",
     "members_of",
     "normalize_email",
     "remove_member",
@@ -49,8 +52,29 @@ def create_organization(session: Session, name: str, owner_email: str) -> Organi
 def get_organization(session: Session, name: str) -> Organization:
     organization = session.scalar(select(Organization).where(Organization.name == name))
     if organization is None:
+        closest = _closest_name(session, name)
+        if closest is not None:
+            raise NotFound(f"organization '{name}' not found; did you mean '{closest}'?")
         raise NotFound(f"organization '{name}' not found; create it with `userpath orgs create`")
     return organization
+
+
+def _closest_name(session: Session, name: str) -> str | None:
+    """The existing organization name most like ``name`` (case aside), if any is close enough."""
+    names = {existing.casefold(): existing for existing in session.scalars(select(Organization.name))}
+    found = difflib.get_close_matches(name.casefold(), names, n=1, cutoff=0.6)
+    return names[found[0]] if found else None
+
+
+def list_organizations(session: Session) -> list[tuple[Organization, int]]:
+    """Every organization by name, with its number of members."""
+    query = (
+        select(Organization, func.count(Member.id))
+        .outerjoin(Member, Member.org_id == Organization.id)
+        .group_by(Organization.id)
+        .order_by(Organization.name)
+    )
+    return [(organization, members) for organization, members in session.execute(query)]
 
 
 def add_member(session: Session, organization: Organization, email: str, role: Role) -> Member:
