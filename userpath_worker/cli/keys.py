@@ -28,7 +28,7 @@ from userpath_worker.rotation.services import stale_keys
 
 @click.group()
 def keys() -> None:
-    """API keys: create, list, roll, delete."""
+    """API keys: create, list, show, roll, delete."""
 
 
 @keys.command("create")

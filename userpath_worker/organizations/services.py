@@ -89,15 +89,16 @@ def add_member(session: Session, organization: Organization, email: str, role: R
     return member
 
 
-def require_owner(session: Session, organization: Organization, actor_email: str) -> Member:
-    """The acting member, if they are an owner of the organization; PermissionDenied otherwise."""
+def require_owner(
+    session: Session, organization: Organization, actor_email: str, doing: str = "create, roll or delete keys"
+) -> Member:
+    """The acting member, if they are an owner of the organization; PermissionDenied otherwise,
+    whose line says that only owners can ``doing``."""
     member = session.scalar(
         select(Member).where(Member.org_id == organization.id, Member.email == normalize_email(actor_email))
     )
     if member is None or member.role is not Role.OWNER:
-        raise PermissionDenied(
-            f"{actor_email} is not an owner of '{organization.name}'; only owners can create, roll or delete keys"
-        )
+        raise PermissionDenied(f"{actor_email} is not an owner of '{organization.name}'; only owners can {doing}")
     return member
 
 
@@ -118,7 +119,7 @@ def get_member(session: Session, organization: Organization, member_id: int) -> 
 
 def change_role(session: Session, organization: Organization, email: str, role: Role, actor: str) -> Member:
     """Give a member another role (owners only); an organization always keeps an owner."""
-    require_owner(session, organization, actor)
+    require_owner(session, organization, actor, "change members' roles")
     member = _member_for_change(session, organization, email)
     previous = member.role
     if previous is role:
@@ -134,7 +135,7 @@ def change_role(session: Session, organization: Organization, email: str, role: 
 
 def remove_member(session: Session, organization: Organization, email: str, actor: str) -> Member:
     """Take a member out of the organization (owners only); never its last owner."""
-    require_owner(session, organization, actor)
+    require_owner(session, organization, actor, "remove members")
     member = _member_for_change(session, organization, email)
     if member.role is Role.OWNER:
         _keep_an_owner(session, organization, member)

@@ -10,10 +10,12 @@ import importlib.metadata
 import json
 from typing import Any
 
+import click
 import pytest
 from sqlalchemy import insert
 
 from tests.common.cli import ok, run
+from userpath_worker.cli import cli
 from userpath_worker.cli.common import DURATION
 from userpath_worker.cli.keys import keys_roll
 from userpath_worker.db import make_engine, utcnow
@@ -38,10 +40,37 @@ def test_version_comes_from_the_installed_distribution() -> None:
     assert ok("--version").stdout.strip() == f"userpath, version {importlib.metadata.version('userpath-worker')}"
 
 
-@pytest.mark.parametrize("command", [[], ["keys"], ["keys", "roll"], ["members", "set-role"], ["audit", "list"]])
+def every_command(group: click.Group = cli, path: tuple[str, ...] = ()) -> list[list[str]]:
+    found = [list(path)]
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            found += every_command(command, (*path, name))
+        else:
+            found.append([*path, name])
+    return found
+
+
+@pytest.mark.parametrize("command", every_command(), ids=" ".join)
 def test_dash_h_is_help_on_every_command(command: list[str]) -> None:
     short, long = ok(*command, "-h").stdout, ok(*command, "--help").stdout
     assert short == long and short.startswith("Usage: userpath") and "-h, --help" in short
+
+
+# Commands that run until stopped or only answer with an exit status, and the dead-letter commands
+# whose options issue 14 item 6 changes.
+WITHOUT_JSON = [["worker"], ["beat"], ["web"], ["health"], ["demo"], ["deadletter", "purge"], ["deadletter", "replay"]]
+
+
+def test_every_command_has_json_but_the_servers() -> None:
+    missing = []  # commands without --json, apart from those above
+    for path in every_command():
+        command = cli
+        for name in path:
+            command = command.commands[name]
+        has_json = any(param.name == "as_json" for param in command.params)
+        if not isinstance(command, click.Group) and not has_json and path not in WITHOUT_JSON:
+            missing.append(path)
+    assert missing == []
 
 
 def test_durations_are_shown_as_duration_with_the_readme_s_default() -> None:

@@ -210,7 +210,11 @@ def test_set_role_and_remove_by_an_owner_are_audited(acme: str, engine: Engine) 
         ),
         (
             ["members", "remove", "--org", "Acme", "owner@acme.io", "--as", "admin@acme.io"],
-            "admin@acme.io is not an owner of 'Acme'",
+            "admin@acme.io is not an owner of 'Acme'; only owners can remove members",
+        ),
+        (
+            ["members", "set-role", "--org", "Acme", "admin@acme.io", "--role", "owner", "--as", "admin@acme.io"],
+            "admin@acme.io is not an owner of 'Acme'; only owners can change members' roles",
         ),
         (
             ["members", "set-role", "--org", "Acme", "nobody@acme.io", "--role", "admin", "--as", "owner@acme.io"],
