@@ -1,15 +1,15 @@
-"""Durations given on the command line (``--grace 24h``): config's parser, with the option named
-in the one-line error a person sees."""
+"""Durations given as text to a command's body (``--older-than 30d``): config's parser, with the
+option named in the one-line error a person sees. Options parse theirs with ``cli.common.DURATION``,
+which makes a bad one a usage mistake."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-from config.durations import format_duration
 from config.durations import parse_duration as _parse
 from userpath_worker.errors import UserError
 
-__all__ = ["format_duration", "parse_duration"]
+__all__ = ["parse_duration"]
 
 
 def parse_duration(text: str, *, what: str) -> dt.timedelta:

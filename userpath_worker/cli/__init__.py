@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import click
 
-from userpath_worker.cli import db, events, keys, members, operations, orgs, rotation, web, worker
+from userpath_worker.cli import audit, db, events, keys, members, operations, orgs, rotation, web, worker
 from userpath_worker.cli.common import UserPathGroup, settings
 
 
-@click.group(cls=UserPathGroup)
+# -h as well as --help, on every command: click hands context settings down to each subcommand.
+@click.group(cls=UserPathGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="userpath-worker", prog_name="userpath")
 def cli() -> None:
     """UserPath's event ingestion worker and its operations tools."""
     settings()  # a bad USERPATH_* value stops every command here, with one line
@@ -23,6 +25,7 @@ for command in (
     orgs.orgs,
     members.members,
     keys.keys,
+    audit.audit_group,
     events.events,
     events.deadletter,
     worker.worker,

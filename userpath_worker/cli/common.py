@@ -15,6 +15,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from config.celery import QUEUES
+from config.durations import DURATION_HINT, parse_duration
 from config.settings import Settings, SettingsError, get_settings
 from userpath_worker import runtime, schema
 from userpath_worker.accounts.services import INVITATION_LIFETIME, invitation_url
@@ -75,6 +76,53 @@ def key_service(session: Session) -> KeyService:
     return KeyService(session, pepper=settings().key_pepper)
 
 
+class Duration(click.ParamType):
+    """A duration such as 30s, 15m, 24h, 90d or 0; anything else is a usage mistake (exit 2)."""
+
+    name = "duration"  # shown as DURATION in the help
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.timedelta:
+        if isinstance(value, dt.timedelta):
+            return value
+        try:
+            return parse_duration(value)
+        except ValueError as error:
+            self.fail(str(error), param, ctx)
+
+
+DURATION = Duration()
+
+
+class Since(click.ParamType):
+    """A moment given as a duration back from now (24h) or an ISO time; an ISO time without an
+    offset is read as UTC, and a line on standard error says so."""
+
+    name = "when"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.datetime:
+        if isinstance(value, dt.datetime):
+            return value
+        try:
+            moment = dt.datetime.fromisoformat(value)
+        except ValueError:
+            try:
+                return utcnow() - parse_duration(value)
+            except ValueError:
+                self.fail(
+                    f"'{value}' is neither a duration ({DURATION_HINT}) nor an ISO time such as 2026-03-01T12:00",
+                    param,
+                    ctx,
+                )
+        if moment.tzinfo is None:
+            name = param.opts[0] if param is not None else "the time"
+            click.echo(f"Note: {name} {value} has no UTC offset; read as UTC.", err=True)
+            moment = moment.replace(tzinfo=dt.UTC)
+        return moment
+
+
+SINCE = Since()
+
+
 def json_option(function: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")(function)
 
@@ -84,7 +132,13 @@ def print_json(value: Any) -> None:
 
 
 def when(value: dt.datetime | None) -> str:
-    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
+    """A time in a table or a line, always UTC: its column header says so (``utc``)."""
+    return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
+
+
+def utc(header: str) -> str:
+    """The header of a table column of times (``when``): every table labels them alike."""
+    return f"{header} (UTC)"
 
 
 def key_as_dict(key: ApiKey, now: dt.datetime) -> dict[str, Any]:
@@ -122,12 +176,12 @@ def print_new_key(key: ApiKey, plaintext: str, as_json: bool, **extra: Any) -> N
     )
 
 
-def print_link(token: str, as_json: bool, what: str) -> None:
+def print_link(token: str, as_json: bool, what: str, **fields: Any) -> None:
     """A one-time link to the web pages: ``what`` happened (on standard error), then the link as the
-    last line of standard output, or ``{"url": ...}`` with --json."""
+    last line of standard output, or ``{...fields, "url": ...}`` with --json."""
     url = invitation_url(settings().web_base_url, token)
     if as_json:
-        print_json({"url": url})
+        print_json({**fields, "url": url})
         return
     click.echo(f"{what} Send them this one-time link, valid {_hours(INVITATION_LIFETIME)} hours:", err=True)
     click.echo(url)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from userpath_worker import runtime, schema
+from userpath_worker.cli.common import json_option, print_json
 
 
 @click.group()
@@ -13,7 +14,12 @@ def db() -> None:
 
 
 @db.command("upgrade")
-def db_upgrade() -> None:
+@json_option
+def db_upgrade(as_json: bool) -> None:
     """Apply every pending migration."""
     schema.upgrade(runtime.engine())
-    click.echo(f"Database schema is at revision {schema.current_revision(runtime.engine())}.")
+    revision = schema.current_revision(runtime.engine())
+    if as_json:
+        print_json({"revision": revision})
+        return
+    click.echo(f"Database schema is at revision {revision}.")

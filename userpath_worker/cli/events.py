@@ -8,15 +8,13 @@ import sys
 
 import click
 
-from userpath_worker.cli.common import json_option, print_json, print_table, shorten, transaction, when
-from userpath_worker.db import utcnow
+from userpath_worker.cli.common import SINCE, json_option, print_json, print_table, shorten, transaction, utc, when
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.durations import parse_duration
-from userpath_worker.errors import UserError
-from userpath_worker.events.models import Event
+from userpath_worker.events.models import Event, Source
 from userpath_worker.events.replay import REPLAYABLE, ReplayResult, count_replayable, replay_dead_letters
-from userpath_worker.events.storage import newest_events
+from userpath_worker.events.storage import EventFilter, find_events
 from userpath_worker.organizations import services as organizations
 
 
@@ -27,13 +25,30 @@ def events() -> None:
 
 @events.command("list")
 @click.option("--org", required=True, help="Organization name.")
+@click.option("--name", help="Only events of this name.")
+@click.option("--user-id", help="Only this user's events.")
+@click.option("--source", type=click.Choice([source.value for source in Source]), help="Only events from this source.")
+@click.option("--since", type=SINCE, help="Only events that occurred since then: a duration (24h, 7d) or an ISO time.")
+@click.option("--before-id", type=click.IntRange(min=1), help="The next page: events older than this id.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @json_option
-def events_list(org: str, limit: int, as_json: bool) -> None:
-    """The newest events of an organization."""
+def events_list(
+    org: str,
+    name: str | None,
+    user_id: str | None,
+    source: str | None,
+    since: dt.datetime | None,
+    before_id: int | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """The newest events of an organization, newest first; pages on with --before-id."""
+    chosen = EventFilter(name, user_id, Source(source) if source else None, since, before_id)
     with transaction() as session:
-        found = newest_events(session, organizations.get_organization(session, org).id, limit)
+        found = find_events(session, organizations.get_organization(session, org).id, chosen, limit)
     show_events(found, as_json)
+    if len(found) == limit and not as_json:
+        click.echo(f"Older events: add --before-id {found[-1].id}", err=True)
 
 
 def show_events(found: list[Event], as_json: bool) -> None:
@@ -61,7 +76,7 @@ def show_events(found: list[Event], as_json: bool) -> None:
         )
         return
     print_table(
-        ["ID", "OCCURRED", "SOURCE", "ENV", "EVENT", "USER", "PROPERTIES"],
+        ["ID", utc("OCCURRED"), "SOURCE", "ENV", "EVENT", "USER", "PROPERTIES"],
         [
             [
                 str(e.id),
@@ -121,12 +136,12 @@ def show_dead_letters(found: list[DeadLetter], as_json: bool, org_names: list[st
         return
     if org_names is None:
         print_table(
-            ["ID", "RECEIVED", "REASON", "QUEUE", "DETAIL"],
+            ["ID", utc("RECEIVED"), "REASON", "QUEUE", "DETAIL"],
             [[str(d.id), when(d.received_at), d.reason, d.queue or "-", shorten(d.detail, 70)] for d in found],
         )
         return
     print_table(
-        ["ID", "RECEIVED", "ORG", "REASON", "QUEUE", "DETAIL"],
+        ["ID", utc("RECEIVED"), "ORG", "REASON", "QUEUE", "DETAIL"],
         [
             [str(d.id), when(d.received_at), name or "-", d.reason, d.queue or "-", shorten(d.detail, 60)]
             for d, name in zip(found, orgs, strict=True)
@@ -167,10 +182,6 @@ def deadletter_purge(older_than: str) -> None:
 
 
 def _since(text: str) -> dt.datetime:
-    try:
-        moment = dt.datetime.fromisoformat(text)
-    except ValueError:
-        return utcnow() - parse_duration(text, what="--since")
-    if moment.tzinfo is None:
-        raise UserError(f"--since {text!r} has no time zone; add one, such as +00:00")
-    return moment
+    """``deadletter replay``'s --since, read as every --since is (``cli.common.SINCE``)."""
+    context = click.get_current_context()
+    return SINCE.convert(text, next(p for p in context.command.params if p.name == "since"), context)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import datetime as dt
+
 import click
 
 from userpath_worker.cli.common import (
+    DURATION,
     json_option,
     key_as_dict,
     key_service,
@@ -12,19 +15,20 @@ from userpath_worker.cli.common import (
     print_new_key,
     print_table,
     transaction,
+    utc,
     when,
 )
 from userpath_worker.db import utcnow
-from userpath_worker.durations import format_duration, parse_duration
-from userpath_worker.keys.services import DEFAULT_ROLL_GRACE
+from userpath_worker.keys.auth import LAST_USED_RESOLUTION
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.models import Organization
 from userpath_worker.rotation.services import stale_keys
 
 
 @click.group()
 def keys() -> None:
-    """API keys: create, list, roll, delete."""
+    """API keys: create, list, show, roll, delete."""
 
 
 @keys.command("create")
@@ -32,22 +36,27 @@ def keys() -> None:
 @click.option("--name", required=True, help='What the key is for, e.g. "App X Production Server".')
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
 @click.option("--env", "environment", type=click.Choice(["live", "test"]), default="live", show_default=True)
-@click.option("--expires-in", metavar="DURATION", help="Lifetime such as 90d; none by default.")
+@click.option("--expires-in", type=DURATION, help="Lifetime such as 90d; none by default.")
 @json_option
-def keys_create(org: str, name: str, actor: str, environment: str, expires_in: str | None, as_json: bool) -> None:
+def keys_create(
+    org: str, name: str, actor: str, environment: str, expires_in: dt.timedelta | None, as_json: bool
+) -> None:
     """Create a key and print it once."""
-    lifetime = parse_duration(expires_in, what="--expires-in") if expires_in else None
     with transaction() as session:
         organization = organizations.get_organization(session, org)
-        key, plaintext = key_service(session).create(organization, name, actor, Environment(environment), lifetime)
+        key, plaintext = key_service(session).create(organization, name, actor, Environment(environment), expires_in)
     print_new_key(key, plaintext, as_json)
 
 
-@keys.command("list")
+@keys.command(
+    "list",
+    help="List an organization's keys (never their secrets).\n\nLAST USED has a resolution of "
+    f"{LAST_USED_RESOLUTION:g} seconds: a worker process writes it at most that often per key, so it can be "
+    "that far behind the key's last use.",
+)
 @click.option("--org", required=True, help="Organization name.")
 @json_option
 def keys_list(org: str, as_json: bool) -> None:
-    """List an organization's keys (never their secrets)."""
     now = utcnow()
     with transaction() as session:
         found = key_service(session).list(organizations.get_organization(session, org))
@@ -55,7 +64,7 @@ def keys_list(org: str, as_json: bool) -> None:
         print_json([key_as_dict(key, now) for key in found])
         return
     print_table(
-        ["ID", "NAME", "KEY", "ENV", "STATUS", "CREATED", "LAST USED", "EXPIRES", "FLAG"],
+        ["ID", "NAME", "KEY", "ENV", "STATUS", utc("CREATED"), utc("LAST USED"), utc("EXPIRES"), "FLAG"],
         [
             [
                 str(key.id),
@@ -73,33 +82,73 @@ def keys_list(org: str, as_json: bool) -> None:
     )
 
 
+@keys.command("show")
+@click.argument("key_id", type=int)
+@json_option
+def keys_show(key_id: int, as_json: bool) -> None:
+    """One key's details (never its secret)."""
+    now = utcnow()
+    with transaction() as session:
+        key = key_service(session).get(key_id)
+        organization = session.get_one(Organization, key.org_id)
+    if as_json:
+        print_json({"org": organization.name, **key_as_dict(key, now)})
+        return
+    replaced_by = str(key.replaced_by_id) if key.replaced_by_id else "-"
+    for label, value in (
+        ("ID", str(key.id)),
+        ("ORG", organization.name),
+        ("NAME", key.name),
+        ("KEY", key.display),
+        ("ENV", key.environment.value),
+        ("STATUS", key.status(now).value),
+        ("CREATED BY", key.created_by),
+        (utc("CREATED"), when(key.created_at)),
+        (utc("LAST USED"), when(key.last_used_at)),
+        (utc("EXPIRES"), when(key.expires_at)),
+        (utc("DELETED"), when(key.deleted_at)),
+        ("REPLACED BY", replaced_by),
+        ("FLAG", ",".join(key.flag_reasons or []) or "-"),
+    ):
+        click.echo(f"{label + ':':<18}{value}")
+
+
 @keys.command("roll")
 @click.argument("key_id", type=int)
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
 @click.option(
     "--grace",
-    default=format_duration(DEFAULT_ROLL_GRACE),
+    type=DURATION,
+    default="24h",  # DEFAULT_ROLL_GRACE, written as people say it (format_duration would say 1d)
     show_default=True,
-    help="How long the old key keeps working (0 to 7d).",
+    help="How long the old key keeps working (0 to 7d; 0 stops it now).",
 )
 @json_option
-def keys_roll(key_id: int, actor: str, grace: str, as_json: bool) -> None:
+def keys_roll(key_id: int, actor: str, grace: dt.timedelta, as_json: bool) -> None:
     """Replace a key with a new one; the old one stops after the grace period."""
     with transaction() as session:
-        new, plaintext = key_service(session).roll(key_id, actor, parse_duration(grace, what="--grace"))
+        new, plaintext = key_service(session).roll(key_id, actor, grace)
         old = key_service(session).get(key_id)
     print_new_key(new, plaintext, as_json, replaces=old.id, old_key_expires_at=old.expires_at.isoformat())
-    if not as_json:
+    if as_json:
+        return
+    if grace:
         click.echo(f"Key {old.id} keeps working until {old.expires_at:%Y-%m-%d %H:%M:%S} UTC.", err=True)
+    else:
+        click.echo(f"Key {old.id} stopped working now.", err=True)
 
 
 @keys.command("delete")
 @click.argument("key_id", type=int)
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
-def keys_delete(key_id: int, actor: str) -> None:
+@json_option
+def keys_delete(key_id: int, actor: str, as_json: bool) -> None:
     """Delete a key: it stops authenticating at once."""
     with transaction() as session:
         key = key_service(session).delete(key_id, actor)
+    if as_json:
+        print_json(key_as_dict(key, utcnow()))
+        return
     click.echo(f"Deleted key {key.id} ('{key.name}', {key.display}).")
 
 
@@ -116,7 +165,7 @@ def keys_stale(org: str | None, as_json: bool) -> None:
         print_json([{**key_as_dict(key, now), "org": org_name} for key, org_name in found])
         return
     print_table(
-        ["ID", "ORG", "NAME", "KEY", "REASONS", "FLAGGED", "LAST USED", "EXPIRES"],
+        ["ID", "ORG", "NAME", "KEY", "REASONS", utc("FLAGGED"), utc("LAST USED"), utc("EXPIRES")],
         [
             [
                 str(key.id),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from userpath_worker.accounts import services as accounts
-from userpath_worker.cli.common import print_link, transaction
+from userpath_worker.cli.common import json_option, print_json, print_link, print_table, transaction, utc, when
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Role
 
@@ -18,12 +18,35 @@ def orgs() -> None:
 @orgs.command("create")
 @click.argument("name")
 @click.option("--owner", "owner_email", required=True, help="E-mail of the first owner.")
-def orgs_create(name: str, owner_email: str) -> None:
+@json_option
+def orgs_create(name: str, owner_email: str, as_json: bool) -> None:
     """Create organization NAME with its first owner, and print the owner's one-time link (72 hours)
     where they set a password, as the last line."""
     with transaction() as session:
         organization = organizations.create_organization(session, name, owner_email)
         owner = organizations.normalize_email(owner_email)
         token = accounts.invite(session, organization, owner, Role.OWNER, accounts.OPERATOR)
-    click.echo(f"Created organization '{organization.name}' (id {organization.id}) owned by {owner_email}.")
-    print_link(token, False, f"Invited {owner} to sign in as its owner.")
+    created = {"id": organization.id, "name": organization.name, "owner": owner}
+    if not as_json:
+        click.echo(f"Created organization '{organization.name}' (id {organization.id}) owned by {owner_email}.")
+    print_link(token, as_json, f"Invited {owner} to sign in as its owner.", **created)
+
+
+@orgs.command("list")
+@json_option
+def orgs_list(as_json: bool) -> None:
+    """Every organization, with its number of members."""
+    with transaction() as session:
+        found = organizations.list_organizations(session)
+    if as_json:
+        print_json(
+            [
+                {"id": org.id, "name": org.name, "created_at": org.created_at, "members": members}
+                for org, members in found
+            ]
+        )
+        return
+    print_table(
+        ["ID", "NAME", "MEMBERS", utc("CREATED")],
+        [[str(org.id), org.name, str(members), when(org.created_at)] for org, members in found],
+    )

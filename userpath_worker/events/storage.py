@@ -5,6 +5,8 @@ Inside the caller's transaction; nothing here commits.
 
 from __future__ import annotations
 
+import datetime as dt
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,7 +14,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
-from userpath_worker.events.models import Event
+from userpath_worker.events.models import Event, Source
 
 # PostgreSQL: the whole batch as one JSON document, turned into rows by one statement. A row at
 # a time (executemany) costs a round of parsing and planning per event; and each event's JSON,
@@ -50,7 +52,34 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> set[tuple[int
 
 
 def newest_events(session: Session, org_id: int, limit: int = 20) -> list[Event]:
-    return list(session.scalars(select(Event).where(Event.org_id == org_id).order_by(Event.id.desc()).limit(limit)))
+    return find_events(session, org_id, EventFilter(), limit)
+
+
+@dataclass(frozen=True, slots=True)
+class EventFilter:
+    """Which of an organization's events to list; every field left unset matches all."""
+
+    name: str | None = None
+    user_id: str | None = None
+    source: Source | None = None
+    since: dt.datetime | None = None  # occurred at or after
+    before_id: int | None = None  # the next page: ids below the last one shown
+
+
+def find_events(session: Session, org_id: int, chosen: EventFilter, limit: int = 20) -> list[Event]:
+    """The organization's newest events (by id, highest first) that ``chosen`` matches."""
+    query = select(Event).where(Event.org_id == org_id)
+    if chosen.name is not None:
+        query = query.where(Event.name == chosen.name)
+    if chosen.user_id is not None:
+        query = query.where(Event.user_id == chosen.user_id)
+    if chosen.source is not None:
+        query = query.where(Event.source == chosen.source)
+    if chosen.since is not None:
+        query = query.where(Event.occurred_at >= chosen.since)
+    if chosen.before_id is not None:
+        query = query.where(Event.id < chosen.before_id)
+    return list(session.scalars(query.order_by(Event.id.desc()).limit(limit)))
 
 
 def _rows_document(rows: list[dict[str, Any]]) -> str:

@@ -115,6 +115,11 @@ class KeyService:
         if not dt.timedelta(0) <= grace <= MAX_ROLL_GRACE:
             raise UserError("the grace period must be between 0 and 7d")
         old = self._get_for_change(key_id, actor)
+        if old.status() is KeyStatus.EXPIRING and old.replaced_by_id is not None:
+            raise Conflict(
+                f"API key {key_id} is expiring and cannot be rolled: key {old.replaced_by_id} already replaced it; "
+                f"roll key {old.replaced_by_id} instead"
+            )
         if old.status() is not KeyStatus.ACTIVE:
             raise Conflict(f"API key {key_id} is {old.status()} and cannot be rolled")
         now = utcnow()

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from sqlalchemy import select
+import difflib
+
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -15,6 +17,7 @@ __all__ = [
     "create_organization",
     "get_member",
     "get_organization",
+    "list_organizations",
     "members_of",
     "normalize_email",
     "remove_member",
@@ -49,8 +52,29 @@ def create_organization(session: Session, name: str, owner_email: str) -> Organi
 def get_organization(session: Session, name: str) -> Organization:
     organization = session.scalar(select(Organization).where(Organization.name == name))
     if organization is None:
+        closest = _closest_name(session, name)
+        if closest is not None:
+            raise NotFound(f"organization '{name}' not found; did you mean '{closest}'?")
         raise NotFound(f"organization '{name}' not found; create it with `userpath orgs create`")
     return organization
+
+
+def _closest_name(session: Session, name: str) -> str | None:
+    """The existing organization name most like ``name`` (case aside), if any is close enough."""
+    names = {existing.casefold(): existing for existing in session.scalars(select(Organization.name))}
+    found = difflib.get_close_matches(name.casefold(), names, n=1, cutoff=0.6)
+    return names[found[0]] if found else None
+
+
+def list_organizations(session: Session) -> list[tuple[Organization, int]]:
+    """Every organization by name, with its number of members."""
+    query = (
+        select(Organization, func.count(Member.id))
+        .outerjoin(Member, Member.org_id == Organization.id)
+        .group_by(Organization.id)
+        .order_by(Organization.name)
+    )
+    return [(organization, members) for organization, members in session.execute(query)]
 
 
 def add_member(session: Session, organization: Organization, email: str, role: Role) -> Member:
@@ -65,15 +89,16 @@ def add_member(session: Session, organization: Organization, email: str, role: R
     return member
 
 
-def require_owner(session: Session, organization: Organization, actor_email: str) -> Member:
-    """The acting member, if they are an owner of the organization; PermissionDenied otherwise."""
+def require_owner(
+    session: Session, organization: Organization, actor_email: str, doing: str = "create, roll or delete keys"
+) -> Member:
+    """The acting member, if they are an owner of the organization; PermissionDenied otherwise,
+    whose line says that only owners can ``doing``."""
     member = session.scalar(
         select(Member).where(Member.org_id == organization.id, Member.email == normalize_email(actor_email))
     )
     if member is None or member.role is not Role.OWNER:
-        raise PermissionDenied(
-            f"{actor_email} is not an owner of '{organization.name}'; only owners can create, roll or delete keys"
-        )
+        raise PermissionDenied(f"{actor_email} is not an owner of '{organization.name}'; only owners can {doing}")
     return member
 
 
@@ -94,7 +119,7 @@ def get_member(session: Session, organization: Organization, member_id: int) -> 
 
 def change_role(session: Session, organization: Organization, email: str, role: Role, actor: str) -> Member:
     """Give a member another role (owners only); an organization always keeps an owner."""
-    require_owner(session, organization, actor)
+    require_owner(session, organization, actor, "change members' roles")
     member = _member_for_change(session, organization, email)
     previous = member.role
     if previous is role:
@@ -110,7 +135,7 @@ def change_role(session: Session, organization: Organization, email: str, role: 
 
 def remove_member(session: Session, organization: Organization, email: str, actor: str) -> Member:
     """Take a member out of the organization (owners only); never its last owner."""
-    require_owner(session, organization, actor)
+    require_owner(session, organization, actor, "remove members")
     member = _member_for_change(session, organization, email)
     if member.role is Role.OWNER:
         _keep_an_owner(session, organization, member)

@@ -149,3 +149,84 @@ def test_links_are_audited_by_the_operator_and_never_stored(acme: str, engine: E
         ]
     for url in urls:
         assert token_of(url) not in dump
+
+
+def test_members_add_takes_org_and_the_positional_form_still_works_with_a_deprecation(
+    acme: str, engine: Engine
+) -> None:
+    added = ok("members", "add", "--org", acme, "Admin@acme.io", "--role", "admin")
+    assert added.stdout.strip() == "Added admin@acme.io to 'Acme' as admin." and added.stderr == ""
+    old_form = ok("members", "add", acme, "member@acme.io", "--role", "member")
+    assert old_form.stdout.strip() == "Added member@acme.io to 'Acme' as member."
+    assert old_form.stderr.strip() == (
+        "Deprecated: `members add ORG EMAIL` will go; write `members add --org ORG EMAIL`."
+    )
+    assert roles(engine) == {"owner@acme.io": "owner", "admin@acme.io": "admin", "member@acme.io": "member"}
+
+
+def test_members_list_owners_first(acme: str) -> None:
+    ok("members", "add", "--org", acme, "b@acme.io", "--role", "member")
+    ok("members", "add", "--org", acme, "a@acme.io", "--role", "admin")
+    listed = json.loads(ok("members", "list", "--org", acme, "--json").stdout)
+    assert [(m["email"], m["role"]) for m in listed] == [
+        ("owner@acme.io", "owner"),
+        ("a@acme.io", "admin"),
+        ("b@acme.io", "member"),
+    ]
+    table = ok("members", "list", "--org", acme).stdout.splitlines()
+    assert table[0].split() == ["EMAIL", "ROLE", "ADDED", "(UTC)"] and table[1].split()[:2] == [
+        "owner@acme.io",
+        "owner",
+    ]
+
+
+def test_set_role_and_remove_by_an_owner_are_audited(acme: str, engine: Engine) -> None:
+    ok("members", "add", "--org", acme, "new@acme.io", "--role", "member")
+    promoted = ok("members", "set-role", "--org", acme, "New@acme.io", "--role", "admin", "--as", "owner@acme.io")
+    assert promoted.stdout.strip() == "new@acme.io is now admin of 'Acme'."
+    as_json = ok(
+        "members", "set-role", "--org", acme, "new@acme.io", "--role", "owner", "--as", "owner@acme.io", "--json"
+    )
+    assert (json.loads(as_json.stdout)["email"], json.loads(as_json.stdout)["role"]) == ("new@acme.io", "owner")
+    removed = json.loads(
+        ok("members", "remove", "--org", acme, "owner@acme.io", "--as", "new@acme.io", "--json").stdout
+    )
+    assert (removed["email"], removed["role"], removed["removed"]) == ("owner@acme.io", "owner", True)
+    assert roles(engine) == {"new@acme.io": "owner"}
+    actions = [entry["action"] for entry in json.loads(ok("audit", "list", "--org", acme, "--json").stdout)]
+    assert actions[:3] == ["member.removed", "member.role_changed", "member.role_changed"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["members", "set-role", "--org", "Acme", "owner@acme.io", "--role", "admin", "--as", "owner@acme.io"],
+            "owner@acme.io is the last owner of 'Acme'; make another member an owner first",
+        ),
+        (
+            ["members", "remove", "--org", "Acme", "owner@acme.io", "--as", "owner@acme.io"],
+            "owner@acme.io is the last owner of 'Acme'; make another member an owner first",
+        ),
+        (
+            ["members", "remove", "--org", "Acme", "owner@acme.io", "--as", "admin@acme.io"],
+            "admin@acme.io is not an owner of 'Acme'; only owners can remove members",
+        ),
+        (
+            ["members", "set-role", "--org", "Acme", "admin@acme.io", "--role", "owner", "--as", "admin@acme.io"],
+            "admin@acme.io is not an owner of 'Acme'; only owners can change members' roles",
+        ),
+        (
+            ["members", "set-role", "--org", "Acme", "nobody@acme.io", "--role", "admin", "--as", "owner@acme.io"],
+            "nobody@acme.io is not a member of 'Acme'",
+        ),
+    ],
+)
+def test_members_changes_never_leave_an_organization_without_an_owner(
+    acme: str, engine: Engine, args: list[str], message: str
+) -> None:
+    ok("members", "add", "--org", acme, "admin@acme.io", "--role", "admin")
+    result = run(*args)
+    assert result.exit_code == 1 and message in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert roles(engine) == {"owner@acme.io": "owner", "admin@acme.io": "admin"}

@@ -158,6 +158,12 @@ class TestRoll:
             with pytest.raises(Conflict, match="cannot be rolled"):
                 keys.roll(key.id, OWNER)
 
+    def test_rolling_a_rolled_key_again_names_its_replacement(self, session: Session, keys: KeyService) -> None:
+        old, _ = keys.create(make_organization(session), "Server", OWNER)
+        new, _ = keys.roll(old.id, OWNER)
+        with pytest.raises(Conflict, match=f"key {new.id} already replaced it; roll key {new.id} instead"):
+            keys.roll(old.id, OWNER)
+
 
 def test_a_deleted_key_stops_authenticating_at_once(session: Session, keys: KeyService) -> None:
     key, plaintext = keys.create(make_organization(session), "Server", OWNER)

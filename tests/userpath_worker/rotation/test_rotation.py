@@ -484,7 +484,10 @@ class TestCommands:
         assert listing[1].endswith("too_old,unused") and listing[2].endswith("-")
 
         stale = ok("keys", "stale").stdout.splitlines()
-        assert stale[0].split() == ["ID", "ORG", "NAME", "KEY", "REASONS", "FLAGGED", "LAST", "USED", "EXPIRES"]
+        assert stale[0].split() == [
+            *("ID", "ORG", "NAME", "KEY", "REASONS"),
+            *("FLAGGED", "(UTC)", "LAST", "USED", "(UTC)", "EXPIRES", "(UTC)"),
+        ]
         assert len(stale) == 2 and "Acme" in stale[1] and "too_old,unused" in stale[1]
         (flagged,) = json.loads(ok("keys", "stale", "--org", org, "--json").stdout)
         assert (flagged["name"], flagged["org"], flagged["flag_reasons"]) == ("Old", "Acme", ["too_old", "unused"])
