@@ -114,3 +114,15 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
     assert [(entry["reason"], entry["key"], entry["dead_lettered"]) for entry in warned] == [
         ("invalid_event", tokens.display_form(key), 1)
     ]
+
+
+def test_a_plain_celery_worker_logs_at_info_like_userpath_worker(tmp_path: Path) -> None:
+    # Celery's own default is WARNING: "ready." (INFO), which running_worker waits for, would never come.
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_ops")
+    schema.upgrade(make_engine(url))
+    log = tmp_path / "worker.log"
+    with running_worker(worker_environment(url, REDIS_URL), log, "--concurrency=1", loglevel=None):
+        pass
+    levels = {json.loads(line)["level"] for line in log.read_text().splitlines() if line.startswith("{")}
+    assert "INFO" in levels
