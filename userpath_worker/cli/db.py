@@ -15,5 +15,6 @@ def db() -> None:
 @db.command("upgrade")
 def db_upgrade() -> None:
     """Apply every pending migration."""
+    schema.announce_new_database(runtime.engine())
     schema.upgrade(runtime.engine())
     click.echo(f"Database schema is at revision {schema.current_revision(runtime.engine())}.")
