@@ -56,6 +56,7 @@ def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
         "USERPATH_BROKER_URL": "redis://127.0.0.1:9/0",
         "USERPATH_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
     }
+    schema.upgrade(make_engine(env["USERPATH_DATABASE_URL"]))  # a database in use: only the broker is missing
     result = userpath("status", env=env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
