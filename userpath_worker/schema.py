@@ -66,8 +66,8 @@ def prepare(engine: Engine, *, quiet: bool = False) -> None:
     """Make the schema usable: migrate an embedded SQLite database, check any other one.
 
     The embedded default must run with no setup step; a shared PostgreSQL is migrated
-    deliberately by an operator (or the compose file's one-shot migrate service). ``quiet``: the
-    caller says itself what it leaves behind (the demo).
+    deliberately by an operator (or the compose file's one-shot migrate service). ``quiet`` is for
+    the demo, whose files the quick start names: it skips the new-database line.
     """
     if engine.dialect.name == "sqlite":
         if not quiet:
