@@ -9,8 +9,12 @@ kombu's SQLAlchemy broker transport on SQLite files in the working directory. Pr
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
+import os
+import sys
 import urllib.parse
+from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
@@ -19,6 +23,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from config.schedules import parse_schedule
 
 ENV_PREFIX = "USERPATH_"
+# The test suite's own variables (USERPATH_TEST_DATABASE_PREFIX, USERPATH_TEST_POSTGRES and the
+# like) share the prefix but choose the test servers, not settings: never warned about.
+_TEST_VARIABLES_PREFIX = ENV_PREFIX + "TEST_"
+# Set once the unknown variables were warned about: ``userpath worker`` execs Celery, which reads
+# the settings again in the same terminal, and one command warns once.
+_WARNED_MARKER = "_USERPATH_UNKNOWN_VARIABLES_WARNED"
 
 
 class SettingsError(ValueError):
@@ -166,7 +176,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str) -> str:
         scheme, separator, rest = value.partition("://")
         if not separator or scheme.split("+")[0] not in ("sqlite", "postgresql", "postgres"):
-            raise ValueError("must be a sqlite:/// or postgresql+psycopg:// URL")
+            raise ValueError("must be sqlite:///PATH or postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE")
         if scheme in ("postgresql", "postgres"):
             # psycopg 3 is the driver we ship; SQLAlchemy would otherwise look for psycopg2.
             return f"postgresql+psycopg://{rest}"
@@ -207,9 +217,39 @@ def _first_problem(error: ValidationError) -> str:
     return f"{variable}: {message}"
 
 
+def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]]:
+    """Each ``USERPATH_*`` variable that is no setting, with the setting it most resembles (or None).
+
+    pydantic-settings reads names in any case, so ``userpath_log_level`` is a setting too.
+    """
+    known = [name.upper() for name in Settings.model_fields]
+    unknown = sorted(
+        name
+        for name in environ
+        if name.upper().startswith(ENV_PREFIX)
+        and not name.upper().startswith(_TEST_VARIABLES_PREFIX)
+        and name.upper().removeprefix(ENV_PREFIX) not in known
+    )
+    # Compared without the prefix, which every name shares and which would make any two look alike.
+    closest = {name: difflib.get_close_matches(name.upper().removeprefix(ENV_PREFIX), known, n=1) for name in unknown}
+    return [(name, ENV_PREFIX + closest[name][0] if closest[name] else None) for name in unknown]
+
+
+def _warn_about_unknown_variables() -> None:
+    """One line on standard error per ``USERPATH_*`` variable that is no setting: a mistyped name
+    would otherwise leave its setting at the default without a word."""
+    if os.environ.get(_WARNED_MARKER):
+        return
+    for name, closest in unknown_variables(os.environ):
+        hint = f"did you mean {closest}?" if closest else "the README's Settings table lists them"
+        print(f"userpath: warning: {name} is not a setting and is ignored; {hint}", file=sys.stderr)
+        os.environ[_WARNED_MARKER] = "1"
+
+
 @functools.cache
 def get_settings() -> Settings:
-    """The process's settings, read from the environment once."""
+    """The process's settings, read from the environment once (warning once about unknown names)."""
+    _warn_about_unknown_variables()
     try:
         return Settings()
     except ValidationError as error:

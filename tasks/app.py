@@ -6,7 +6,9 @@ import gc
 import logging
 from typing import Any
 
+import click
 from celery import Celery, signals
+from click.core import ParameterSource
 
 from config.beat import beat_schedule
 from config.celery import celery_config
@@ -34,10 +36,23 @@ logger = logging.getLogger("userpath.worker")
 def _logging(loglevel: Any = None, **_: Any) -> None:
     """Our formatters instead of Celery's: JSON lines, or text on a terminal, never a key.
 
-    USERPATH_LOG_LEVEL wins when it is set; otherwise the worker's --loglevel does.
+    USERPATH_LOG_LEVEL wins when it is set; otherwise the worker's --loglevel when one was given;
+    otherwise the setting's default, INFO, as ``userpath worker`` logs.
     """
     explicit = "log_level" in settings.model_fields_set
-    logs.configure(settings.log_level if explicit or not loglevel else logging.getLevelName(loglevel))
+    chosen = loglevel and not _celery_default("loglevel")
+    logs.configure(logging.getLevelName(loglevel) if chosen and not explicit else settings.log_level)
+
+
+def _celery_default(option: str) -> bool:
+    """Whether Celery's command line left ``option`` at its default.
+
+    Celery's --loglevel defaults to WARNING in its click command and no setting changes that
+    (CELERYD_LOG_LEVEL went in 4.0), so only click knows whether it was chosen. A worker started
+    from code, outside a command line, chose its level.
+    """
+    context = click.get_current_context(silent=True)
+    return context is not None and context.get_parameter_source(option) is ParameterSource.DEFAULT
 
 
 @signals.worker_init.connect

@@ -56,7 +56,7 @@ class DemoRun:
 
 def run(worker_command: list[str], say: Callable[[str], None], timeout: float = 90.0) -> DemoRun:
     settings = get_settings()
-    schema.prepare(runtime.engine())
+    schema.prepare(runtime.engine(), quiet=True)  # the quick start says what the demo leaves behind
     started_at = utcnow()
     org_id, key, deleted_key = _demo_keys(started_at)
     say(f"Organization '{DEMO_ORG}' with a new key {tokens.display_form(key)}; starting a worker...")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from alembic import command
@@ -48,13 +49,29 @@ def require_current(engine: Engine) -> None:
         )
 
 
-def prepare(engine: Engine) -> None:
+def announce_new_database(engine: Engine) -> None:
+    """Say so on standard error when an embedded SQLite file is about to be created: an unset or
+    mistyped USERPATH_DATABASE_URL, or another working directory, would otherwise go unnoticed
+    behind a fresh empty database."""
+    path = engine.url.database if engine.dialect.name == "sqlite" else None
+    if path and path != ":memory:" and not Path(path).exists():
+        print(
+            f"userpath: creating a new embedded database {Path(path).resolve()} "
+            "(USERPATH_DATABASE_URL names the database to use)",
+            file=sys.stderr,
+        )
+
+
+def prepare(engine: Engine, *, quiet: bool = False) -> None:
     """Make the schema usable: migrate an embedded SQLite database, check any other one.
 
     The embedded default must run with no setup step; a shared PostgreSQL is migrated
-    deliberately by an operator (or the compose file's one-shot migrate service).
+    deliberately by an operator (or the compose file's one-shot migrate service). ``quiet`` is for
+    the demo, whose files the quick start names: it skips the new-database line.
     """
     if engine.dialect.name == "sqlite":
+        if not quiet:
+            announce_new_database(engine)
         upgrade(engine)
     else:
         require_current(engine)

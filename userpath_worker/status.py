@@ -4,12 +4,15 @@ did rotation run, is a worker alive."""
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from celery import Celery
 from kombu import Connection, Queue
+from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from config.celery import QUEUES
@@ -22,8 +25,12 @@ from userpath_worker.rotation.models import Reminder, RotationPass
 
 @dataclass(frozen=True)
 class Status:
+    database: str  # the URLs in use, passwords masked
+    broker: str
     queues: dict[str, int]
     workers: list[str] | None  # None: the broker cannot broadcast (the embedded one)
+    # Node names that more than one worker answered a ping as, and how many did.
+    shared_node_names: dict[str, int]
     last_event_received_at: dt.datetime | None
     dead_letters_24h: dict[str, int]
     stale_keys: int
@@ -53,7 +60,12 @@ def queue_depths(broker_url: str, timeout: float = 5.0) -> dict[str, int]:
 
 
 def ping_workers(broker_url: str, timeout: float) -> list[str]:
-    """Names of the workers that answered within ``timeout`` seconds."""
+    """Names of the workers that answered within ``timeout`` seconds, once per reply.
+
+    A name is there twice when two workers share it: on Redis each receives the broadcast and
+    replies on its own (Celery's ``ping`` returns one dict per reply). On RabbitMQ the second one
+    cannot start: its control queue, named after the node, is the first one's exclusive queue.
+    """
     app = Celery("userpath-status", broker=broker_url, set_as_current=False)
     try:
         replies = app.control.ping(timeout=timeout) or []
@@ -62,8 +74,9 @@ def ping_workers(broker_url: str, timeout: float) -> list[str]:
     return sorted(name for reply in replies for name in reply)
 
 
-def collect(session: Session, broker_url: str, ping_timeout: float = 1.0) -> Status:
+def collect(session: Session, database_url: str, broker_url: str, ping_timeout: float = 1.0) -> Status:
     now = utcnow()
+    workers = ping_workers(broker_url, ping_timeout) if broadcasts(broker_url) else None
     newest_event_id = session.scalar(select(func.max(Event.id)))
     last_pass = session.scalars(select(RotationPass).order_by(RotationPass.finished_at.desc()).limit(1)).first()
     rejected = session.execute(
@@ -72,8 +85,11 @@ def collect(session: Session, broker_url: str, ping_timeout: float = 1.0) -> Sta
         .group_by(DeadLetter.reason)
     ).all()
     return Status(
+        database=make_url(database_url).render_as_string(hide_password=True),
+        broker=maybe_sanitize_url(broker_url),
         queues=queue_depths(broker_url),
-        workers=ping_workers(broker_url, ping_timeout) if broadcasts(broker_url) else None,
+        workers=workers,
+        shared_node_names={name: count for name, count in Counter(workers or []).items() if count > 1},
         last_event_received_at=(
             session.scalar(select(Event.received_at).where(Event.id == newest_event_id)) if newest_event_id else None
         ),

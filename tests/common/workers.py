@@ -85,9 +85,14 @@ def worker_environment(database_url: str, broker_url: str, **extra: str) -> dict
 
 @contextlib.contextmanager
 def running_worker(
-    environment: dict[str, str], log_path: Path, *arguments: str, ready_within: float = 30.0
+    environment: dict[str, str],
+    log_path: Path,
+    *arguments: str,
+    ready_within: float = 30.0,
+    loglevel: str | None = "INFO",
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``celery -A tasks.app worker`` process, stopped (and killed if need be) on exit."""
+    """A real ``celery -A tasks.app worker`` process, stopped (and killed if need be) on exit.
+    ``loglevel=None`` leaves ``--loglevel`` out, as an operator typing the command might."""
     command = [
         sys.executable,
         "-m",
@@ -98,7 +103,7 @@ def running_worker(
         f"--queues={','.join(QUEUES)}",
         "--without-gossip",
         "--without-mingle",
-        "--loglevel=INFO",
+        *([f"--loglevel={loglevel}"] if loglevel else []),
         *arguments,
     ]
     with log_path.open("ab") as log:

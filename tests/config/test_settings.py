@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from config.settings import Settings, SettingsError, get_settings
+from config.settings import Settings, SettingsError, get_settings, unknown_variables
 
 
 def test_defaults_need_no_server() -> None:
@@ -41,3 +41,14 @@ def test_a_bad_value_names_the_variable_and_not_the_value(
 def test_the_pepper_is_not_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("USERPATH_KEY_PEPPER", "very-secret-pepper")
     assert "very-secret-pepper" not in repr(get_settings())
+
+
+def test_unknown_variables_are_named_with_their_closest_setting_and_the_tests_own_are_not() -> None:
+    environ = {
+        "USERPATH_DATABSE_URL": "x",
+        "USERPATH_ZZZ": "x",  # resembles nothing
+        "userpath_log_level": "INFO",  # pydantic-settings reads any case: a setting
+        "USERPATH_TEST_DATABASE_PREFIX": "x",
+        "PATH": "/bin",
+    }
+    assert unknown_variables(environ) == [("USERPATH_DATABSE_URL", "USERPATH_DATABASE_URL"), ("USERPATH_ZZZ", None)]

@@ -56,6 +56,7 @@ def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:
         "USERPATH_BROKER_URL": "redis://127.0.0.1:9/0",
         "USERPATH_DATABASE_URL": f"sqlite:///{tmp_path}/x.db",
     }
+    schema.upgrade(make_engine(env["USERPATH_DATABASE_URL"]))  # a database in use: only the broker is missing
     result = userpath("status", env=env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [result.stderr.strip()]
@@ -117,3 +118,37 @@ def test_health_status_metrics_and_json_logs_of_a_running_worker(tmp_path: Path)
     assert [(entry["reason"], entry["key"], entry["dead_lettered"]) for entry in warned] == [
         ("invalid_event", tokens.display_form(key), 1)
     ]
+
+
+def test_a_plain_celery_worker_logs_at_info_like_userpath_worker(tmp_path: Path) -> None:
+    # Celery's own default is WARNING: "ready." (INFO), which running_worker waits for, would never come.
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_ops")
+    schema.upgrade(make_engine(url))
+    log = tmp_path / "worker.log"
+    with running_worker(worker_environment(url, REDIS_URL), log, "--concurrency=1", loglevel=None):
+        pass
+    levels = {json.loads(line)["level"] for line in log.read_text().splitlines() if line.startswith("{")}
+    assert "INFO" in levels
+
+
+def test_status_warns_when_two_workers_answer_as_one_node_name(tmp_path: Path) -> None:
+    redis.Redis.from_url(REDIS_URL).flushdb()
+    url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_ops")
+    schema.upgrade(make_engine(url))
+    env = worker_environment(url, REDIS_URL)
+    shared = ["--concurrency=1", "-n", "twin@%h"]
+    with (
+        running_worker(env, tmp_path / "first.log", *shared),
+        running_worker(env, tmp_path / "second.log", *shared),
+    ):
+        node = f"twin@{socket.gethostname()}"
+        found = json.loads(userpath("status", "--json", "--ping-timeout", "3", env=env).stdout)
+        shown = userpath("status", "--ping-timeout", "3", env=env)
+    assert found["workers"] == [node, node] and found["shared_node_names"] == {node: 2}
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stderr.splitlines() == [
+        f"Warning: 2 workers answer as {node}; start each with a node name of its own "
+        "(celery -A tasks.app worker -n NAME@%h), or they cannot be told apart"
+    ]
+    assert shown.stdout.startswith(f"Database:             {url}\nBroker:               {REDIS_URL}\n")

@@ -17,6 +17,7 @@ def db() -> None:
 @json_option
 def db_upgrade(as_json: bool) -> None:
     """Apply every pending migration."""
+    schema.announce_new_database(runtime.engine())
     schema.upgrade(runtime.engine())
     revision = schema.current_revision(runtime.engine())
     if as_json:

@@ -16,10 +16,12 @@ from userpath_worker.cli.common import json_option, print_json, print_table, set
 def status(ping_timeout: float, as_json: bool) -> None:
     """Queue depths, workers, dead letters of the last 24 h, stale keys, rotation."""
     with transaction() as session:
-        found = pipeline.collect(session, settings().broker_url, ping_timeout)
+        found = pipeline.collect(session, settings().database_url, settings().broker_url, ping_timeout)
     if as_json:
         print_json(found.as_dict())
         return
+    click.echo(f"Database:             {found.database}")
+    click.echo(f"Broker:               {found.broker}\n")
     print_table(["QUEUE", "WAITING"], [[name, str(depth)] for name, depth in found.queues.items()])
     if found.workers is None:
         workers = "unknown (the embedded broker cannot broadcast a ping)"
@@ -34,6 +36,12 @@ def status(ping_timeout: float, as_json: bool) -> None:
         else "never"
     )
     click.echo(f"\nWorkers:              {workers}")
+    for name, count in sorted(found.shared_node_names.items()):
+        click.echo(
+            f"Warning: {count} workers answer as {name}; start each with a node name of its own "
+            "(celery -A tasks.app worker -n NAME@%h), or they cannot be told apart",
+            err=True,
+        )
     click.echo(f"Last event stored:    {when(found.last_event_received_at)}")
     click.echo(f"Dead letters (24 h):  {rejected}")
     click.echo(f"Stale keys:           {found.stale_keys}")

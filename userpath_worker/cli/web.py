@@ -27,6 +27,11 @@ def web(host: str, port: int, threads: int, trusted_proxy: str | None) -> None:
     from userpath_worker.web.app import create_app
 
     configured = settings()
+    base_url_set = "web_base_url" in configured.model_fields_set
+    if not base_url_set:
+        # Unset, the address people open is the one served here: the Origin check and the links
+        # the pages print follow --host and --port.
+        configured = configured.model_copy(update={"web_base_url": served_url(host, port)})
     logs.configure(configured.log_level)
     app = create_app(configured, runtime.engine())  # a missing USERPATH_WEB_SECRET stops it here
     schema.prepare(runtime.engine())  # once, at start: migrates the embedded SQLite file
@@ -44,9 +49,15 @@ def web(host: str, port: int, threads: int, trusted_proxy: str | None) -> None:
         server = waitress.create_server(app, host=host, port=port, threads=threads, ident="userpath", **proxy)
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
+    about_base_url = (
+        "USERPATH_WEB_BASE_URL: forms sent from any other address are refused"
+        if base_url_set
+        else "forms sent from any other address are refused; set USERPATH_WEB_BASE_URL to it for the links "
+        "other commands print"
+    )
     click.echo(
-        f"Serving the web pages on http://{host}:{port}; open {configured.web_base_url} (USERPATH_WEB_BASE_URL: "
-        "forms sent from any other address are refused). Ctrl+C stops."
+        f"Serving the web pages on http://{host}:{port}; open {configured.web_base_url} ({about_base_url}). "
+        "Ctrl+C stops."
     )
     # Everything loaded so far lives as long as the process: keep it out of the garbage collector's
     # full collections, which would otherwise walk it on every request that allocates much (the
@@ -54,3 +65,10 @@ def web(host: str, port: int, threads: int, trusted_proxy: str | None) -> None:
     gc.collect()
     gc.freeze()
     server.run()
+
+
+def served_url(host: str, port: int) -> str:
+    """The address of this server for a browser on this machine (a wildcard address is opened as
+    the loopback)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

@@ -3,7 +3,6 @@ port and a missing secret are one line each."""
 
 from __future__ import annotations
 
-import contextlib
 import http.cookiejar
 import os
 import re
@@ -16,6 +15,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+
+import pytest
 
 from tests.common.cli import ok
 from userpath_worker.accounts.secret import SECRET_FILE
@@ -107,23 +108,58 @@ def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(tmp_path
             timeout=60,
         )
         assert created.returncode == 0, created.stderr
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        page = opener.open(f"http://127.0.0.1:{port}/sign-in", timeout=5).read().decode()
-        token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
-        form = urllib.parse.urlencode({"csrf_token": token, "email": "owner@example.com", "password": "wrong one"})
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/sign-in",
-            data=form.encode(),
-            headers={"Origin": f"http://127.0.0.1:{port}", "X-Forwarded-For": "203.0.113.7"},
-        )
-        with contextlib.suppress(urllib.error.HTTPError):  # 401: wrong e-mail or password
-            opener.open(request, timeout=10)
+        assert sign_in_status(port, f"http://127.0.0.1:{port}", {"X-Forwarded-For": "203.0.113.7"}) == 401
     finally:
         server.terminate()
         server.wait(timeout=30)
     with sqlite3.connect(database) as connection:
         [(address,)] = connection.execute("SELECT client_address FROM sign_in_failures").fetchall()
     assert address == "203.0.113.7"
+
+
+def sign_in_status(port: int, origin: str, headers: dict[str, str] | None = None) -> int:
+    """The status of a well-formed sign-in (a wrong password) sent with ``origin`` (and ``headers``):
+    401 once past the Origin check, 403 when refused by it."""
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    page = opener.open(f"http://127.0.0.1:{port}/sign-in", timeout=5).read().decode()
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    form = urllib.parse.urlencode({"csrf_token": token, "email": "owner@example.com", "password": "wrong one"})
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/sign-in", data=form.encode(), headers={"Origin": origin, **(headers or {})}
+    )
+    try:
+        return opener.open(request, timeout=10).status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+@pytest.mark.parametrize(
+    ("settings", "opened_at"),
+    [({}, "http://127.0.0.1:{port}"), ({"USERPATH_WEB_BASE_URL": "https://userpath.example.com"}, None)],
+    ids=["unset", "set"],
+)
+def test_the_default_base_url_follows_the_port_served_and_a_setting_wins(
+    tmp_path: Path, settings: dict[str, str], opened_at: str | None
+) -> None:
+    port = free_port()
+    log = tmp_path / "web.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [USERPATH, "web", "--port", str(port)],
+            cwd=tmp_path,
+            env=environment(**settings),
+            stdout=output,
+            stderr=output,
+        )
+    try:
+        wait_until_serving(server, port, log)
+        status = sign_in_status(port, origin=f"http://127.0.0.1:{port}")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    base_url = opened_at.format(port=port) if opened_at else settings["USERPATH_WEB_BASE_URL"]
+    assert f"; open {base_url} (" in log.read_text()
+    assert status == (401 if opened_at else 403)
 
 
 def wait_until_serving(server: subprocess.Popen[bytes], port: int, log: Path) -> None:
