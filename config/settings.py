@@ -21,11 +21,13 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from config.schedules import parse_schedule
+from userpath_client.contract import KEY_VARIABLE
 
 ENV_PREFIX = "USERPATH_"
 # The test suite's own variables (USERPATH_TEST_DATABASE_PREFIX, USERPATH_TEST_POSTGRES and the
 # like) share the prefix but choose the test servers, not settings: never warned about.
 _TEST_VARIABLES_PREFIX = ENV_PREFIX + "TEST_"
+_NOT_SETTINGS = {KEY_VARIABLE}  # the producers' key, in the same shell as the CLI
 # Set once the unknown variables were warned about: ``userpath worker`` execs Celery, which reads
 # the settings again in the same terminal, and one command warns once.
 _WARNED_MARKER = "_USERPATH_UNKNOWN_VARIABLES_WARNED"
@@ -228,6 +230,7 @@ def unknown_variables(environ: Mapping[str, str]) -> list[tuple[str, str | None]
         for name in environ
         if name.upper().startswith(ENV_PREFIX)
         and not name.upper().startswith(_TEST_VARIABLES_PREFIX)
+        and name.upper() not in _NOT_SETTINGS
         and name.upper().removeprefix(ENV_PREFIX) not in known
     )
     # Compared without the prefix, which every name shares and which would make any two look alike.

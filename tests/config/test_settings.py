@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from config.settings import Settings, SettingsError, get_settings, unknown_variables
+from userpath_client.contract import KEY_VARIABLE
 
 
 def test_defaults_need_no_server() -> None:
@@ -43,12 +44,13 @@ def test_the_pepper_is_not_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch)
     assert "very-secret-pepper" not in repr(get_settings())
 
 
-def test_unknown_variables_are_named_with_their_closest_setting_and_the_tests_own_are_not() -> None:
+def test_unknown_variables_are_named_with_their_closest_setting_and_the_tests_and_producers_are_not() -> None:
     environ = {
         "USERPATH_DATABSE_URL": "x",
         "USERPATH_ZZZ": "x",  # resembles nothing
         "userpath_log_level": "INFO",  # pydantic-settings reads any case: a setting
         "USERPATH_TEST_DATABASE_PREFIX": "x",
+        KEY_VARIABLE: "up_live_...",  # the documented producers' key, in the same shell
         "PATH": "/bin",
     }
     assert unknown_variables(environ) == [("USERPATH_DATABSE_URL", "USERPATH_DATABASE_URL"), ("USERPATH_ZZZ", None)]

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.factories import new_key
 from tests.common.workers import migrated_database, running_worker, settle_at, worker_environment
-from userpath_client.contract import EVENTS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, KEY_VARIABLE
 from userpath_worker.events.models import Event
 
 pytestmark = pytest.mark.slow
@@ -55,7 +55,7 @@ def database() -> Iterator[tuple[str, Engine]]:
 
 
 def run_node(script: Path, key: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "USERPATH_KEY": key, "REDIS_URL": REDIS_URL}
+    environment = {**os.environ, KEY_VARIABLE: key, "REDIS_URL": REDIS_URL}
     return subprocess.run(
         ["node", script.name], cwd=script.parent, env=environment, capture_output=True, text=True, timeout=60
     )

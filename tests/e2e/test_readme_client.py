@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.factories import new_key
 from tests.common.workers import REPOSITORY, migrated_database, running_worker, settle_at, worker_environment
-from userpath_client.contract import INGESTION_QUEUES
+from userpath_client.contract import INGESTION_QUEUES, KEY_VARIABLE
 from userpath_worker.events.models import Event
 
 pytestmark = pytest.mark.slow
@@ -35,7 +35,7 @@ def snippet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_snippet(script: Path, key: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, "USERPATH_KEY": key, "BROKER_URL": REDIS_URL}
+    environment = {**os.environ, KEY_VARIABLE: key, "BROKER_URL": REDIS_URL}
     return subprocess.run([sys.executable, str(script)], env=environment, capture_output=True, text=True, timeout=60)
 
 

@@ -25,6 +25,10 @@ WEBHOOK_TASK = "userpath.webhook"  # one forwarded webhook delivery, on the webh
 
 QueueType = Literal["classic", "quorum"]
 
+# The environment variable the documented producers (docs/contract.md, the README) read their key
+# from: a producer's own, so the worker never warns about it as a mistyped setting.
+KEY_VARIABLE = "USERPATH_KEY"
+
 # How a message is published: to the default exchange, with the queue's name as routing key, as
 # JSON in UTF-8 (the worker refuses every other content type).
 EXCHANGE = ""
