@@ -107,7 +107,7 @@ def invite(session: Session, organization: Organization, email: str, role: Role,
     """Make ``email`` a member of ``organization`` with ``role`` (a member already keeps theirs) and
     return the plaintext token of a link where they set their password. ``actor`` is an owner's
     e-mail, or OPERATOR for the CLI."""
-    _require_owner_unless_operator(session, organization, actor)
+    _require_owner_unless_operator(session, organization, actor, "invite members")
     email = normalize_email(email)
     member = _member(session, organization, email)
     if member is None:
@@ -121,7 +121,7 @@ def invite(session: Session, organization: Organization, email: str, role: Role,
 def reset_password(session: Session, organization: Organization, email: str, actor: str) -> str:
     """A new link for a member of ``organization`` to set a new password; older unused links of the
     same e-mail stop working."""
-    _require_owner_unless_operator(session, organization, actor)
+    _require_owner_unless_operator(session, organization, actor, "reset members' passwords")
     email = normalize_email(email)
     if _member(session, organization, email) is None:
         raise NotFound(f"{email} is not a member of '{organization.name}'")
@@ -221,9 +221,9 @@ def _revoke_links(session: Session, email: str) -> None:
     )
 
 
-def _require_owner_unless_operator(session: Session, organization: Organization, actor: str) -> None:
+def _require_owner_unless_operator(session: Session, organization: Organization, actor: str, doing: str) -> None:
     if actor != OPERATOR:
-        organizations.require_owner(session, organization, actor)
+        organizations.require_owner(session, organization, actor, doing)
 
 
 # --- signing in ----------------------------------------------------------------------------

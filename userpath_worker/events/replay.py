@@ -67,7 +67,7 @@ def replay_dead_letters(
     if reason is not None and reason not in REPLAYABLE:
         raise UserError(f"{reason} dead letters cannot be replayed; replayable: {', '.join(REPLAYABLE)}")
     with transaction() as session:
-        require_owner(session, organization, actor)
+        require_owner(session, organization, actor, "replay dead letters")
     totals = ReplayResult()
     after_id = 0
     while True:

@@ -25,6 +25,7 @@ from userpath_worker.keys.tokens import AuthFailure, Environment
 from userpath_worker.organizations.models import Organization
 from userpath_worker.organizations.services import require_owner
 
+OWNERS_WORK = "create, roll or delete keys"  # what only owners may do, as refusals say it
 DEFAULT_ROLL_GRACE = dt.timedelta(hours=24)
 MAX_ROLL_GRACE = dt.timedelta(days=7)  # Stripe's ceiling for keeping a rolled key alive
 
@@ -63,7 +64,7 @@ class KeyService:
         expires_in: dt.timedelta | None = None,
     ) -> tuple[ApiKey, str]:
         """A new key and its plaintext, which exists only in this return value."""
-        require_owner(self.session, organization, actor)
+        require_owner(self.session, organization, actor, OWNERS_WORK)
         name = name.strip()
         if not 1 <= len(name) <= 100:
             raise UserError("a key name must be 1 to 100 characters")
@@ -168,7 +169,7 @@ class KeyService:
     def _get_for_change(self, key_id: int, actor: str) -> ApiKey:
         key = self.get(key_id)
         organization = self.session.get_one(Organization, key.org_id)
-        require_owner(self.session, organization, actor)
+        require_owner(self.session, organization, actor, OWNERS_WORK)
         return key
 
     def _new_key(

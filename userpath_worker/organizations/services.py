@@ -89,9 +89,7 @@ def add_member(session: Session, organization: Organization, email: str, role: R
     return member
 
 
-def require_owner(
-    session: Session, organization: Organization, actor_email: str, doing: str = "create, roll or delete keys"
-) -> Member:
+def require_owner(session: Session, organization: Organization, actor_email: str, doing: str) -> Member:
     """The acting member, if they are an owner of the organization; PermissionDenied otherwise,
     whose line says that only owners can ``doing``."""
     member = session.scalar(

@@ -19,7 +19,7 @@ PAGE_SIZE = 50
 @blueprint.get("/orgs/<int:org_id>/settings/audit")
 @signed_in
 def audit(org_id: int) -> Any:
-    current = owner(org_id)
+    current = owner(org_id, "read the audit log")
     number = request.args.get("page", 1, type=int) or 1
     found = audit_log.page(db(), current.organization.id, number, PAGE_SIZE)
     key_ids = {entry.api_key_id for entry in found.entries if entry.api_key_id is not None}

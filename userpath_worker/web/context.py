@@ -121,11 +121,12 @@ def membership(org_id: int) -> Membership:
     abort(404)
 
 
-def owner(org_id: int) -> Membership:
+def owner(org_id: int, doing: str) -> Membership:
     """The membership, if the signed-in member is an owner: the organizations service decides
-    (PermissionDenied, 403, otherwise), the one the CLI's and the key service's checks use."""
+    (PermissionDenied, 403, whose page says only owners can ``doing``), the one the CLI's and the
+    key service's checks use."""
     current = membership(org_id)
-    organizations.require_owner(db(), current.organization, actor())
+    organizations.require_owner(db(), current.organization, actor(), doing)
     return current
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import Row
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
 from userpath_worker.keys.models import ApiKey, KeyStatus, key_status
-from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.services import OWNERS_WORK, KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.rotation.services import RotationPolicy
@@ -99,14 +99,14 @@ def list_keys(org_id: int) -> Any:
 @blueprint.get("/orgs/<int:org_id>/settings/api-keys/new")
 @signed_in
 def new_key(org_id: int) -> Any:
-    owner(org_id)
+    owner(org_id, OWNERS_WORK)
     return _new_key_form({"environment": Environment.LIVE.value, "expiry": "never"})
 
 
 @blueprint.post("/orgs/<int:org_id>/settings/api-keys")
 @signed_in
 def create_key(org_id: int) -> Any:
-    current = owner(org_id)  # before reading the form: anyone else gets 403, whatever they sent
+    current = owner(org_id, OWNERS_WORK)  # before reading the form: anyone else gets 403, whatever they sent
     values = {field: request.form.get(field, "") for field in ("name", "environment", "expiry")}
     if values["environment"] not in dict(ENVIRONMENTS) or values["expiry"] not in EXPIRIES:
         return _new_key_form(values, "choose an environment (live or test) and an expiry from the lists", 400)
@@ -158,7 +158,7 @@ def _owned_key(org_id: int, key_id: int) -> tuple[KeyService, ApiKey]:
     current = membership(org_id)
     keys = web().keys(db())
     key = keys.get_in(current.organization, key_id)
-    organizations.require_owner(db(), current.organization, actor())
+    organizations.require_owner(db(), current.organization, actor(), OWNERS_WORK)
     return keys, key
 
 

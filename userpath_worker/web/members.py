@@ -23,13 +23,13 @@ ROLES = [(role.value, role.value.capitalize()) for role in Role]
 @blueprint.get("/orgs/<int:org_id>/settings/members")
 @signed_in
 def list_members(org_id: int) -> Any:
-    return _members_page(owner(org_id))
+    return _members_page(owner(org_id, "manage members"))
 
 
 @blueprint.post("/orgs/<int:org_id>/settings/members")
 @signed_in
 def invite(org_id: int) -> Any:
-    current = owner(org_id)
+    current = owner(org_id, "manage members")
     email, role = request.form.get("email", ""), request.form.get("role", "")
     if role not in dict(ROLES):
         return _members_page(current, "choose a role: owner, admin or member", 400, email=email)
@@ -45,7 +45,7 @@ def invite(org_id: int) -> Any:
 @blueprint.post("/orgs/<int:org_id>/settings/members/<int:member_id>/role")
 @signed_in
 def change_role(org_id: int, member_id: int) -> Any:
-    current = owner(org_id)
+    current = owner(org_id, "manage members")
     member = organizations.get_member(db(), current.organization, member_id)
     role = request.form.get("new_role", "")
     if role not in dict(ROLES):
@@ -62,7 +62,7 @@ def change_role(org_id: int, member_id: int) -> Any:
 @blueprint.route("/orgs/<int:org_id>/settings/members/<int:member_id>/remove", methods=["GET", "POST"])
 @signed_in
 def remove(org_id: int, member_id: int) -> Any:
-    current = owner(org_id)
+    current = owner(org_id, "manage members")
     member = organizations.get_member(db(), current.organization, member_id)
     if request.method == "GET":
         return page("remove_member.html", member=member)

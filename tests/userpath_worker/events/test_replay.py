@@ -120,7 +120,7 @@ def test_only_owners_replay(session: Session, keys: KeyService, transaction, rol
     organization = make_organization(session)
     if role:
         add_member(session, organization, "someone@example.com", role)
-    with pytest.raises(PermissionDenied):
+    with pytest.raises(PermissionDenied, match="only owners can replay dead letters$"):
         run(transaction, organization, actor="someone@example.com")
 
 

@@ -128,8 +128,10 @@ def test_the_members_and_audit_pages_are_for_owners(browser: Browser, people: Pe
     org_id = people.organization()
     people.member(org_id, "someone@example.com", role)
     browser.sign_in("someone@example.com")
-    assert browser.get(members_page(org_id)).status_code == 403
-    assert browser.get(f"/orgs/{org_id}/settings/audit").status_code == 403
+    refused = browser.get(members_page(org_id))
+    assert refused.status_code == 403 and "only owners can manage members" in refused.get_data(as_text=True)
+    refused = browser.get(f"/orgs/{org_id}/settings/audit")
+    assert refused.status_code == 403 and "only owners can read the audit log" in refused.get_data(as_text=True)
     target = member_id(people, org_id, OWNER)
     assert browser.get(f"{members_page(org_id)}/{target}/remove").status_code == 403
 
