@@ -9,6 +9,7 @@ import sys
 import click
 
 from userpath_worker.cli.common import json_option, print_json, print_table, shorten, transaction, when
+from userpath_worker.cli.progress import progress
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import DeadLetter, Reason
@@ -149,9 +150,9 @@ def deadletter_replay(org: str, actor: str, reason: str | None, since: str | Non
         organization = organizations.get_organization(session, org)
         total = count_replayable(session, organization.id, chosen, cutoff)
     result = ReplayResult()
-    with click.progressbar(length=total, label="Replaying", file=sys.stderr) as progress:
+    with progress("replayed", "dead letters", total) as show:
         for result in replay_dead_letters(transaction, organization, actor, chosen, cutoff):
-            progress.update(result.examined - progress.pos)
+            show(result.examined)
     click.echo(
         f"Examined {result.examined} dead letters: {result.stored} now stored, {result.still_failing} still failing."
     )
@@ -159,11 +160,41 @@ def deadletter_replay(org: str, actor: str, reason: str | None, since: str | Non
 
 @deadletter.command("purge")
 @click.option("--older-than", required=True, metavar="DURATION", help="Delete dead letters older than this, e.g. 30d.")
-def deadletter_purge(older_than: str) -> None:
-    """Delete old dead letters (retention)."""
+@click.option("--org", help="Only this organization's (default: every organization's and the unattributed ones).")
+@click.option("--reason", type=click.Choice([reason.value for reason in Reason]), help="Only this reason.")
+@click.option("--dry-run", is_flag=True, help="Only say how many would be deleted.")
+@click.option("--yes", is_flag=True, help="Delete without asking (needed when standard input is not a terminal).")
+@json_option
+def deadletter_purge(
+    older_than: str, org: str | None, reason: str | None, dry_run: bool, yes: bool, as_json: bool
+) -> None:
+    """Delete old dead letters (retention), after a confirmation."""
     age = parse_duration(older_than, what="--older-than")
-    purged = dead_letters.purge_dead_letters(transaction, age)
-    click.echo(f"Deleted {purged} dead letters received more than {older_than} ago.")
+    with transaction() as session:
+        org_id = organizations.get_organization(session, org).id if org is not None else None
+        scope = dead_letters.PurgeScope(utcnow() - age, org_id, reason)
+        total = dead_letters.count_purgeable(session, scope)
+    which = f"dead letters{f' of {org!r}' if org else ''}{f' ({reason})' if reason else ''}"
+    which += f" received more than {older_than} ago"
+    purged = 0
+    if total and not dry_run:
+        confirm(f"Delete {total} {which}?", yes)
+        with progress("deleted", "dead letters", total) as show:
+            for purged in dead_letters.purge_dead_letters(transaction, scope):
+                show(purged)
+    if as_json:
+        print_json({"matched": total, "deleted": purged, "dry_run": dry_run})
+        return
+    click.echo(f"Would delete {total} {which}." if dry_run else f"Deleted {purged} {which}.")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before deleting, unless --yes; with no terminal to ask on, refuse rather than guess."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"{question} Standard input is not a terminal to answer on: pass --yes to go ahead.")
+    click.confirm(question, abort=True, err=True)
 
 
 def _since(text: str) -> dt.datetime:
