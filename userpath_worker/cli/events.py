@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sys
 
@@ -15,10 +16,12 @@ from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.durations import parse_duration
 from userpath_worker.errors import UserError
+from userpath_worker.events import erasure
 from userpath_worker.events.models import Event
 from userpath_worker.events.replay import REPLAYABLE, ReplayResult, count_replayable, replay_dead_letters
 from userpath_worker.events.storage import newest_events
 from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.services import require_owner
 
 
 @click.group()
@@ -186,6 +189,56 @@ def deadletter_purge(
         print_json({"matched": total, "deleted": purged, "dry_run": dry_run})
         return
     click.echo(f"Would delete {total} {which}." if dry_run else f"Deleted {purged} {which}.")
+
+
+@events.command("erase")
+@click.option("--org", required=True, help="Organization name.")
+@click.option("--user-id", help="The person's user_id.")
+@click.option("--anonymous-id", help="The person's anonymous_id.")
+@click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be erased.")
+@click.option("--yes", is_flag=True, help="Erase without asking (needed when standard input is not a terminal).")
+@json_option
+def events_erase(
+    org: str, user_id: str | None, anonymous_id: str | None, actor: str, dry_run: bool, yes: bool, as_json: bool
+) -> None:
+    """Erase a person: their events and the dead letters that carry their id (owners only)."""
+    if user_id is not None and anonymous_id is None:
+        person = erasure.Person(erasure.IdKind.USER_ID, user_id)
+    elif anonymous_id is not None and user_id is None:
+        person = erasure.Person(erasure.IdKind.ANONYMOUS_ID, anonymous_id)
+    else:
+        raise click.UsageError("give exactly one of --user-id and --anonymous-id.")
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        require_owner(session, organization, actor)
+        found = erasure.count_events(session, organization.id, person)
+    if not dry_run:
+        confirm(f"Erase the {found} events of this {person.kind} in {org!r}, and its dead letters?", yes)
+    done: erasure.ErasureProgress | None = None
+    verbs = {"events": "found" if dry_run else "erased", "dead letters": "searched"}
+    for stage, steps in itertools.groupby(
+        erasure.erase_person(transaction, organization, actor, person, dry_run), key=lambda step: step.stage
+    ):
+        done = next(steps)  # a stage's first step tells its total
+        with progress(verbs[stage], stage, done.total) as show:
+            show(done.done)
+            for done in steps:  # noqa: B031 (the rest of the same group, within its iteration)
+                show(done.done)
+    assert done is not None  # every stage yields at least once
+    if as_json:
+        print_json(
+            {
+                "org": org,
+                "by": person.kind.value,
+                "events": done.events,
+                "dead_letters": done.dead_letters,
+                "dry_run": dry_run,
+            }
+        )
+        return
+    verb = "Would erase" if dry_run else "Erased"
+    click.echo(f"{verb} {done.events} events and {done.dead_letters} dead letters of this {person.kind} in {org!r}.")
 
 
 def confirm(question: str, yes: bool) -> None:
