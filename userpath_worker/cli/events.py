@@ -21,7 +21,6 @@ from userpath_worker.events.models import Event
 from userpath_worker.events.replay import REPLAYABLE, ReplayResult, count_replayable, replay_dead_letters
 from userpath_worker.events.storage import newest_events
 from userpath_worker.organizations import services as organizations
-from userpath_worker.organizations.services import require_owner
 
 
 @click.group()
@@ -211,7 +210,7 @@ def events_erase(
         raise click.UsageError("give exactly one of --user-id and --anonymous-id.")
     with transaction() as session:
         organization = organizations.get_organization(session, org)
-        require_owner(session, organization, actor)
+        organizations.require_owner(session, organization, actor)
         found = erasure.count_events(session, organization.id, person)
     if not dry_run:
         confirm(f"Erase the {found} events of this {person.kind} in {org!r}, and its dead letters?", yes)
