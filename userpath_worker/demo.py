@@ -2,8 +2,10 @@
 
 Creates a demo organization and key, starts a real worker process, sends server, job and
 webhook events plus a few bad messages through the real broker with the producer client, and
-waits until every one of them is stored or dead-lettered. Ends with a fresh one-time link for the
-demo's owner to set a password on the web pages (``userpath web``) and see the keys there.
+waits until every one of them is stored or dead-lettered. Each run's key replaces the previous
+run's, so that the demo leaves one active key behind however often it runs; the CLI prints it once,
+in a snippet that sends an event with it. Ends with a fresh one-time link for the demo's owner to
+set a password on the web pages (``userpath web``) and see the keys there.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import contextlib
 import datetime as dt
 import json
 import os
+import shlex
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +27,7 @@ from pathlib import Path
 from celery import Celery
 from sqlalchemy import func, select
 
-from config.settings import get_settings
+from config.settings import Settings, get_settings
 from userpath_client import UserPath
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import runtime, schema
@@ -45,49 +49,100 @@ EXPECTED_EVENTS = 7  # 3 server + 2 job + 2 webhook
 EXPECTED_DEAD_LETTERS = 3  # an unknown key, a deleted key, an event with no user
 
 
+DEMO_KEY_NAME = "Demo server"  # and the run's time: a name is unique among current keys
+
+
 @dataclass(frozen=True)
 class DemoRun:
     org_id: int
     started_at: dt.datetime
-    events: int
+    events: int  # stored since the run started: its own, and any sent earlier with the last run's key
     dead_letters: int
+    key: str  # the one active demo key, shown once
     owner_link: str  # the demo owner's one-time link to set a password on the web pages
+
+
+@dataclass(frozen=True)
+class _Keys:
+    org_id: int
+    key_id: int
+    key: str
+    deleted_key_id: int
+    deleted_key: str
 
 
 def run(worker_command: list[str], say: Callable[[str], None], timeout: float = 90.0) -> DemoRun:
     settings = get_settings()
     schema.prepare(runtime.engine(), quiet=True)  # the quick start says what the demo leaves behind
     started_at = utcnow()
-    org_id, key, deleted_key = _demo_keys(started_at)
-    say(f"Organization '{DEMO_ORG}' with a new key {tokens.display_form(key)}; starting a worker...")
+    keys = _demo_keys(started_at, say)
 
     log_path = Path("userpath-demo-worker.log").resolve()
-    with _worker(worker_command, log_path) as worker:
-        _send(key, deleted_key, settings.broker_url)
-        say(f"Sent {EXPECTED_EVENTS} good events and {EXPECTED_DEAD_LETTERS} bad messages; waiting for the worker...")
-        deadline = time.monotonic() + timeout
-        while (done := _counts(org_id, started_at)) != (EXPECTED_EVENTS, EXPECTED_DEAD_LETTERS):
-            if worker.poll() is not None:
-                raise UserError(f"the demo worker exited early; see {log_path}")
-            if time.monotonic() > deadline:
-                raise UserError(f"the worker handled {done} (events, dead letters) in {timeout:.0f} s; see {log_path}")
-            time.sleep(0.2)
-    return DemoRun(org_id, started_at, *done, owner_link=_owner_link(settings.web_base_url))
+    try:
+        with _worker(worker_command, log_path) as worker:
+            _send(keys.key, keys.deleted_key, settings.broker_url)
+            say(
+                f"Sent {EXPECTED_EVENTS} good events and {EXPECTED_DEAD_LETTERS} bad messages; "
+                "waiting for the worker..."
+            )
+            deadline = time.monotonic() + timeout
+            while (done := _handled(keys, started_at)) != (EXPECTED_EVENTS, EXPECTED_DEAD_LETTERS):
+                if worker.poll() is not None:
+                    raise UserError(f"the demo worker exited early; see {log_path}")
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"the worker handled {done} (events, dead letters) in {timeout:.0f} s; see {log_path}"
+                    )
+                time.sleep(0.2)
+    finally:
+        # Only now: what was sent with an earlier run's key while no worker ran is stored above.
+        _delete_earlier_demo_keys(keys.key_id)
+    events, dead_letters = _counts(keys.org_id, started_at)
+    return DemoRun(keys.org_id, started_at, events, dead_letters, keys.key, _owner_link(settings.web_base_url))
 
 
-def _demo_keys(started_at: dt.datetime) -> tuple[int, str, str]:
+def _demo_keys(started_at: dt.datetime, say: Callable[[str], None]) -> _Keys:
     """The demo org (made once), a fresh key for this run, and one deleted at once."""
     with runtime.session_factory().begin() as session:
         try:
             organization = organizations.get_organization(session, DEMO_ORG)
+            made = "from an earlier run"
         except NotFound:
             organization = organizations.create_organization(session, DEMO_ORG, DEMO_OWNER)
+            made = "created now"
         service = KeyService(session, get_settings().key_pepper)
         stamp = started_at.strftime("%Y-%m-%d %H:%M:%S.%f")
-        _, key = service.create(organization, f"Demo server {stamp}", DEMO_OWNER)
+        server, key = service.create(organization, f"{DEMO_KEY_NAME} {stamp}", DEMO_OWNER)
         deleted, deleted_key = service.create(organization, f"Demo deleted {stamp}", DEMO_OWNER)
         service.delete(deleted.id, DEMO_OWNER)
-        return organization.id, key, deleted_key
+    say(
+        f"Organization '{DEMO_ORG}' ({made}), owned by {DEMO_OWNER}, with a new key "
+        f"{tokens.display_form(key)}; starting a worker..."
+    )
+    return _Keys(organization.id, server.id, key, deleted.id, deleted_key)
+
+
+def _delete_earlier_demo_keys(kept_id: int) -> None:
+    """Delete the current demo keys other than this run's, so that one stays active."""
+    with runtime.session_factory().begin() as session:
+        service = KeyService(session, get_settings().key_pepper)
+        for key in service.list(organizations.get_organization(session, DEMO_ORG)):
+            if key.deleted_at is None and key.name.startswith(f"{DEMO_KEY_NAME} ") and key.id != kept_id:
+                service.delete(key.id, DEMO_OWNER)
+
+
+def snippet(key: str) -> str:
+    """Shell lines that send one event with ``key`` to the broker the demo used (read from the
+    environment, as the demo read it, so that no broker password is printed)."""
+    default_broker = Settings.model_fields["broker_url"].default
+    return f"""{shlex.quote(sys.executable)} - <<'EOF'
+import os
+from userpath_client import UserPath
+
+broker_url = os.environ.get("USERPATH_BROKER_URL", "{default_broker}")
+with UserPath("{key}", broker_url=broker_url) as userpath:
+    userpath.track("Snippet Sent", user_id="user-1", properties={{"from": "the demo's snippet"}})
+EOF"""
 
 
 def _owner_link(web_base_url: str) -> str:
@@ -138,7 +193,26 @@ def _send(key: str, deleted_key: str, broker_url: str) -> None:
     careless.close()
 
 
+def _handled(keys: _Keys, since: dt.datetime) -> tuple[int, int]:
+    """This run's messages stored and dead-lettered so far, told apart by their keys (the
+    stranger's unknown key is none)."""
+    with runtime.session_factory()() as session:
+        events = session.scalar(
+            select(func.count()).select_from(Event).where(Event.api_key_id == keys.key_id, Event.received_at >= since)
+        )
+        dead = session.scalar(
+            select(func.count())
+            .select_from(DeadLetter)
+            .where(
+                DeadLetter.received_at >= since,
+                DeadLetter.api_key_id.in_([keys.key_id, keys.deleted_key_id]) | DeadLetter.api_key_id.is_(None),
+            )
+        )
+        return events or 0, dead or 0
+
+
 def _counts(org_id: int, since: dt.datetime) -> tuple[int, int]:
+    """The organization's events and every dead letter since ``since``: what the run shows."""
     with runtime.session_factory()() as session:
         events = session.scalar(
             select(func.count()).select_from(Event).where(Event.org_id == org_id, Event.received_at >= since)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
 from tests.common.databases import table_dump
@@ -43,19 +43,35 @@ def test_the_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert "as the demo's owner (owner@demo.example): run `userpath web`" in how
     assert re.fullmatch(r"http://127\.0\.0\.1:8000/invitations/[A-Za-z0-9_-]{43}", link), link
 
-    # It ran on SQLite files in the working directory, and left no key anywhere.
+    assert result.stdout.startswith("Organization 'Demo' (created now), owned by owner@demo.example, with a new key")
+
+    # It ran on SQLite files in the working directory, and printed its key once, in a snippet that
+    # sends an event with it; the key is nowhere else.
     assert {"userpath.db", "userpath-broker.db"} <= {path.name for path in tmp_path.iterdir()}
     engine = create_engine(f"sqlite:///{tmp_path / 'userpath.db'}")
     with engine.connect() as connection:
         dump = table_dump(connection, engine)
-    engine.dispose()
     worker_log = (tmp_path / "userpath-demo-worker.log").read_text()
-    assert not tokens.KEY_PATTERN.search(result.stdout + result.stderr + worker_log + dump)
+    [key] = tokens.KEY_PATTERN.findall(result.stdout)
+    assert not tokens.KEY_PATTERN.search(result.stderr + worker_log + dump)
+    start = result.stdout.index("\n", result.stdout.index("Send an event yourself")) + 1
+    snippet = result.stdout[start : result.stdout.index("\nEOF\n") + len("\nEOF\n")]
+    assert snippet.splitlines()[0].endswith(" - <<'EOF'"), snippet  # this Python, reading the lines below
+    assert key in snippet
+    sent = subprocess.run(["sh", "-c", snippet], cwd=tmp_path, env=environment, capture_output=True, timeout=60)
+    assert sent.returncode == 0, sent.stderr
 
     again = subprocess.run(
         [USERPATH, "demo"], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=180
     )
     assert again.returncode == 0, again.stdout + again.stderr  # a second run reuses the demo org
+    assert again.stdout.startswith("Organization 'Demo' (from an earlier run), owned by owner@demo.example")
+    # Its worker stored the snippet's event too, sent with the first run's key while none ran.
+    assert "Stored events (8):" in again.stdout and "Snippet Sent" in again.stdout
+    [second_key] = tokens.KEY_PATTERN.findall(again.stdout)
+    with engine.connect() as connection:
+        active = connection.execute(text("SELECT display FROM api_keys WHERE deleted_at IS NULL")).all()
+    assert [display for (display,) in active] == [tokens.display_form(second_key)]  # the first run's is gone
     fresh = again.stdout.splitlines()[-1]
     assert fresh != link
     with Session(engine) as session:  # both links open the demo owner's invitation

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import sys
 
 import click
 
-from userpath_worker.cli.common import SINCE, json_option, print_json, print_table, shorten, transaction, utc, when
+from config.durations import format_duration
+from userpath_worker.cli.common import (
+    DURATION,
+    SINCE,
+    json_option,
+    print_json,
+    print_table,
+    shorten,
+    transaction,
+    utc,
+    when,
+)
+from userpath_worker.cli.progress import progress
+from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import DeadLetter, Reason
-from userpath_worker.durations import parse_duration
+from userpath_worker.errors import UserError
+from userpath_worker.events import erasure
 from userpath_worker.events.models import Event, Source
 from userpath_worker.events.replay import REPLAYABLE, ReplayResult, count_replayable, replay_dead_letters
 from userpath_worker.events.storage import EventFilter, find_events
@@ -153,35 +168,109 @@ def show_dead_letters(found: list[DeadLetter], as_json: bool, org_names: list[st
 @click.option("--org", required=True, help="Organization name.")
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
 @click.option("--reason", type=click.Choice([reason.value for reason in REPLAYABLE]), help="Only this reason.")
-@click.option(
-    "--since", metavar="WHEN", help="Only dead letters received since then: a duration (24h, 7d) or an ISO time."
-)
-def deadletter_replay(org: str, actor: str, reason: str | None, since: str | None) -> None:
+@click.option("--since", type=SINCE, help="Only dead letters received since then: a duration (24h, 7d) or an ISO time.")
+@json_option
+def deadletter_replay(org: str, actor: str, reason: str | None, since: dt.datetime | None, as_json: bool) -> None:
     """Validate dead letters again and store what passes now (after a contract fix)."""
     chosen = Reason(reason) if reason else None
-    cutoff = _since(since) if since else None
     with transaction() as session:
         organization = organizations.get_organization(session, org)
-        total = count_replayable(session, organization.id, chosen, cutoff)
+        total = count_replayable(session, organization.id, chosen, since)
     result = ReplayResult()
-    with click.progressbar(length=total, label="Replaying", file=sys.stderr) as progress:
-        for result in replay_dead_letters(transaction, organization, actor, chosen, cutoff):
-            progress.update(result.examined - progress.pos)
+    with progress("replayed", "dead letters", total) as show:
+        for result in replay_dead_letters(transaction, organization, actor, chosen, since):
+            show(result.examined)
+    if as_json:
+        print_json({"examined": result.examined, "stored": result.stored, "still_failing": result.still_failing})
+        return
     click.echo(
         f"Examined {result.examined} dead letters: {result.stored} now stored, {result.still_failing} still failing."
     )
 
 
 @deadletter.command("purge")
-@click.option("--older-than", required=True, metavar="DURATION", help="Delete dead letters older than this, e.g. 30d.")
-def deadletter_purge(older_than: str) -> None:
-    """Delete old dead letters (retention)."""
-    age = parse_duration(older_than, what="--older-than")
-    purged = dead_letters.purge_dead_letters(transaction, age)
-    click.echo(f"Deleted {purged} dead letters received more than {older_than} ago.")
+@click.option("--older-than", required=True, type=DURATION, help="Delete dead letters older than this, e.g. 30d.")
+@click.option("--org", help="Only this organization's (default: every organization's and the unattributed ones).")
+@click.option("--reason", type=click.Choice([reason.value for reason in Reason]), help="Only this reason.")
+@click.option("--dry-run", is_flag=True, help="Only say how many would be deleted.")
+@click.option("--yes", is_flag=True, help="Delete without asking (needed when standard input is not a terminal).")
+@json_option
+def deadletter_purge(
+    older_than: dt.timedelta, org: str | None, reason: str | None, dry_run: bool, yes: bool, as_json: bool
+) -> None:
+    """Delete old dead letters (retention), after a confirmation."""
+    with transaction() as session:
+        org_id = organizations.get_organization(session, org).id if org is not None else None
+        scope = dead_letters.PurgeScope(utcnow() - older_than, org_id, reason)
+        total = dead_letters.count_purgeable(session, scope)
+    which = f"dead letters{f' of {org!r}' if org else ''}{f' ({reason})' if reason else ''}"
+    which += f" received more than {format_duration(older_than)} ago"
+    purged = 0
+    if total and not dry_run:
+        confirm(f"Delete {total} {which}?", yes)
+        with progress("deleted", "dead letters", total) as show:
+            for purged in dead_letters.purge_dead_letters(transaction, scope):
+                show(purged)
+    if as_json:
+        print_json({"matched": total, "deleted": purged, "dry_run": dry_run})
+        return
+    click.echo(f"Would delete {total} {which}." if dry_run else f"Deleted {purged} {which}.")
 
 
-def _since(text: str) -> dt.datetime:
-    """``deadletter replay``'s --since, read as every --since is (``cli.common.SINCE``)."""
-    context = click.get_current_context()
-    return SINCE.convert(text, next(p for p in context.command.params if p.name == "since"), context)
+@events.command("erase")
+@click.option("--org", required=True, help="Organization name.")
+@click.option("--user-id", help="The person's user_id.")
+@click.option("--anonymous-id", help="The person's anonymous_id.")
+@click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
+@click.option("--dry-run", is_flag=True, help="Only say what would be erased.")
+@click.option("--yes", is_flag=True, help="Erase without asking (needed when standard input is not a terminal).")
+@json_option
+def events_erase(
+    org: str, user_id: str | None, anonymous_id: str | None, actor: str, dry_run: bool, yes: bool, as_json: bool
+) -> None:
+    """Erase a person: their events and the dead letters that carry their id (owners only)."""
+    if user_id is not None and anonymous_id is None:
+        person = erasure.Person(erasure.IdKind.USER_ID, user_id)
+    elif anonymous_id is not None and user_id is None:
+        person = erasure.Person(erasure.IdKind.ANONYMOUS_ID, anonymous_id)
+    else:
+        raise click.UsageError("give exactly one of --user-id and --anonymous-id.")
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        organizations.require_owner(session, organization, actor, erasure.OWNERS_WORK)
+        found = erasure.count_events(session, organization.id, person)
+    if not dry_run:
+        confirm(f"Erase the {found} events of this {person.kind} in {org!r}, and its dead letters?", yes)
+    done: erasure.ErasureProgress | None = None
+    verbs = {"events": "found" if dry_run else "erased", "dead letters": "searched"}
+    for stage, steps in itertools.groupby(
+        erasure.erase_person(transaction, organization, actor, person, dry_run), key=lambda step: step.stage
+    ):
+        done = next(steps)  # a stage's first step tells its total
+        with progress(verbs[stage], stage, done.total) as show:
+            show(done.done)
+            for done in steps:  # noqa: B031 (the rest of the same group, within its iteration)
+                show(done.done)
+    assert done is not None  # every stage yields at least once
+    if as_json:
+        print_json(
+            {
+                "org": org,
+                "by": person.kind.value,
+                "events": done.events,
+                "dead_letters": done.dead_letters,
+                "dry_run": dry_run,
+            }
+        )
+        return
+    verb = "Would erase" if dry_run else "Erased"
+    click.echo(f"{verb} {done.events} events and {done.dead_letters} dead letters of this {person.kind} in {org!r}.")
+
+
+def confirm(question: str, yes: bool) -> None:
+    """Ask before deleting, unless --yes; with no terminal to ask on, refuse rather than guess."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"{question} Standard input is not a terminal to answer on: pass --yes to go ahead.")
+    click.confirm(question, abort=True, err=True)

@@ -38,6 +38,11 @@ def demo() -> None:
     show_dead_letters([letter for letter, _ in rejected], as_json=False, org_names=[name for _, name in rejected])
     click.echo("\nEvery message was stored or dead-lettered. Try: userpath events list --org Demo")
     click.echo(
+        "\nSend an event yourself with the demo's key, printed this once (the next `userpath demo` deletes it);"
+        " `userpath worker` or the next `userpath demo` stores it:"
+    )
+    click.echo(demonstration.snippet(run.key))
+    click.echo(
         f"\nSee its keys on the web pages as the demo's owner ({demonstration.DEMO_OWNER}): run `userpath web`, "
         "then open this one-time link (valid 72 hours) to set a password:"
     )

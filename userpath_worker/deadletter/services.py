@@ -6,17 +6,17 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from userpath_client.contract import MAX_ENVELOPE_BYTES
 from userpath_client.schemas import canonical_json, has_nul
-from userpath_worker.db import Transaction, utcnow
+from userpath_worker.db import Transaction
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.keys import tokens
 from userpath_worker.organizations.models import Organization
@@ -155,15 +155,38 @@ def list_dead_letters(
     return [(letter, name) for letter, name in session.execute(query.order_by(DeadLetter.id.desc()).limit(limit))]
 
 
-def purge_dead_letters(transaction: Transaction, older_than: dt.timedelta, batch: int = 10_000) -> int:
-    """Delete dead letters received more than ``older_than`` ago, in batches; returns how many."""
-    cutoff = utcnow() - older_than
+@dataclass(frozen=True, slots=True)
+class PurgeScope:
+    """Which dead letters a purge deletes: those received before ``cutoff``, of one organization
+    and with one reason when given."""
+
+    cutoff: dt.datetime
+    org_id: int | None = None
+    reason: str | None = None
+
+    def where(self) -> list[ColumnElement[bool]]:
+        clauses = [DeadLetter.received_at < self.cutoff]
+        if self.org_id is not None:
+            clauses.append(DeadLetter.org_id == self.org_id)
+        if self.reason is not None:
+            clauses.append(DeadLetter.reason == self.reason)
+        return clauses
+
+
+def count_purgeable(session: Session, scope: PurgeScope) -> int:
+    return session.scalar(select(func.count()).select_from(DeadLetter).where(*scope.where())) or 0
+
+
+def purge_dead_letters(transaction: Transaction, scope: PurgeScope, batch: int = 10_000) -> Iterator[int]:
+    """Delete the dead letters in ``scope``, one transaction a batch; yields how many so far,
+    after each batch and at least once."""
     purged = 0
     while True:
         with transaction() as session:
-            ids = list(session.scalars(select(DeadLetter.id).where(DeadLetter.received_at < cutoff).limit(batch)))
+            ids = list(session.scalars(select(DeadLetter.id).where(*scope.where()).limit(batch)))
             if ids:
                 session.execute(delete(DeadLetter).where(DeadLetter.id.in_(ids)))
         purged += len(ids)
+        yield purged
         if len(ids) < batch:
-            return purged
+            return

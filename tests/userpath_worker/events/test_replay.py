@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,22 +14,12 @@ from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHO
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
-from userpath_worker.deadletter.services import purge_dead_letters
+from userpath_worker.deadletter.services import PurgeScope, purge_dead_letters
 from userpath_worker.errors import PermissionDenied, UserError
 from userpath_worker.events.models import Event, Source
 from userpath_worker.events.replay import replay_dead_letters
 from userpath_worker.keys.services import KeyService
 from userpath_worker.organizations.models import Role
-
-
-@pytest.fixture
-def transaction(session: Session):
-    @contextlib.contextmanager
-    def savepoint() -> Iterator[Session]:
-        with session.begin_nested():
-            yield session
-
-    return savepoint
 
 
 def letter(session: Session, key, reason: Reason, payload: Any, **fields: Any) -> DeadLetter:
@@ -129,5 +117,6 @@ def test_purge_deletes_only_what_is_older(session: Session, keys: KeyService, tr
     key, _ = keys.create(organization, "Server", OWNER)
     for days in (40, 31, 29, 1):
         letter(session, key, Reason.INVALID_EVENT, event(), received_at=utcnow() - dt.timedelta(days=days))
-    assert purge_dead_letters(transaction, dt.timedelta(days=30), batch=1) == 2
+    scope = PurgeScope(utcnow() - dt.timedelta(days=30))
+    assert list(purge_dead_letters(transaction, scope, batch=1)) == [1, 2, 2]  # the running count a batch
     assert session.scalar(select(func.count()).select_from(DeadLetter)) == 2
