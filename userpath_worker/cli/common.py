@@ -136,6 +136,11 @@ def when(value: dt.datetime | None) -> str:
     return value.astimezone(dt.UTC).strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
+def when_in_line(value: dt.datetime | None) -> str:
+    """A time in a line of prose (``userpath status``), where no column header says UTC."""
+    return f"{when(value)} UTC" if value else "never"
+
+
 def utc(header: str) -> str:
     """The header of a table column of times (``when``): every table labels them alike."""
     return f"{header} (UTC)"

@@ -7,7 +7,7 @@ import sys
 import click
 
 from userpath_worker import status as pipeline
-from userpath_worker.cli.common import json_option, print_json, print_table, settings, transaction, when
+from userpath_worker.cli.common import json_option, print_json, print_table, settings, transaction, when_in_line
 
 
 @click.command()
@@ -30,7 +30,7 @@ def status(ping_timeout: float, as_json: bool) -> None:
     rejected = ", ".join(f"{reason} {count}" for reason, count in sorted(found.dead_letters_24h.items())) or "none"
     last_pass = found.last_rotation_pass
     rotation = (
-        f"{when(last_pass['finished_at'])} (flagged {last_pass['flagged']}, reminded {last_pass['reminded']}, "
+        f"{when_in_line(last_pass['finished_at'])} (flagged {last_pass['flagged']}, reminded {last_pass['reminded']}, "
         f"expired {last_pass['expired']})"
         if last_pass
         else "never"
@@ -42,12 +42,12 @@ def status(ping_timeout: float, as_json: bool) -> None:
             "(celery -A tasks.app worker -n NAME@%h), or they cannot be told apart",
             err=True,
         )
-    click.echo(f"Last event stored:    {when(found.last_event_received_at)}")
+    click.echo(f"Last event stored:    {when_in_line(found.last_event_received_at)}")
     click.echo(f"Dead letters (24 h):  {rejected}")
     click.echo(f"Stale keys:           {found.stale_keys}")
     click.echo(f"Last rotation pass:   {rotation}")
     click.echo(
-        f"Reminders:            last delivered {when(found.last_reminder_delivered_at)}, "
+        f"Reminders:            last delivered {when_in_line(found.last_reminder_delivered_at)}, "
         f"{found.reminders_waiting} waiting"
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -43,6 +44,10 @@ def test_status_starts_with_the_database_and_broker_in_use_without_their_passwor
         f"Database:             {masked_database}",
         f"Broker:               {masked_broker}",
     ]
+    # A fresh database: nothing stored yet, said in words; a time would carry "UTC", as tables say.
+    assert "Last event stored:    never" in shown and "Last rotation pass:   never" in shown
+    ok("rotation", "run")
+    assert re.search(r"^Last rotation pass:   \d{4}-\d\d-\d\d \d\d:\d\d UTC \(flagged 0", ok("status").stdout, re.M)
     found = json.loads(ok("status", "--json").stdout)
     assert (found["database"], found["broker"]) == (masked_database, masked_broker)
     assert "database-password" not in shown + json.dumps(found) and "guest:guest" not in shown + json.dumps(found)
