@@ -65,15 +65,16 @@ def add_member(session: Session, organization: Organization, email: str, role: R
     return member
 
 
-def require_owner(session: Session, organization: Organization, actor_email: str) -> Member:
-    """The acting member, if they are an owner of the organization; PermissionDenied otherwise."""
+def require_owner(
+    session: Session, organization: Organization, actor_email: str, to: str = "create, roll or delete keys"
+) -> Member:
+    """The acting member, if they are an owner of the organization; PermissionDenied otherwise,
+    saying what only owners can do (``to``)."""
     member = session.scalar(
         select(Member).where(Member.org_id == organization.id, Member.email == normalize_email(actor_email))
     )
     if member is None or member.role is not Role.OWNER:
-        raise PermissionDenied(
-            f"{actor_email} is not an owner of '{organization.name}'; only owners can create, roll or delete keys"
-        )
+        raise PermissionDenied(f"{actor_email} is not an owner of '{organization.name}'; only owners can {to}")
     return member
 
 
