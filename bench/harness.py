@@ -162,4 +162,5 @@ def product_environment(broker_url: str) -> dict[str, str]:
         "USERPATH_DATABASE_URL": DATABASE_URL,
         "USERPATH_BROKER_URL": broker_url,
         "USERPATH_METRICS_PORT": "0",
+        "USERPATH_SECRET_KEY": "bench-secret-key-of-the-webhook-signing-secrets",
     }

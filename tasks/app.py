@@ -13,6 +13,7 @@ from config.celery import celery_config
 from config.settings import SettingsError, get_settings
 from userpath_worker import logs, metrics, runtime, schema, status
 from userpath_worker.errors import UserError
+from userpath_worker.webhooks.crypto import secret_key
 
 try:
     settings = get_settings()
@@ -42,10 +43,11 @@ def _logging(loglevel: Any = None, **_: Any) -> None:
 
 @signals.worker_init.connect
 def _prepare(**_: Any) -> None:
-    """Migrate the embedded SQLite database; refuse to start on a PostgreSQL schema that is behind;
-    serve the metrics."""
+    """Migrate the embedded SQLite database; refuse to start on a PostgreSQL schema that is behind or
+    without USERPATH_SECRET_KEY; serve the metrics."""
     try:
         schema.prepare(runtime.engine())
+        secret_key(settings)  # the webhook signing secrets' key: against PostgreSQL it must be set
     except UserError as error:
         raise SystemExit(f"userpath: {error}") from None
     runtime.engine().dispose()  # the pool children open their own connections

@@ -57,3 +57,22 @@ def shopify_headers(secret: str, body: str) -> dict[str, str]:
     """Shopify: ``X-Shopify-Hmac-Sha256: <base64 HMAC-SHA256 of the body>``."""
     digest = hmac.new(secret.encode(), body.encode(), hashlib.sha256).digest()
     return {"X-Shopify-Topic": "orders/create", "X-Shopify-Hmac-Sha256": base64.b64encode(digest).decode()}
+
+
+def webhook_message(
+    api_key: str,
+    provider: str,
+    body: str,
+    headers: dict[str, str],
+    received_at: dt.datetime,
+    delivery_id: str = "d-1",
+) -> dict[str, object]:
+    """The argument of a ``userpath.webhook`` message, as a receiver forwards a delivery."""
+    return {
+        "api_key": api_key,
+        "provider": provider,
+        "delivery_id": delivery_id,
+        "received_at": received_at.isoformat(),
+        "headers": headers,
+        "body": body,
+    }

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from tests.common.databases import savepoints
 from tests.common.factories import OWNER, add_member, make_organization
 from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.audit.models import AuditEntry
@@ -26,12 +25,7 @@ from userpath_worker.organizations.models import Role
 
 @pytest.fixture
 def transaction(session: Session):
-    @contextlib.contextmanager
-    def savepoint() -> Iterator[Session]:
-        with session.begin_nested():
-            yield session
-
-    return savepoint
+    return savepoints(session)
 
 
 def letter(session: Session, key, reason: Reason, payload: Any, **fields: Any) -> DeadLetter:
