@@ -19,15 +19,17 @@ from config.settings import Settings
 from userpath_worker.errors import UserError
 
 
-def configured_or_kept(settings: Settings, configured: str | None, variable: str, file_name: str, lost: str) -> str:
+def configured_or_kept(
+    settings: Settings, configured: str | None, variable: str, shared_by: str, file_name: str, lost: str
+) -> str:
     """``configured`` when it is set; else the secret kept in ``file_name`` beside the embedded
-    database (generated on first use). ``variable`` names the setting; ``lost`` says what a new
-    secret would cost."""
+    database (generated on first use). ``variable`` names the setting, ``shared_by`` the processes
+    that must have the same one; ``lost`` says what a new secret would cost."""
     if configured:
         return configured
     if not settings.uses_embedded_database:
         raise UserError(
-            f"{variable} is not set; set it to a long random value, the same for every process "
+            f"{variable} is not set; set it to a long random value, the same for every {shared_by} "
             '(python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
         )
     return _kept_secret(beside_database(settings, file_name), lost)

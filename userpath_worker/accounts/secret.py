@@ -16,5 +16,5 @@ SECRET_FILE = "userpath-web-secret"
 
 def web_secret(settings: Settings) -> str:
     return configured_or_kept(
-        settings, settings.web_secret, "USERPATH_WEB_SECRET", SECRET_FILE, "everyone signs in again"
+        settings, settings.web_secret, "USERPATH_WEB_SECRET", "web process", SECRET_FILE, "everyone signs in again"
     )

@@ -30,6 +30,7 @@ def secret_key(settings: Settings) -> str:
         settings,
         settings.secret_key,
         "USERPATH_SECRET_KEY",
+        "worker, CLI and web process",
         SECRET_KEY_FILE,
         "the webhook signing secrets stored so far can no longer be read: add them again",
     )
