@@ -47,7 +47,8 @@ def _prepare(**_: Any) -> None:
     without USERPATH_SECRET_KEY; serve the metrics."""
     try:
         schema.prepare(runtime.engine())
-        secret_key(settings)  # the webhook signing secrets' key: against PostgreSQL it must be set
+        if not settings.uses_embedded_database:
+            secret_key(settings)  # it decrypts the webhook signing secrets: every worker must have it
     except UserError as error:
         raise SystemExit(f"userpath: {error}") from None
     runtime.engine().dispose()  # the pool children open their own connections
