@@ -5,6 +5,7 @@ their reason, genuine ones stored as verified; no secret in any table, dead lett
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from tests.common.cli import ok
 from tests.common.databases import TEST_DATABASE_PREFIX, flushed_redis, table_dump, truncate_all
 from tests.common.factories import OWNER, new_key
 from tests.common.signing import GITHUB_SECRET, STRIPE_SECRET, TEST_SECRET_KEY, github_headers, stripe_headers
@@ -48,7 +50,7 @@ def broker() -> Iterator[str]:
 
 @pytest.mark.slow
 def test_forged_webhooks_are_dead_lettered_and_genuine_ones_stored_as_verified(
-    database: tuple[str, Engine], broker: str, tmp_path: Path
+    database: tuple[str, Engine], broker: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     database_url, engine = database
     truncate_all(engine)
@@ -56,6 +58,7 @@ def test_forged_webhooks_are_dead_lettered_and_genuine_ones_stored_as_verified(
     _, _, other_key = new_key(engine)  # an organization without secrets
     with Session(engine) as session, session.begin():
         organization = session.get_one(Organization, org_id)
+        organization_name = organization.name
         box = SecretBox(TEST_SECRET_KEY)
         webhook_secrets.add_secret(session, box, organization, "stripe", STRIPE_SECRET, OWNER)
         webhook_secrets.add_secret(session, box, organization, "github", GITHUB_SECRET, OWNER)
@@ -96,6 +99,12 @@ def test_forged_webhooks_are_dead_lettered_and_genuine_ones_stored_as_verified(
         (org_id, "evt_old", "bad_signature", "Stripe-Signature's t is 3600 s from received_at; the tolerance is 300 s"),
         (org_id, "gh-forged", "bad_signature", "X-Hub-Signature-256 matches no signing secret"),
     }
+    monkeypatch.setenv("USERPATH_DATABASE_URL", database_url)
+    listed = json.loads(ok("events", "list", "--org", organization_name, "--json").output)
+    assert sorted((e["context"]["webhook"]["delivery_id"], e["verified"]) for e in listed) == [
+        ("evt_good", True),
+        ("gh-good", True),
+    ]
     logged = log.read_text(errors="replace")
     assert "message handled" in logged  # DEBUG lines were written
     for secret in (STRIPE_SECRET, GITHUB_SECRET, STRIPE_SECRET.removeprefix("whsec_"), TEST_SECRET_KEY):
