@@ -264,7 +264,11 @@ def _signature_refusal(
 ) -> signatures.Refusal | None:
     scheme = signatures.scheme(webhook.provider)
     if scheme is None or not keys:
-        return signatures.Refusal(False, f"no signature check for provider '{webhook.provider}' in this worker")
+        return signatures.Refusal(
+            False,
+            f"the organization's {webhook.provider} secrets are not usable here: no signature check for the "
+            "provider in this worker, or USERPATH_SECRET_KEY is not the key they were stored with",
+        )
     # The raw body as forwarded; surrogatepass keeps a lone surrogate from raising (it cannot verify).
     body = webhook.body.encode("utf-8", "surrogatepass")
     return scheme.verify(signatures.Signed(headers, body, keys, received_at, tolerance))

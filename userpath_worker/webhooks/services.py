@@ -7,6 +7,7 @@ Services work inside the caller's transaction and never commit. A secret is stor
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Mapping
 
@@ -22,6 +23,8 @@ from userpath_worker.organizations.services import require_owner
 from userpath_worker.webhooks import signatures
 from userpath_worker.webhooks.crypto import SecretBox
 from userpath_worker.webhooks.models import WebhookSecret
+
+logger = logging.getLogger("userpath.worker")
 
 MAX_SECRET_LENGTH = 1000
 _OWNERS_DO = "add or remove webhook signing secrets"
@@ -126,15 +129,21 @@ class SigningKeys:
         if cached is not None and now - cached[0] < self.ttl:
             return cached[1]
         rows = session.execute(
-            select(WebhookSecret.provider, WebhookSecret.ciphertext).where(WebhookSecret.org_id == org_id)
+            select(WebhookSecret.id, WebhookSecret.provider, WebhookSecret.ciphertext).where(
+                WebhookSecret.org_id == org_id
+            )
         ).all()
         keys: dict[str, list[bytes]] = {}
-        for provider, ciphertext in rows:
+        for secret_id, provider, ciphertext in rows:
+            usable = keys.setdefault(provider, [])
             scheme = signatures.scheme(provider)
-            if scheme is not None:
-                keys.setdefault(provider, []).append(scheme.key(self.box.decrypt(ciphertext)))
-            else:  # registered when it was added, not in this process: its webhooks cannot verify
-                keys.setdefault(provider, [])
+            if scheme is None:  # registered when it was added, not in this process: nothing verifies
+                continue
+            try:
+                usable.append(scheme.key(self.box.decrypt(ciphertext)))
+            except (UserError, ValueError) as error:
+                # The provider's webhooks are refused (bad_signature), not stored unverified.
+                logger.error("webhook secret %s of organization %s is not usable: %s", secret_id, org_id, error)
         found = {provider: tuple(values) for provider, values in keys.items()}
         self._cache[org_id] = (now, found)
         return found

@@ -234,3 +234,18 @@ def test_replay_verifies_again_with_the_secrets_of_now(
     assert (result.examined, result.stored, result.still_failing) == (3, 1, 2)
     [event] = stored(session)
     assert (event.event_id, event.verified) == (derived_event_id("webhook", "stripe", "evt_a"), True)
+
+
+def test_secrets_stored_under_another_secret_key_refuse_the_webhooks_and_log_no_secret(
+    session: Session, acme: Organization, api_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker with the wrong USERPATH_SECRET_KEY cannot read the secrets: the provider's webhooks
+    are dead-lettered (replayable once the key is right), never stored unverified, never an error."""
+    add_secret(session, acme, "stripe", STRIPE_SECRET)
+    savepoints = sessionmaker(bind=session.connection(), join_transaction_mode="create_savepoint")
+    wrong = Ingestor(savepoints, KeyAuthenticator(pepper=None, ttl=2.0), SigningKeys(lambda: "another key", ttl=2.0))
+    assert send(wrong, stripe(api_key, [STRIPE_SECRET])) == IngestOutcome(0, 1)
+    [(reason, detail)] = dead(session)
+    assert reason == "bad_signature" and "USERPATH_SECRET_KEY is not the key they were stored with" in detail
+    assert f"of organization {acme.id} is not usable" in caplog.text and "cannot be decrypted" in caplog.text
+    assert STRIPE_SECRET not in caplog.text and STRIPE_SECRET.removeprefix("whsec_") not in caplog.text
