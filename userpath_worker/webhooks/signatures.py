@@ -110,23 +110,27 @@ def matches_any(expected: Iterable[str | bytes], given: Iterable[str | bytes]) -
     """Whether any given signature equals any expected one, each pair compared in constant time
     (every pair is compared, so the time says nothing about which one matched)."""
     found = False
-    given = [value.encode() if isinstance(value, str) else value for value in given]
+    given = [_bytes(value) if isinstance(value, str) else value for value in given]
     for candidate in expected:
-        candidate = candidate.encode() if isinstance(candidate, str) else candidate
+        candidate = _bytes(candidate) if isinstance(candidate, str) else candidate
         for value in given:
             found |= hmac.compare_digest(candidate, value)
     return found
+
+
+def _bytes(text: str) -> bytes:
+    """Header text as the bytes it came as; a lone surrogate (JSON allows one) cannot raise, nor match."""
+    return text.encode("utf-8", "surrogatepass")
 
 
 def timestamp_refusal(text: str, header: str, delivery: Signed) -> Refusal | None:
     """Why a Unix-time ``text`` from ``header`` is unusable or outside the tolerance of
     ``received_at``, if it is."""
     try:
-        signed_at = int(text)
-    except ValueError:
+        # Seconds as numbers, not datetimes: a fifth of a check's time went to making them.
+        skew = abs(delivery.received_at.timestamp() - int(text))
+    except (ValueError, OverflowError):  # not digits, or more than a float holds
         return Refusal(False, f"{header} is not a Unix time in seconds")
-    # Seconds as numbers, not datetimes: a fifth of a check's time went to making them.
-    skew = abs(delivery.received_at.timestamp() - signed_at)
     tolerance = delivery.tolerance.total_seconds()
     if skew > tolerance:
         return Refusal(False, f"{header} is {int(skew)} s from received_at; the tolerance is {int(tolerance)} s")
@@ -152,7 +156,7 @@ def stripe(delivery: Signed) -> Refusal | None:
     refused = timestamp_refusal(timestamps[0], "Stripe-Signature's t", delivery)
     if refused:
         return refused
-    signed = timestamps[0].encode() + b"." + delivery.body
+    signed = _bytes(timestamps[0]) + b"." + delivery.body
     if not matches_any((hmac_sha256(key, signed).hex() for key in delivery.keys), signatures):
         return Refusal(False, "no v1 signature of Stripe-Signature matches a signing secret")
     return None
@@ -204,7 +208,7 @@ def standard_webhooks(delivery: Signed) -> Refusal | None:
     ]
     if not signatures:
         return Refusal(False, "webhook-signature has no v1 signature")
-    signed = f"{message_id}.{timestamp}.".encode() + delivery.body
+    signed = _bytes(f"{message_id}.{timestamp}.") + delivery.body
     expected = (base64.b64encode(hmac_sha256(key, signed)) for key in delivery.keys)
     if not matches_any(expected, signatures):
         return Refusal(False, "no v1 signature of webhook-signature matches a signing secret")
@@ -232,7 +236,7 @@ def slack(delivery: Signed) -> Refusal | None:
     refused = timestamp_refusal(timestamp, "X-Slack-Request-Timestamp", delivery)
     if refused:
         return refused
-    signed = f"v0:{timestamp}:".encode() + delivery.body
+    signed = _bytes(f"v0:{timestamp}:") + delivery.body
     if not matches_any((f"v0={hmac_sha256(key, signed).hex()}" for key in delivery.keys), [header]):
         return Refusal(False, "X-Slack-Signature matches no signing secret")
     return None

@@ -186,6 +186,8 @@ def test_an_old_delivery_replayed_with_its_genuine_signature_is_refused(provider
         ("stripe", {"Stripe-Signature": "v1=abc"}, "Stripe-Signature needs one t= and at least one v1= signature"),
         ("stripe", {"Stripe-Signature": "t=1,t=2,v1=abc"}, "Stripe-Signature needs one t= and at least one v1="),
         ("stripe", {"Stripe-Signature": "t=soon,v1=abc"}, "Stripe-Signature's t is not a Unix time in seconds"),
+        ("stripe", {"Stripe-Signature": f"t=1{'0' * 400},v1=abc"}, "Stripe-Signature's t is not a Unix time"),
+        ("slack", {"X-Slack-Signature": "v0=a", "X-Slack-Request-Timestamp": "9" * 5000}, "is not a Unix time"),
         ("github", {"X-Hub-Signature-256": "sha1=abc"}, "X-Hub-Signature-256 is not sha256=<hex>"),
         ("standard-webhooks", {"webhook-signature": "v1,abc"}, "needs the webhook-id and webhook-timestamp"),
         ("slack", {"X-Slack-Signature": "v0=abc"}, "needs the X-Slack-Request-Timestamp header"),
@@ -222,3 +224,13 @@ def test_users_register_a_provider_beside_the_built_in_ones() -> None:
         assert "x-acme-signature" in signatures.signature_headers()
     finally:
         signatures._registry.pop("acme-test")
+
+
+@pytest.mark.parametrize("provider", sorted(SIGNED))
+def test_a_lone_surrogate_in_any_header_is_refused_never_raised(provider: str) -> None:
+    """JSON lets a header carry a lone surrogate: the check refuses it like any other bad value."""
+    secret, sign = SIGNED[provider]
+    for name, value in sign(secret, BODY).items():
+        headers = sign(secret, BODY) | {name: value[:3] + "\ud800" + value[3:]}
+        refused = check(provider, headers, BODY, [secret])
+        assert refused is not None or name.lower() in ("x-github-event", "x-shopify-topic")

@@ -249,3 +249,12 @@ def test_secrets_stored_under_another_secret_key_refuse_the_webhooks_and_log_no_
     assert reason == "bad_signature" and "USERPATH_SECRET_KEY is not the key they were stored with" in detail
     assert f"of organization {acme.id} is not usable" in caplog.text and "cannot be decrypted" in caplog.text
     assert STRIPE_SECRET not in caplog.text and STRIPE_SECRET.removeprefix("whsec_") not in caplog.text
+
+
+def test_a_forged_signature_no_database_can_store_is_still_one_dead_letter(
+    session: Session, ingestor: Ingestor, acme: Organization, api_key: str
+) -> None:
+    add_secret(session, acme, "stripe", STRIPE_SECRET)
+    message = webhook_message(api_key, "stripe", INVOICE, {"Stripe-Signature": "t=1,v1=\ud800\x00"}, RECEIVED)
+    assert send(ingestor, message) == IngestOutcome(0, 1)
+    assert [reason for reason, _ in dead(session)] == ["bad_signature"]
