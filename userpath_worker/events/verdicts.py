@@ -225,7 +225,11 @@ def webhook_verdicts(
         body: Any = json.loads(webhook.body)
     except ValueError:
         body = webhook.body  # not JSON: kept as text
-    if has_nul(canonical_json([body, webhook.headers])):
+    try:
+        unstorable = has_nul(canonical_json([body, webhook.headers]))
+    except ValueError:  # a lone surrogate in a header
+        return refused(Reason.INVALID_EVENT, "the webhook is not storable JSON (a lone surrogate)")
+    if unstorable:
         return refused(Reason.INVALID_EVENT, "the webhook contains a NUL character")
     body = tokens.scrub(body)
     normalized = normalizers.normalize(webhook.provider, webhook.headers, body)

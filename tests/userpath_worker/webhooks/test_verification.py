@@ -258,3 +258,17 @@ def test_a_forged_signature_no_database_can_store_is_still_one_dead_letter(
     message = webhook_message(api_key, "stripe", INVOICE, {"Stripe-Signature": "t=1,v1=\ud800\x00"}, RECEIVED)
     assert send(ingestor, message) == IngestOutcome(0, 1)
     assert [reason for reason, _ in dead(session)] == ["bad_signature"]
+
+
+@pytest.mark.parametrize("with_secret", [False, True])
+def test_a_header_no_database_can_store_is_an_invalid_event_not_an_error(
+    session: Session, ingestor: Ingestor, acme: Organization, api_key: str, with_secret: bool
+) -> None:
+    """A lone surrogate in a header that is not the signature: refused as an invalid event (after
+    the signature verified, when there is a secret), never an exception in the batch."""
+    if with_secret:
+        add_secret(session, acme, "stripe", STRIPE_SECRET)
+    message = stripe(api_key, [STRIPE_SECRET])
+    message["headers"] = {**message["headers"], "X-Note": "\ud800"}  # type: ignore[dict-item]
+    assert send(ingestor, message) == IngestOutcome(0, 1)
+    assert dead(session) == [("invalid_event", "the webhook is not storable JSON (a lone surrogate)")]
