@@ -31,16 +31,22 @@ class Size:
     latency_rate: int  # offered events per second
     latency_seconds: float
     client_calls: int
+    verification_deliveries: int  # in-process signature checks timed
 
 
 SIZES = {
     # The naive baseline stores ~600 events/s: 3,000 is five seconds of it.
-    "full": Size(1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000),
-    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000),
+    "full": Size(1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000, 100_000),
+    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000, 10_000),
 }
 
 # The drain scenarios, in the report's order, and their labels in the table.
-SCENARIOS = {"envelopes_100": "envelopes of 100", "envelopes_1": "envelopes of 1", "webhooks": "webhooks"}
+SCENARIOS = {
+    "envelopes_100": "envelopes of 100",
+    "envelopes_1": "envelopes of 1",
+    "webhooks": "webhooks",
+    "webhooks_verified": "webhooks, verified",
+}
 BROKER_CHOICES = {"both": tuple(BROKERS), **{name: (name,) for name in BROKERS}}
 
 TARGETS = {
@@ -50,6 +56,7 @@ TARGETS = {
     "peak_rss_mib_per_process": 200,
     "client_track_calls_per_second": 100_000,
     "client_track_times_segment": 2.0,  # while sending: ours to Redis, analytics-python's to a local HTTP server
+    "verified_webhooks_share_of_unverified": 0.9,  # the drain with a Stripe secret, on each broker
 }
 
 
@@ -89,9 +96,13 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
     engine = harness.fresh_database()
     try:
         api_key = harness.new_key(engine)
+        verified_key = harness.new_key(engine, stripe_secret=harness.STRIPE_SECRET)
+        results["verification"] = scenarios.verification_cost(size.verification_deliveries)
         results["copy"] = scenarios.copy_rate(size.copy_rows)
         results["naive"] = scenarios.naive_baseline(engine, size.naive_events, concurrency)
-        results["drain"] = {name: drains(engine, api_key, BROKERS[name], size, concurrency) for name in broker_names}
+        results["drain"] = {
+            name: drains(engine, api_key, verified_key, BROKERS[name], size, concurrency) for name in broker_names
+        }
         results["latency"] = scenarios.latency(engine, api_key, size.latency_rate, size.latency_seconds, concurrency)
         results["client_track"] = scenarios.client_track(api_key, size.client_calls)
         results["segment_track"] = segment.track_rate(size.client_calls)  # None: not installed
@@ -102,6 +113,8 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
         for figures in by_scenario.values():
             figures["times_naive"] = figures["events_per_second"] / naive_rate
             figures["share_of_copy"] = figures["events_per_second"] / copy_rate
+        verified, unverified = by_scenario["webhooks_verified"], by_scenario["webhooks"]
+        verified["share_of_unverified"] = verified["events_per_second"] / unverified["events_per_second"]
     if {"redis", "rabbitmq"} <= results["drain"].keys():
         redis = results["drain"]["redis"]
         for scenario, figures in results["drain"]["rabbitmq"].items():
@@ -123,14 +136,21 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
     return results
 
 
-def drains(engine: Engine, api_key: str, broker: Broker, size: Size, concurrency: int) -> dict[str, Any]:
-    """The three drain scenarios on ``broker``; the long one notes memory at the checkpoint."""
+def drains(
+    engine: Engine, api_key: str, verified_key: str, broker: Broker, size: Size, concurrency: int
+) -> dict[str, Any]:
+    """The drain scenarios on ``broker``; the long one notes memory at the checkpoint. The webhooks
+    drain twice, one after the other: for an organization without a secret, and for one whose
+    Stripe webhooks must verify (``verified_key``)."""
     return {
         "envelopes_100": scenarios.drain(
             engine, api_key, broker, "envelopes_100", size.envelopes_100_events, concurrency, size.memory_checkpoint
         ),
         "envelopes_1": scenarios.drain(engine, api_key, broker, "envelopes_1", size.envelopes_1_events, concurrency),
         "webhooks": scenarios.drain(engine, api_key, broker, "webhooks", size.webhooks, concurrency),
+        "webhooks_verified": scenarios.drain(
+            engine, verified_key, broker, "webhooks_verified", size.webhooks, concurrency
+        ),
     }
 
 
@@ -197,6 +217,13 @@ def targets(results: dict[str, Any]) -> dict[str, bool | None]:
         )
         for broker in BROKERS
     }
+    met |= {
+        f"{broker}_verified_webhooks_share_of_unverified": at_least(
+            figure(broker, "webhooks_verified", "share_of_unverified"),
+            TARGETS["verified_webhooks_share_of_unverified"],
+        )
+        for broker in BROKERS
+    }
     peak = max(
         rss
         for by_scenario in drain.values()
@@ -241,6 +268,11 @@ def table(results: dict[str, Any]) -> str:
         drains.append(tuple(row))
 
     latency = results["latency"]
+    verification = results["verification"]
+    shares = ", ".join(
+        f"{BROKERS[name].label} {by_scenario['webhooks_verified']['share_of_unverified']:.0%}"
+        for name, by_scenario in drain.items()
+    )
     lines = [
         *_aligned(once),
         client_comparison(results),
@@ -249,6 +281,10 @@ def table(results: dict[str, Any]) -> str:
         "",
         f"latency (Redis), enqueue to stored, at {latency['offered_events_per_second']:,.0f} events/s in envelopes "
         f"of {latency['events_per_envelope']}: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms",
+        f"webhook verification (Stripe, in-process, {verification['deliveries']:,} deliveries): the check "
+        f"{verification['check_us']:.1f} µs; a webhook's verdict {verification['verdict_us']:.1f} µs verified, "
+        f"{verification['verdict_us_unverified']:.1f} µs without a secret; verified drain / unverified: {shares} "
+        f"(target {TARGETS['verified_webhooks_share_of_unverified']:.0%})",
     ]
     for name, growth in results["memory_growth_mib"].items():
         long_run = drain[name]["envelopes_100"]

@@ -20,12 +20,16 @@ from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.keys.services import KeyService
 from userpath_worker.organizations.services import create_organization
+from userpath_worker.webhooks import services as webhook_secrets
+from userpath_worker.webhooks.crypto import SecretBox
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DATABASE = "userpath_bench"
 DATABASE_URL = f"{POSTGRES_SERVER}/{DATABASE}"
+SECRET_KEY = "bench-secret-key-of-the-webhook-signing-secrets"  # the workers' USERPATH_SECRET_KEY
+STRIPE_SECRET = "whsec_bench_0123456789abcdefghijklmnopqrst"
 
 
 class BenchError(RuntimeError):
@@ -44,10 +48,15 @@ def fresh_database() -> Engine:
     return engine
 
 
-def new_key(engine: Engine) -> str:
+def new_key(engine: Engine, stripe_secret: str | None = None) -> str:
+    """A key of a new organization; with ``stripe_secret``, one whose Stripe webhooks must verify."""
     with Session(engine) as session, session.begin():
-        organization = create_organization(session, "Bench", "bench@example.com")
+        name = "Bench, verified webhooks" if stripe_secret else "Bench"
+        organization = create_organization(session, name, "bench@example.com")
         _, plaintext = KeyService(session).create(organization, "bench", "bench@example.com")
+        if stripe_secret:
+            box = SecretBox(SECRET_KEY)
+            webhook_secrets.add_secret(session, box, organization, "stripe", stripe_secret, "bench@example.com")
         return plaintext
 
 
@@ -162,4 +171,5 @@ def product_environment(broker_url: str) -> dict[str, str]:
         "USERPATH_DATABASE_URL": DATABASE_URL,
         "USERPATH_BROKER_URL": broker_url,
         "USERPATH_METRICS_PORT": "0",
+        "USERPATH_SECRET_KEY": SECRET_KEY,
     }

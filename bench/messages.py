@@ -5,6 +5,8 @@
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 import uuid
@@ -94,21 +96,32 @@ def envelopes(api_key: str, events: int, per_envelope: int, prefix: str) -> Iter
         yield task_message(TRACK_TASK, {"api_key": api_key, "sent_at": now_iso(), "batch": batch})
 
 
-def webhooks(api_key: str, count: int, prefix: str) -> Iterator[TaskMessage]:
-    """``count`` Stripe deliveries, one ``userpath.webhook`` message each."""
+def webhooks(api_key: str, count: int, prefix: str, stripe_secret: str | None = None) -> Iterator[TaskMessage]:
+    """``count`` Stripe deliveries, one ``userpath.webhook`` message each; signed as Stripe signs
+    them with ``stripe_secret`` when given (else with a signature nobody checks)."""
     for number in range(count):
         delivery_id = f"evt_{prefix}_{number}"
-        body = {
-            "id": delivery_id,
-            "type": "invoice.paid",
-            "data": {"object": {"object": "invoice", "customer": f"cus_{number % 1000}", "amount_paid": 4200}},
-        }
+        body = json.dumps(
+            {
+                "id": delivery_id,
+                "type": "invoice.paid",
+                "data": {"object": {"object": "invoice", "customer": f"cus_{number % 1000}", "amount_paid": 4200}},
+            }
+        )
         delivery = {
             "api_key": api_key,
             "provider": "stripe",
             "delivery_id": delivery_id,
             "received_at": now_iso(),
-            "headers": {"Content-Type": "application/json", "Stripe-Signature": "t=1714564806,v1=5257a869"},
-            "body": json.dumps(body),
+            "headers": {"Content-Type": "application/json", "Stripe-Signature": stripe_signature(body, stripe_secret)},
+            "body": body,
         }
         yield task_message(WEBHOOK_TASK, delivery)
+
+
+def stripe_signature(body: str, secret: str | None) -> str:
+    """Stripe's recipe: ``t=<unix>,v1=<hex HMAC-SHA256 of "{t}.{body}">``."""
+    if secret is None:
+        return "t=1714564806,v1=5257a869"
+    t = int(time.time())
+    return f"t={t},v1={hmac.new(secret.encode(), f'{t}.{body}'.encode(), hashlib.sha256).hexdigest()}"

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import time
 from typing import Any
 
+import orjson
 import psycopg
 from sqlalchemy import Engine, func, select, text
 
@@ -14,13 +16,19 @@ from bench import harness, messages, naive
 from bench.brokers import REDIS, UNREACHABLE_REDIS_URL, Broker
 from config.celery import QUEUES
 from userpath_client import NotSent, UserPath
-from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK, WEBHOOKS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter
+from userpath_worker.deadletter.services import Delivery
+from userpath_worker.events import verdicts
 from userpath_worker.events.models import Event
+from userpath_worker.keys.services import KeyIdentity
+from userpath_worker.keys.tokens import Environment
+from userpath_worker.webhooks import signatures
 
 # Seconds a drain may take per event before the benchmark gives up: 200 events/s, far below any
 # target and below Celery's per-message path on RabbitMQ too (about 700 single events/s).
 _SECONDS_PER_EVENT_ALLOWED = 1 / 200
+_TOLERANCE = dt.timedelta(seconds=300)
 
 
 def _count(engine: Engine, model: Any) -> int:
@@ -96,8 +104,9 @@ def drain(
     """
     harness.empty_events(engine)
     broker.empty()
-    if kind == "webhooks":
-        queue, preloaded = WEBHOOKS_QUEUE, messages.webhooks(api_key, events, kind)
+    if kind in ("webhooks", "webhooks_verified"):
+        secret = harness.STRIPE_SECRET if kind == "webhooks_verified" else None
+        queue, preloaded = WEBHOOKS_QUEUE, messages.webhooks(api_key, events, kind, secret)
     else:
         per_envelope = 100 if kind == "envelopes_100" else 1
         queue, preloaded = EVENTS_QUEUE, messages.envelopes(api_key, events, per_envelope, kind)
@@ -130,10 +139,49 @@ def drain(
         raise harness.BenchError(
             f"{broker.label} {kind}: {_count(engine, Event)} events stored and {dead_letters} dead letters"
         )
+    verified = _count_verified(engine)
+    if kind == "webhooks_verified" and verified != events:  # measuring what it says it measures
+        raise harness.BenchError(f"{broker.label} {kind}: {verified} of {events} events verified")
     result["startup_seconds"] = worker.ready - worker.started
     result["seconds"] = finished - worker.ready
     result["events_per_second"] = events / result["seconds"]
     return result
+
+
+def _count_verified(engine: Engine) -> int:
+    with engine.connect() as connection:
+        return connection.scalar(select(func.count()).select_from(Event).where(Event.verified.is_(True))) or 0
+
+
+def verification_cost(deliveries: int) -> dict[str, Any]:
+    """In-process: the µs one Stripe signature check costs (the body of the drain's webhooks), and a
+    whole webhook verdict with the organization's secret and without one."""
+    key = harness.STRIPE_SECRET.encode()
+    message = next(messages.webhooks("up_live_x", 1, "cost", harness.STRIPE_SECRET))
+    delivery = orjson.loads(message.body)[0][0]  # a protocol-2 body: [args, kwargs, embed]
+    lowered = {name.lower(): value for name, value in delivery["headers"].items()}
+    received_at = dt.datetime.fromisoformat(delivery["received_at"])
+    scheme = signatures.scheme("stripe")
+    assert scheme is not None
+    signed = signatures.Signed(lowered, delivery["body"].encode(), (key,), received_at, _TOLERANCE)
+    started = time.perf_counter()
+    for _ in range(deliveries):
+        if scheme.verify(signed) is not None:
+            raise harness.BenchError("the bench's own Stripe signature does not verify")
+    check_us = (time.perf_counter() - started) / deliveries * 1e6
+
+    identity = KeyIdentity(1, 1, Environment.LIVE, "up_live_...", None)
+    arrived = Delivery(WEBHOOK_TASK, WEBHOOKS_QUEUE, dt.datetime.now(dt.UTC))
+
+    def verdict_us(keys: dict[str, tuple[bytes, ...]]) -> float:
+        started = time.perf_counter()
+        for _ in range(deliveries):
+            if not verdicts.webhook_verdicts(delivery, identity, arrived, keys, _TOLERANCE).rows:
+                raise harness.BenchError("a bench webhook was refused")
+        return (time.perf_counter() - started) / deliveries * 1e6
+
+    without, with_secret = verdict_us({}), verdict_us({"stripe": (key,)})
+    return {"deliveries": deliveries, "check_us": check_us, "verdict_us": with_secret, "verdict_us_unverified": without}
 
 
 def latency(engine: Engine, api_key: str, rate: int, seconds: float, concurrency: int) -> dict[str, Any]:

@@ -129,6 +129,12 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(default=None, repr=False)  # may carry a password
     smtp_from: str = "userpath@localhost"  # the sender of those e-mails
 
+    # Encrypts the webhook signing secrets at rest: required against PostgreSQL (the same for every
+    # worker and CLI), generated beside the embedded SQLite database otherwise.
+    secret_key: str | None = Field(default=None, repr=False)
+    # How far a signed webhook's timestamp may be from its received_at (replays older than this fail).
+    webhook_tolerance_seconds: Annotated[int, Field(ge=1, le=86_400)] = 300
+
     @field_validator("rotation_schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:

@@ -8,6 +8,7 @@ from userpath_worker.events.models import Event
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.organizations.models import Member, Organization
 from userpath_worker.rotation.models import Reminder, RotationPass
+from userpath_worker.webhooks.models import WebhookSecret
 
 metadata = Base.metadata
 
@@ -24,5 +25,6 @@ __all__ = [
     "RotationPass",
     "SignInFailure",
     "WebSession",
+    "WebhookSecret",
     "metadata",
 ]

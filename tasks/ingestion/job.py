@@ -8,6 +8,7 @@ the step then keeps the batch and tries again after a backoff.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import time
@@ -25,6 +26,8 @@ from userpath_worker.deadletter.reporting import REPORTER
 from userpath_worker.deadletter.services import Rejection
 from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome, Refused
 from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.webhooks.crypto import secret_key
+from userpath_worker.webhooks.services import SigningKeys
 
 logger = logging.getLogger("userpath.worker")
 
@@ -39,7 +42,12 @@ _UNWRAP: dict[str, Callable[[Any], Transported | Refused]] = {
 def ingestor() -> Ingestor:
     """One per process: its key cache is per process, its engine is made after the fork."""
     settings = get_settings()
-    return Ingestor(runtime.session_factory(), KeyAuthenticator(settings.key_pepper, settings.auth_cache_seconds))
+    return Ingestor(
+        runtime.session_factory(),
+        KeyAuthenticator(settings.key_pepper, settings.auth_cache_seconds),
+        SigningKeys(lambda: secret_key(settings), settings.auth_cache_seconds),
+        dt.timedelta(seconds=settings.webhook_tolerance_seconds),
+    )
 
 
 class DatabaseUnavailable(Exception):

@@ -7,11 +7,12 @@ from click.testing import CliRunner, Result
 from userpath_worker.cli import cli
 
 
-def run(*args: str) -> Result:
-    return CliRunner().invoke(cli, list(args), prog_name="userpath")
+def run(*args: str, input: str | None = None) -> Result:
+    """``input``: what the command reads on standard input."""
+    return CliRunner().invoke(cli, list(args), prog_name="userpath", input=input)
 
 
-def ok(*args: str) -> Result:
-    result = run(*args)
+def ok(*args: str, input: str | None = None) -> Result:
+    result = run(*args, input=input)
     assert result.exit_code == 0, result.output
     return result

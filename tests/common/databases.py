@@ -3,8 +3,10 @@ every row for tests that prove a secret was never stored."""
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import redis
 from sqlalchemy import Engine, create_engine, inspect, text
@@ -50,3 +52,15 @@ def truncate_all(engine: Engine) -> None:
     tables = ", ".join(table.name for table in metadata.sorted_tables)
     with engine.begin() as connection:
         connection.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+
+
+def savepoints(session: Session) -> Callable[[], Any]:
+    """A ``transaction`` for services that open their own (replay, purge): each one a savepoint
+    of the test's rolled-back session."""
+
+    @contextlib.contextmanager
+    def savepoint() -> Iterator[Session]:
+        with session.begin_nested():
+            yield session
+
+    return savepoint

@@ -20,6 +20,7 @@ from sqlalchemy import Engine, func, select
 
 from config.celery import QUEUES
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, truncate_all
+from tests.common.signing import TEST_SECRET_KEY
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
@@ -78,7 +79,12 @@ def worker_environment(database_url: str, broker_url: str, **extra: str) -> dict
         if not name.startswith("USERPATH_") and name != "PROMETHEUS_MULTIPROC_DIR"
     }
     # Several workers run at once in the tests: none of them binds the metrics port unless asked.
-    environment.update(USERPATH_DATABASE_URL=database_url, USERPATH_BROKER_URL=broker_url, USERPATH_METRICS_PORT="0")
+    environment.update(
+        USERPATH_DATABASE_URL=database_url,
+        USERPATH_BROKER_URL=broker_url,
+        USERPATH_METRICS_PORT="0",
+        USERPATH_SECRET_KEY=TEST_SECRET_KEY,  # required against PostgreSQL
+    )
     environment.update(extra)
     return environment
 

@@ -15,7 +15,7 @@ from tests.common.workers import REPOSITORY
 pytestmark = pytest.mark.slow
 
 BROKERS = ("redis", "rabbitmq")
-SCENARIOS = ("envelopes_100", "envelopes_1", "webhooks")
+SCENARIOS = ("envelopes_100", "envelopes_1", "webhooks", "webhooks_verified")
 
 
 def test_the_smoke_benchmark_writes_every_figure_of_both_brokers(tmp_path: Path) -> None:
@@ -42,6 +42,8 @@ def test_the_smoke_benchmark_writes_every_figure_of_both_brokers(tmp_path: Path)
         long_run = results["drain"][broker]["envelopes_100"]
         assert set(results["memory_growth_mib"][broker]) == set(long_run["peak_rss_mib"])
     assert all(results["drain"]["rabbitmq"][scenario]["share_of_redis"] > 0 for scenario in SCENARIOS)
+    assert all(results["drain"][broker]["webhooks_verified"]["share_of_unverified"] > 0 for broker in BROKERS)
+    assert results["verification"]["check_us"] > 0 and results["verification"]["verdict_us"] > 0
     assert results["latency"]["p50_ms"] > 0 and results["latency"]["p99_ms"] >= results["latency"]["p50_ms"]
     assert (
         results["client_track"]["calls_per_second"] > 0

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from userpath_worker.cli import audit, db, events, keys, members, operations, orgs, rotation, web, worker
+from userpath_worker.cli import audit, db, events, keys, members, operations, orgs, rotation, web, webhooks, worker
 from userpath_worker.cli.common import UserPathGroup, settings
 
 
@@ -35,6 +35,7 @@ for command in (
     operations.status,
     operations.health,
     web.web,
+    webhooks.webhooks,
 ):
     cli.add_command(command)
 

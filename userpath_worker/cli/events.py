@@ -85,6 +85,7 @@ def show_events(found: list[Event], as_json: bool) -> None:
                     "sent_at": e.sent_at,
                     "received_at": e.received_at,
                     "occurred_at": e.occurred_at,
+                    "verified": e.verified,
                 }
                 for e in found
             ]

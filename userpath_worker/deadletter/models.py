@@ -23,6 +23,8 @@ class Reason(enum.StrEnum):
     TOO_LARGE = "too_large"
     UNDECODABLE = "undecodable"  # not JSON, or a refused content type such as pickle
     UNKNOWN_TASK = "unknown_task"
+    UNSIGNED_WEBHOOK = "unsigned_webhook"  # no signature, from a provider the organization has a secret for
+    BAD_SIGNATURE = "bad_signature"  # a signature that does not verify, or outside the tolerance
     INTERNAL_ERROR = "internal_error"  # a bug of ours; the message is kept, and replayed after the fix
 
 

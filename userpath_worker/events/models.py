@@ -52,3 +52,6 @@ class Event(Base):
     sent_at: Mapped[dt.datetime | None]  # the client's clock when it sent the batch
     received_at: Mapped[dt.datetime]  # the worker's clock
     occurred_at: Mapped[dt.datetime]  # timestamp corrected for the client's clock skew
+    # Webhooks: true when the signature verified with the organization's secret, false when the
+    # organization has no secret for the provider; null for track events, which carry no signature.
+    verified: Mapped[bool | None]

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from config.settings import get_settings
 from userpath_client.contract import WEBHOOK_TASK
 from userpath_worker.audit import services as audit
 from userpath_worker.db import Transaction, utcnow
@@ -28,10 +29,20 @@ from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.organizations.models import Organization
 from userpath_worker.organizations.services import require_owner
+from userpath_worker.webhooks.crypto import secret_key
+from userpath_worker.webhooks.services import SigningKeys
 
-# What a replay can fix: the content. A refused key stays refused; a message whose key was
-# never known has no organization to store into.
-REPLAYABLE = (Reason.INVALID_ENVELOPE, Reason.INVALID_EVENT, Reason.TOO_LARGE, Reason.INTERNAL_ERROR)
+# What a replay can fix: the content, or a signing secret added since (every webhook is verified
+# again with the organization's secrets of now, so a forgery stays refused). A refused key stays
+# refused; a message whose key was never known has no organization to store into.
+REPLAYABLE = (
+    Reason.INVALID_ENVELOPE,
+    Reason.INVALID_EVENT,
+    Reason.TOO_LARGE,
+    Reason.INTERNAL_ERROR,
+    Reason.UNSIGNED_WEBHOOK,
+    Reason.BAD_SIGNATURE,
+)
 BATCH_SIZE = 500
 
 
@@ -64,6 +75,11 @@ def replay_dead_letters(
     since: dt.datetime | None = None,
 ) -> Iterator[ReplayResult]:
     """Replay in batches, one transaction each; yields the running totals after each batch."""
+    settings = get_settings()
+    webhooks = _WebhookChecks(
+        SigningKeys(lambda: secret_key(settings), ttl=0),  # the secrets of now, read again for each dead letter
+        dt.timedelta(seconds=settings.webhook_tolerance_seconds),
+    )
     if reason is not None and reason not in REPLAYABLE:
         raise UserError(f"{reason} dead letters cannot be replayed; replayable: {', '.join(REPLAYABLE)}")
     with transaction() as session:
@@ -94,7 +110,7 @@ def replay_dead_letters(
                 # The key was authenticated when the message arrived; that verdict stands.
                 identity = KeyIdentity(key.id, key.org_id, key.environment, key.display, None)
                 failure = _replay_payload(
-                    session, letter.payload, identity, Delivery(letter.task, letter.queue, letter.received_at)
+                    session, letter.payload, identity, Delivery(letter.task, letter.queue, letter.received_at), webhooks
                 )
                 if failure is None:
                     letter.replayed_at = now
@@ -115,7 +131,15 @@ def replay_dead_letters(
         audit.write(session, actor, audit.Entry(organization.id, "deadletter.replayed", detail=detail))
 
 
-def _replay_payload(session: Session, payload: Any, identity: KeyIdentity, delivery: Delivery) -> str | None:
+@dataclass(frozen=True, slots=True)
+class _WebhookChecks:
+    signing_keys: SigningKeys
+    tolerance: dt.timedelta
+
+
+def _replay_payload(
+    session: Session, payload: Any, identity: KeyIdentity, delivery: Delivery, webhooks: _WebhookChecks
+) -> str | None:
     """Validate a dead letter's payload again and store what passes now (after a contract fix).
 
     The payload is a whole message (api_key shown in its display form) or one event of a batch;
@@ -125,7 +149,8 @@ def _replay_payload(session: Session, payload: Any, identity: KeyIdentity, deliv
     if not isinstance(payload, dict) or "preview" in payload:
         return "only a text preview was kept"
     if delivery.task == WEBHOOK_TASK:
-        judged = verdicts.webhook_verdicts(payload, identity, delivery)
+        keys = webhooks.signing_keys.of(session, identity.org_id)
+        judged = verdicts.webhook_verdicts(payload, identity, delivery, keys, webhooks.tolerance)
     else:
         envelope = payload if "batch" in payload else {"api_key": identity.display, "batch": [payload]}
         judged = verdicts.track_verdicts(envelope, identity, Source.for_queue(delivery.queue), delivery)

@@ -9,6 +9,7 @@ neither lose nor duplicate anything. What to store and what to dead-letter is de
 
 from __future__ import annotations
 
+import datetime as dt
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,9 @@ from userpath_worker.events.storage import insert_events
 from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.services import KeyIdentity
+from userpath_worker.webhooks.services import SigningKeys
+
+DEFAULT_WEBHOOK_TOLERANCE = dt.timedelta(seconds=300)  # Stripe's and Standard Webhooks' default
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +110,17 @@ class _Judgement:
 
 
 class Ingestor:
-    def __init__(self, session_factory: sessionmaker[Session], authenticator: KeyAuthenticator) -> None:
+    def __init__(
+        self,
+        session_factory: sessionmaker[Session],
+        authenticator: KeyAuthenticator,
+        signing_keys: SigningKeys,
+        webhook_tolerance: dt.timedelta = DEFAULT_WEBHOOK_TOLERANCE,
+    ) -> None:
         self.session_factory = session_factory
         self.authenticator = authenticator
+        self.signing_keys = signing_keys
+        self.webhook_tolerance = webhook_tolerance
 
     def track(self, args: Sequence[Any], kwargs: dict[str, Any], source: Source, delivery: Delivery) -> IngestOutcome:
         """Handle one ``userpath.track`` message."""
@@ -179,7 +191,8 @@ class Ingestor:
                 return _Judgement(delivery, [], [refused], identity)
             return _Judgement(delivery, [], [refused], key=_display_form(message.get("api_key")))
         if incoming.task == WEBHOOK_TASK:
-            judged = verdicts.webhook_verdicts(message, identity, delivery)
+            keys = self.signing_keys.of(session, identity.org_id)
+            judged = verdicts.webhook_verdicts(message, identity, delivery, keys, self.webhook_tolerance)
         else:
             judged = verdicts.track_verdicts(message, identity, incoming.source, delivery)
         return _Judgement(delivery, judged.rows, judged.rejections, identity)

@@ -22,11 +22,12 @@ from userpath_worker.events.models import Event, Source
 # encoded again.
 _JSON_ROWS_INSERT = """
 INSERT INTO events (org_id, api_key_id, environment, source, event_id, name, user_id, anonymous_id,
-                    properties, context, "timestamp", sent_at, received_at, occurred_at)
+                    properties, context, "timestamp", sent_at, received_at, occurred_at, verified)
 SELECT (r->>0)::integer, (r->>1)::integer, r->>2, r->>3, r->>4,
        r->5->>'event', r->5->>'user_id', r->5->>'anonymous_id',
        coalesce(r->5->'properties', '{}'), nullif(r->5->'context', 'null'),
-       (r->>6)::timestamptz, (r->>7)::timestamptz, (r->>8)::timestamptz, (r->>9)::timestamptz
+       (r->>6)::timestamptz, (r->>7)::timestamptz, (r->>8)::timestamptz, (r->>9)::timestamptz,
+       (r->>10)::boolean
 FROM jsonb_array_elements(%s::jsonb) AS incoming(r)
 ON CONFLICT (org_id, event_id) DO NOTHING
 RETURNING org_id, event_id
@@ -96,6 +97,7 @@ def _rows_document(rows: list[dict[str, Any]]) -> str:
                 row["sent_at"],
                 row["received_at"],
                 row["occurred_at"],
+                row["verified"],
             ]
             for row in rows
         ]

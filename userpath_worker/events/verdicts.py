@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from userpath_client.contract import MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES
+from userpath_client.contract import MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES, PERSON_ID_MAX
 from userpath_client.schemas import EnvelopeIn, EventIn, WebhookIn, canonical_json, describe, has_nul
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Delivery, Rejection, without_key
@@ -25,6 +25,8 @@ from userpath_worker.events.schemas import encoded_size
 from userpath_worker.keys import tokens
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.keys.tokens import AuthFailure
+from userpath_worker.webhooks import signatures
+from userpath_worker.webhooks.services import SigningKeysOfOrg
 
 _EVENT_ID_NAMESPACE = uuid.UUID("6f1c1a52-3d4e-4a8f-9a57-0d5b2b0c9e11")
 _REFUSED_KEY = {
@@ -191,37 +193,53 @@ def track_verdicts(envelope: dict[str, Any], identity: KeyIdentity, source: Sour
     return Verdicts(rows, rejections)
 
 
-def webhook_verdicts(payload: dict[str, Any], identity: KeyIdentity, delivery: Delivery) -> Verdicts:
+def webhook_verdicts(
+    payload: dict[str, Any],
+    identity: KeyIdentity,
+    delivery: Delivery,
+    signing_keys: SigningKeysOfOrg,
+    tolerance: dt.timedelta,
+) -> Verdicts:
+    """``signing_keys``: the HMAC keys of the organization's secrets, by provider. A provider with
+    keys must verify; one without is stored unverified."""
+
+    def refused(reason: Reason, detail: str) -> Verdicts:
+        return Verdicts([], [Rejection(reason, detail, without_key(payload), identity.org_id, identity.key_id)])
+
     try:
         webhook = WebhookIn.model_validate(payload)
     except ValidationError as error:
-        rejection = Rejection(
-            Reason.INVALID_ENVELOPE, describe(error), without_key(payload), identity.org_id, identity.key_id
-        )
-        return Verdicts([], [rejection])
+        return refused(Reason.INVALID_ENVELOPE, describe(error))
+    try:
+        received_at = webhook.received_at.astimezone(dt.UTC)
+    except OverflowError:
+        return refused(Reason.INVALID_EVENT, "received_at is out of range")
+    headers = {name.lower(): value for name, value in webhook.headers.items()}
+    keys = signing_keys.get(webhook.provider)
+    verified = keys is not None
+    if verified:  # before anything else: a forgery is refused as one, whatever else is wrong with it
+        refusal = _signature_refusal(webhook, headers, keys, received_at, tolerance)
+        if refusal is not None:
+            return refused(Reason.UNSIGNED_WEBHOOK if refusal.unsigned else Reason.BAD_SIGNATURE, refusal.detail)
     try:
         body: Any = json.loads(webhook.body)
     except ValueError:
         body = webhook.body  # not JSON: kept as text
-
-    def refused(detail: str) -> Verdicts:
-        return Verdicts(
-            [], [Rejection(Reason.INVALID_EVENT, detail, without_key(payload), identity.org_id, identity.key_id)]
-        )
-
-    if has_nul(canonical_json([body, webhook.headers])):
-        return refused("the webhook contains a NUL character")
     try:
-        received_at = webhook.received_at.astimezone(dt.UTC)
-    except OverflowError:
-        return refused("received_at is out of range")
+        unstorable = has_nul(canonical_json([body, webhook.headers]))
+    except ValueError:  # a lone surrogate in a header
+        return refused(Reason.INVALID_EVENT, "the webhook is not storable JSON (a lone surrogate)")
+    if unstorable:
+        return refused(Reason.INVALID_EVENT, "the webhook contains a NUL character")
     body = tokens.scrub(body)
     normalized = normalizers.normalize(webhook.provider, webhook.headers, body)
-    headers = {name: value for name, value in webhook.headers.items() if name.lower() not in _CREDENTIAL_HEADERS}
+    not_kept = _CREDENTIAL_HEADERS | signatures.signature_headers()
+    kept = {name: value for name, value in webhook.headers.items() if name.lower() not in not_kept}
+    delivery_id = _signed_delivery_id(webhook.provider, headers) or webhook.delivery_id
     row = _event_row(
         identity,
         Source.WEBHOOK,
-        event_id=derived_event_id("webhook", webhook.provider, webhook.delivery_id),
+        event_id=derived_event_id("webhook", webhook.provider, delivery_id),
         name=f"{webhook.provider}.{normalized.type}"[:200],
         user_id=(normalized.user_id or f"webhook:{webhook.provider}")[:200],
         anonymous_id=None,
@@ -229,15 +247,42 @@ def webhook_verdicts(payload: dict[str, Any], identity: KeyIdentity, delivery: D
         context={
             "webhook": {
                 "provider": webhook.provider,
-                "delivery_id": webhook.delivery_id,
-                "headers": tokens.scrub(headers),
+                "delivery_id": delivery_id,
+                "headers": tokens.scrub(kept),
             }
         },
         timestamp=received_at,
         sent_at=None,
         received_at=delivery.received_at,
+        verified=verified,
     )
     return Verdicts([row], [])
+
+
+def _signature_refusal(
+    webhook: WebhookIn,
+    headers: dict[str, str],
+    keys: tuple[bytes, ...],
+    received_at: dt.datetime,
+    tolerance: dt.timedelta,
+) -> signatures.Refusal | None:
+    scheme = signatures.scheme(webhook.provider)
+    if scheme is None or not keys:
+        return signatures.Refusal(
+            False,
+            f"the organization's {webhook.provider} secrets are not usable here: no signature check for the "
+            "provider in this worker, or USERPATH_SECRET_KEY is not the key they were stored with",
+        )
+    # The raw body as forwarded; surrogatepass keeps a lone surrogate from raising (it cannot verify).
+    body = webhook.body.encode("utf-8", "surrogatepass")
+    return scheme.verify(signatures.Signed(headers, body, keys, received_at, tolerance))
+
+
+def _signed_delivery_id(provider: str, headers: dict[str, str]) -> str | None:
+    """The delivery id a provider's signature covers (Standard Webhooks' ``webhook-id``), if any."""
+    scheme = signatures.scheme(provider)
+    value = headers.get(scheme.delivery_id_header) if scheme and scheme.delivery_id_header else None
+    return value if value and len(value) <= PERSON_ID_MAX else None
 
 
 def _event_row(
@@ -249,6 +294,7 @@ def _event_row(
     received_at: dt.datetime,
     event_json: bytes | None = None,
     occurred: dt.datetime | None = None,
+    verified: bool | None = None,
     **fields: Any,
 ) -> dict[str, Any]:
     """An events row, plus ``event_json``: the event (name, users, properties, context) as
@@ -265,5 +311,6 @@ def _event_row(
         "sent_at": sent_at,
         "received_at": received_at,
         "occurred_at": occurred or occurred_at(timestamp, sent_at, received_at),
+        "verified": verified,
         **fields,
     }

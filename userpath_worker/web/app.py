@@ -14,7 +14,7 @@ from userpath_worker.accounts.secret import web_secret
 from userpath_worker.db import make_engine, make_session_factory
 from userpath_worker.errors import NotFound, PermissionDenied
 from userpath_worker.rotation.services import RotationPolicy
-from userpath_worker.web import audit, auth, context, formatting, keys, members, security
+from userpath_worker.web import audit, auth, context, formatting, keys, members, security, webhooks
 
 SESSION_COOKIE = "userpath_session"
 
@@ -52,7 +52,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
     app.add_template_filter(formatting.relative)
     _register_errors(app)
 
-    for blueprint in (auth.blueprint, keys.blueprint, members.blueprint, audit.blueprint):
+    for blueprint in (auth.blueprint, keys.blueprint, members.blueprint, webhooks.blueprint, audit.blueprint):
         app.register_blueprint(blueprint)
 
     @app.get("/healthz")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from sqlalchemy import Engine
 
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, truncate_all
 from userpath_worker import schema
@@ -31,3 +32,11 @@ def database_url(request: pytest.FixtureRequest, tmp_path, monkeypatch) -> Itera
         engine = make_engine(url)
         truncate_all(engine)
         engine.dispose()
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    """An engine on the CLI's database, for a test to look at what the commands wrote."""
+    engine = make_engine(database_url)
+    yield engine
+    engine.dispose()

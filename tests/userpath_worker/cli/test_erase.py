@@ -14,6 +14,7 @@ from sqlalchemy.orm import sessionmaker
 
 from config.settings import get_settings
 from tests.common.cli import ok, run
+from tests.common.signing import TEST_SECRET_KEY
 from tests.common.terminal import in_a_terminal
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker.audit.models import AuditEntry
@@ -22,6 +23,7 @@ from userpath_worker.deadletter.services import Delivery
 from userpath_worker.events.models import Source
 from userpath_worker.events.services import Ingestor
 from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.webhooks.services import SigningKeys
 
 OWNER = "owner@acme.io"
 ERASE = ("events", "erase", "--org", "Acme", "--user-id", "u1", "--as", OWNER)
@@ -31,7 +33,11 @@ ERASE = ("events", "erase", "--org", "Acme", "--user-id", "u1", "--as", OWNER)
 def send(database_url: str) -> Iterator[Any]:
     """``send(key, *events)``: one ``userpath.track`` message, ingested as the worker would."""
     engine = make_engine(database_url)
-    ingestor = Ingestor(sessionmaker(engine), KeyAuthenticator(get_settings().key_pepper, ttl=0.0))
+    ingestor = Ingestor(
+        sessionmaker(engine),
+        KeyAuthenticator(get_settings().key_pepper, ttl=0.0),
+        SigningKeys(lambda: TEST_SECRET_KEY, ttl=0.0),
+    )
 
     def send(key: str, *events: dict[str, Any]) -> None:
         delivery = Delivery(TRACK_TASK, EVENTS_QUEUE, utcnow())

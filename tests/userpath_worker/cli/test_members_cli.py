@@ -4,7 +4,6 @@ the web pages: what happened on standard error, the link as the last line of sta
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine, select
@@ -15,17 +14,9 @@ from tests.common.databases import table_dump
 from tests.common.factories import PASSWORD
 from userpath_worker.accounts import services as accounts
 from userpath_worker.audit.models import AuditEntry
-from userpath_worker.db import make_engine
 from userpath_worker.organizations.models import Member
 
 BASE_URL = "https://userpath.example.com"
-
-
-@pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:
-    engine = make_engine(database_url)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture

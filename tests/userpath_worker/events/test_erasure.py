@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.common.factories import OWNER, add_member, make_organization
+from tests.common.signing import TEST_SECRET_KEY
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
@@ -27,6 +28,7 @@ from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations.models import Organization, Role
+from userpath_worker.webhooks.services import SigningKeys
 
 ERASED = Person(IdKind.USER_ID, "user-1")
 
@@ -34,7 +36,8 @@ ERASED = Person(IdKind.USER_ID, "user-1")
 @pytest.fixture
 def ingestor(session: Session) -> Ingestor:
     factory = sessionmaker(bind=session.connection(), join_transaction_mode="create_savepoint", expire_on_commit=False)
-    return Ingestor(factory, KeyAuthenticator(pepper=None, ttl=0.0))  # no cache: a deleted key is refused at once
+    # No cache: a deleted key is refused at once.
+    return Ingestor(factory, KeyAuthenticator(pepper=None, ttl=0.0), SigningKeys(lambda: TEST_SECRET_KEY, ttl=0.0))
 
 
 def an_event(event_id: str, **fields: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.common.clock import FakeClock
 from tests.common.databases import table_dump
 from tests.common.factories import OWNER, make_organization
+from tests.common.signing import TEST_SECRET_KEY
 from userpath_client.contract import EVENTS_QUEUE, MAX_EVENT_BYTES, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
@@ -30,6 +31,7 @@ from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
+from userpath_worker.webhooks.services import SigningKeys
 
 RECEIVED = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -43,7 +45,9 @@ def clock() -> FakeClock:
 def ingestor(session: Session, clock: FakeClock) -> Ingestor:
     # Each message's "transaction" is a savepoint inside the test's rolled-back transaction.
     factory = sessionmaker(bind=session.connection(), join_transaction_mode="create_savepoint", expire_on_commit=False)
-    return Ingestor(factory, KeyAuthenticator(pepper=None, ttl=2.0, clock=clock))
+    return Ingestor(
+        factory, KeyAuthenticator(pepper=None, ttl=2.0, clock=clock), SigningKeys(lambda: TEST_SECRET_KEY, ttl=2.0)
+    )
 
 
 @pytest.fixture
@@ -567,7 +571,7 @@ def test_malformed_and_mistyped_keys_cost_the_worker_no_key_lookup(session: Sess
     """Through the worker's own path (Ingestor + KeyAuthenticator), not only KeyService: the dead
     letter is written, but no statement reads api_keys."""
     factory = sessionmaker(bind=session.connection(), join_transaction_mode="create_savepoint", expire_on_commit=False)
-    ingestor = Ingestor(factory, KeyAuthenticator(pepper=None, ttl=2.0))
+    ingestor = Ingestor(factory, KeyAuthenticator(pepper=None, ttl=2.0), SigningKeys(lambda: TEST_SECRET_KEY, ttl=2.0))
     good = tokens.generate(Environment.LIVE)
     mistyped = good[:-1] + ("0" if good[-1] != "0" else "1")
     statements: list[str] = []

@@ -1,0 +1,1 @@
+"""Verified webhooks: organizations' signing secrets, encrypted at rest, and the signature checks."""
