@@ -154,7 +154,9 @@ def resolve(arguments: list[str]) -> click.Command:
     click exactly as the CLI would (unknown commands, options and bad values fail)."""
     assert arguments and arguments[0] == "userpath", f"not a userpath command: {arguments}"
     command: click.Command = cli
-    context = click.Context(cli, info_name="userpath")
+    # With each command's context settings, as make_context applies them: a context without them
+    # would have click cache a help option of --help alone on every command it reaches (no -h).
+    context = click.Context(cli, info_name="userpath", **cli.context_settings)
     rest = arguments[1:]
     while isinstance(command, click.Group):
         assert rest and not rest[0].startswith("-"), f"{shlex.join(arguments)}: a subcommand is missing"
@@ -163,7 +165,7 @@ def resolve(arguments: list[str]) -> click.Command:
         assert found is not None, f"{shlex.join(arguments)}: `{context.command_path} {name}` is not a command"
         command = found
         if isinstance(command, click.Group):
-            context = click.Context(command, info_name=name, parent=context)
+            context = click.Context(command, info_name=name, parent=context, **command.context_settings)
     try:
         command.make_context(command.name, list(rest), parent=context)
     except click.UsageError as error:  # also click.BadParameter
