@@ -16,11 +16,19 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from tests.common.brokers import RABBITMQ_URL
 from tests.common.cli import ok
-from tests.common.databases import TEST_DATABASE_PREFIX, flushed_redis, table_dump, truncate_all
+from tests.common.databases import TEST_DATABASE_PREFIX, table_dump, truncate_all
 from tests.common.factories import OWNER, new_key
 from tests.common.signing import GITHUB_SECRET, STRIPE_SECRET, TEST_SECRET_KEY, github_headers, stripe_headers
-from tests.common.workers import REPOSITORY, migrated_database, running_worker, settle_at, worker_environment
+from tests.common.workers import (
+    REPOSITORY,
+    empty_queues,
+    migrated_database,
+    running_worker,
+    settle_at,
+    worker_environment,
+)
 from userpath_client import UserPath
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
@@ -42,10 +50,12 @@ def database() -> Iterator[tuple[str, Engine]]:
     engine.dispose()
 
 
-@pytest.fixture
-def broker() -> Iterator[str]:
-    for _ in flushed_redis(REDIS_URL):
-        yield REDIS_URL
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest) -> str:
+    # Verification is the core's, whatever the transport: both brokers' batched paths reach it.
+    url = REDIS_URL if request.param == "redis" else RABBITMQ_URL
+    empty_queues(url)
+    return url
 
 
 @pytest.mark.slow
