@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,9 @@ import pytest
 import yaml
 
 from config.settings import ENV_PREFIX, Settings
+from userpath_worker.accounts.secret import SECRET_FILE
 from userpath_worker.cli import cli
+from userpath_worker.webhooks.crypto import SECRET_KEY_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -358,3 +361,13 @@ def test_dockerfile_installs_dependencies_first_and_runs_as_non_root() -> None:
         assert f"COPY {package} ./{package}" in copies
     users = [line.split()[1] for line in instructions if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
+
+
+def test_what_the_embedded_default_writes_beside_its_database_is_ignored_by_git() -> None:
+    # The generated secrets above all: committed, they would sign every session and decrypt every
+    # webhook signing secret of whoever clones the repository.
+    written = ["userpath.db", "userpath-broker.db", "userpath-demo-worker.log", SECRET_FILE, SECRET_KEY_FILE]
+    checked = subprocess.run(
+        ["git", "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert checked.stdout.split() == written
