@@ -52,6 +52,7 @@ OWNER = "owner@appx.example"
 MEMBER = "member@appx.example"
 PASSWORD = "correct horse battery staple"
 KEY_NAME = "App X Production Server"
+SIGNING_SECRET = "whsec_browser_test_signing_secret_0042"
 KEYS_PAGE = re.compile(r"/orgs/(\d+)/settings/api-keys$")
 
 
@@ -253,6 +254,17 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         with engine.connect() as connection:
             assert connection.scalar(select(DeadLetter.reason)) == Reason.DELETED_KEY
 
+        # Settings → Webhooks: the owner adds Stripe's signing secret; only its display form shows.
+        driver.find_element(By.LINK_TEXT, "Webhooks").click()
+        element(driver, "table#webhook-secrets")
+        visit.page("webhooks-empty")
+        Select(element(driver, "select[name=provider]")).select_by_value("stripe")
+        element(driver, "input#webhook-secret").send_keys(SIGNING_SECRET)
+        submit_and_wait(driver, "button#add-webhook-secret")
+        listed = element(driver, "table#webhook-secrets tr[data-secret-id] td.display").text
+        visit.page("webhooks-secret-added")
+        assert listed == "whsec_...0042"
+
         # Sign out; a member sets a password and sees the list without any control.
         submit_and_wait(driver, "button#sign-out")
         visit.page("signed-out")
@@ -264,16 +276,17 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert key_id in key_ids(driver)
         for control in ("a#new-key", "a.roll", "a.delete"):
             assert driver.find_elements(By.CSS_SELECTOR, control) == [], f"a member sees {control}"
+        assert driver.find_elements(By.LINK_TEXT, "Webhooks") == [], "a member sees the Webhooks tab"
 
         web_log, worker_log = web.log(), (tmp_path / "worker.log").read_text(errors="replace")
 
     # The keys were never in a URL (requests and redirects included) nor in a log line.
     assert any(KEYS_PAGE.search(url) for url in visit.urls)
-    for secret, shown_on in ((key, "key-created"), (rolled, "key-rolled")):
-        assert visit.pages_showing(secret) == [shown_on]  # once, and on no later page
+    for secret, shown_on in ((key, ["key-created"]), (rolled, ["key-rolled"]), (SIGNING_SECRET, [])):
+        assert visit.pages_showing(secret) == shown_on  # a key once, on no later page; a signing secret never
         assert [url for url in visit.urls if secret in url] == []
         assert secret not in web_log
         assert secret not in worker_log
     assert visit.console == []  # no script error or Content-Security-Policy violation on any page
-    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 16
+    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 18
     assert counts(engine) == (2, 1)
