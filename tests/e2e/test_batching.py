@@ -93,7 +93,7 @@ def test_quorum_queues_are_consumed_in_batches_and_the_client_declares_them_alik
     environment = worker_environment(database_url, broker_url, USERPATH_QUEUE_TYPE="quorum")
     log = tmp_path / "worker.log"
     with running_worker(environment, log, "--concurrency=2"):
-        with UserPath(key, broker_url, queue_type="quorum") as userpath:
+        with UserPath(key, broker_url) as userpath:
             for number in range(300):
                 userpath.track("Signed Up", user_id=f"user-{number}")
         settle_at(engine, (300, 0), timeout=30)
