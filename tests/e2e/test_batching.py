@@ -84,7 +84,7 @@ def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_i
     engine.dispose()
 
 
-def test_quorum_queues_are_consumed_in_batches_and_the_client_declares_them_alike(tmp_path: Path) -> None:
+def test_quorum_queues_are_consumed_in_batches_and_the_client_publishes_to_them_undeclared(tmp_path: Path) -> None:
     vhost = f"{TEST_DATABASE_PREFIX}_quorum"
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
     broker_url = rabbitmq_vhost(vhost)

@@ -149,7 +149,7 @@ def test_a_redis_producer_user_only_pushes_onto_the_ingestion_queues(
 
     log = tmp_path / "worker.log"
     with running_worker(worker_environment(database_url, FAULTS_REDIS_URL), log, f"--hostname={NODE}") as worker:
-        assert "NoPermission" in refused(lambda: shutdown_broadcast(producer_url))
+        assert "no permissions to run the 'publish' command" in refused(lambda: shutdown_broadcast(producer_url))
         send_with_the_python_client(key, producer_url)
         sent = run_node(node_producer, key, producer_url)
         assert sent.returncode == 0, sent.stderr
