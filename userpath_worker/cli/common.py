@@ -77,20 +77,48 @@ def key_service(session: Session) -> KeyService:
 
 
 class Duration(click.ParamType):
-    """A duration such as 30s, 15m, 24h, 90d or 0; anything else is a usage mistake (exit 2)."""
+    """A duration such as 30s, 15m, 24h, 90d or 0; anything else, or one that ``check`` (the
+    service's own rule) refuses, is a usage mistake (exit 2)."""
 
     name = "duration"  # shown as DURATION in the help
+
+    def __init__(self, check: Callable[[dt.timedelta], None] | None = None) -> None:
+        self.check = check
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.timedelta:
         if isinstance(value, dt.timedelta):
             return value
         try:
-            return parse_duration(value)
-        except ValueError as error:
+            duration = parse_duration(value)
+            if self.check is not None:
+                self.check(duration)
+        except (ValueError, UserError) as error:
             self.fail(str(error), param, ctx)
+        return duration
 
 
 DURATION = Duration()
+
+
+class Identifier(click.ParamType):
+    """A row's id (``--before-id``): a whole number from 1; anything else is a usage mistake."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if not (isinstance(value, str) and value.strip().isdigit() and int(value) >= 1):
+            self.fail(f"{value!r} is not an id: give a whole number from 1, as the listing printed it", param, ctx)
+        return int(value)
+
+
+ID = Identifier()
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 dead letter``, ``2 dead letters``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 class Since(click.ParamType):
