@@ -96,10 +96,12 @@ def running_worker(
     *arguments: str,
     ready_within: float = 60.0,  # a bound, not a wait: a busy machine starts a worker slower
     loglevel: str | None = "INFO",
+    command: list[str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``celery -A tasks.app worker`` process, stopped (and killed if need be) on exit.
-    ``loglevel=None`` leaves ``--loglevel`` out, as an operator typing the command might."""
-    command = [
+    """A real ``celery -A tasks.app worker`` process (or ``command``, such as ``userpath worker``),
+    stopped (and killed if need be) on exit. ``loglevel=None`` leaves ``--loglevel`` out, as an
+    operator typing the command might."""
+    command = command or [
         sys.executable,
         "-m",
         "celery",

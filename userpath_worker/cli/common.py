@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -234,8 +235,18 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks.app", *arguments]
 
 
-def worker_arguments(concurrency: int | None, loglevel: str | None, beat: bool) -> list[str]:
-    arguments = ["worker", f"--queues={','.join(QUEUES)}", f"--loglevel={loglevel or settings().log_level}"]
+def worker_arguments(
+    concurrency: int | None, loglevel: str | None, beat: bool, hostname: str | None = None
+) -> list[str]:
+    """Celery's worker arguments. The node name defaults to one of this process's own (the command
+    execs into Celery, so the pid stays): two workers on one host never share Celery's default
+    celery@HOST, which RabbitMQ refuses to the second (RESOURCE_LOCKED) and Redis mixes up."""
+    arguments = [
+        "worker",
+        f"--queues={','.join(QUEUES)}",
+        f"--loglevel={loglevel or settings().log_level}",
+        f"--hostname={hostname or f'userpath-{os.getpid()}@%h'}",
+    ]
     if settings().uses_embedded_database:
         # One SQLite file takes one writer at a time: more processes would only queue on its lock.
         concurrency = concurrency or 1
