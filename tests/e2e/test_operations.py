@@ -60,9 +60,9 @@ def test_status_and_health_on_the_embedded_default(tmp_path: Path) -> None:
         health = userpath("health", env=embedded, cwd=tmp_path)
         assert health.returncode == 0, health.stderr
         assert health.stdout.startswith("healthy: a worker beat ")
-    os.utime(heartbeat, (time.time() - 60, time.time() - 60))  # the worker stopped a minute ago
+    os.utime(heartbeat, (time.time() - 120, time.time() - 120))  # the worker stopped two minutes ago
     health = userpath("health", env=embedded)
-    assert health.returncode == 1 and "the last worker heartbeat was 60 s ago" in health.stderr
+    assert health.returncode == 1 and re.search(r"the last worker heartbeat was 12\d s ago", health.stderr)
 
 
 def test_two_userpath_workers_on_one_host_and_rabbitmq_get_node_names_of_their_own(tmp_path: Path) -> None:
