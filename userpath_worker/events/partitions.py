@@ -114,6 +114,33 @@ def history_spans(oldest: dt.date, today: dt.date) -> Iterator[tuple[dt.date, dt
     yield from day_spans(max(oldest, daily_from), today - dt.timedelta(days=1))
 
 
+@dataclass(frozen=True, slots=True)
+class Maintenance:
+    """What a partition pass made, and the rows it found in each DEFAULT partition."""
+
+    made: list[str]
+    default_rows: dict[str, int]
+
+
+def maintain(engine: Engine, today: dt.date) -> Maintenance:
+    """Beat's partition pass: make what is missing, then look into the DEFAULT partitions (a
+    WARNING for each that holds rows)."""
+    with engine.begin() as connection:
+        made = ensure_partitions(connection, today)
+        events = partitioned_events(connection)
+        tables = (events, EVENT_IDS) if events else ()
+        default_rows = {table: default_partition_rows(connection, table) for table in tables}
+    for table, rows in default_rows.items():
+        if rows:
+            logger.warning(
+                "%s_default holds %d rows: a partition was missing when they arrived; the partition pass "
+                "moves them once their partition exists (is beat running?)",
+                table,
+                rows,
+            )
+    return Maintenance(made, default_rows)
+
+
 def ensure_partitions(connection: Connection, today: dt.date, days_ahead: int = DAYS_AHEAD) -> list[str]:
     """Make the partitions that are missing: ``events``' days from yesterday to ``days_ahead``
     after ``today``, ``event_ids``' previous, current and next weeks. Returns the names made."""
@@ -127,6 +154,19 @@ def ensure_partitions(connection: Connection, today: dt.date, days_ahead: int = 
     for monday in (this_week - WEEK, this_week, this_week + WEEK):
         made += create_partition(connection, EVENT_IDS, "period", monday, monday + WEEK)
     return made
+
+
+def ensure_days(connection: Connection, days: set[dt.date]) -> list[str]:
+    """Make ``events``' partitions for these days if missing (a replayed dead letter keeps the day
+    it was received, which may be older than every partition made ahead)."""
+    events = partitioned_events(connection)
+    if events is None:
+        return []
+    return [
+        made
+        for day in sorted(days)
+        for made in create_partition(connection, events, "received_at", day, day + dt.timedelta(days=1))
+    ]
 
 
 def create_partition(connection: Connection, table: str, column: str, low: dt.date, high: dt.date) -> list[str]:
@@ -214,7 +254,8 @@ def prepare_move(connection: Connection, today: dt.date) -> None:
             BEGIN
                 IF TG_OP = 'INSERT' THEN
                     INSERT INTO {EVENTS_DURING_MOVE} SELECT NEW.* ON CONFLICT DO NOTHING;
-                    IF NEW.received_at >= (date_trunc('week', now() AT TIME ZONE 'UTC') - interval '7 days') AT TIME ZONE 'UTC' THEN
+                    IF NEW.received_at
+                        >= (date_trunc('week', now() AT TIME ZONE 'UTC') - interval '7 days') AT TIME ZONE 'UTC' THEN
                         INSERT INTO event_ids (org_id, event_id, period)
                         VALUES (NEW.org_id, NEW.event_id, date_trunc('week', NEW.received_at AT TIME ZONE 'UTC')::date)
                         ON CONFLICT DO NOTHING;
