@@ -276,20 +276,30 @@ def prepare_move(connection: Connection, today: dt.date) -> None:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Move:
+    """What the online move did: rows copied by the batches, and how long the swap held events."""
+
+    copied: int
+    swap_seconds: float
+
+
 def move_into_partitions(
     engine: Engine, batch: int = COPY_BATCH, progress: Callable[[int, int], None] | None = None
-) -> int:
+) -> Move:
     """Move ``events`` into ``events_partitioned`` while ingestion goes on: the batched copy, then
     the swap (retried while a long transaction holds the lock), then the old table dropped.
-    Returns the rows the batches copied. Safe to run again after an interruption."""
+    Safe to run again after an interruption."""
     with engine.connect() as connection:
         if is_partitioned(connection, EVENTS):
-            return 0  # swapped already
+            return Move(0, 0.0)  # swapped already
     copied = copy_into_partitions(engine, batch, progress or (lambda copied, total: None))
     for attempt in range(1, SWAP_ATTEMPTS + 1):
         try:
+            started = time.monotonic()
             with engine.begin() as connection:
                 swap_in_partitions(connection)
+            swap_seconds = time.monotonic() - started
             break
         except OperationalError as error:  # lock_timeout: a long transaction held events
             if attempt == SWAP_ATTEMPTS:
@@ -300,7 +310,7 @@ def move_into_partitions(
             time.sleep(attempt)
     with engine.begin() as connection:
         connection.execute(text("DROP TABLE events_unpartitioned"))
-    return copied
+    return Move(copied, swap_seconds)
 
 
 def copy_into_partitions(engine: Engine, batch: int, progress: Callable[[int, int], None]) -> int:

@@ -34,7 +34,8 @@ def upgrade() -> None:
             print(f"events: copied {copied} rows into partitions (ids span {total})", file=sys.stderr)
 
     # Its own connections: each batch commits, and this migration's transaction holds no lock on events.
-    partitions.move_into_partitions(connection.engine, progress=progress)
+    moved = partitions.move_into_partitions(connection.engine, progress=progress)
+    print(f"events: {moved.copied} rows copied into partitions; the swap held events for {moved.swap_seconds:.3f} s", file=sys.stderr)
 
 
 def downgrade() -> None:
