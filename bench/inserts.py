@@ -9,8 +9,10 @@ transactions of ``--batch`` rows, one way after the other, each into a fresh dat
   ``events`` with its ``event_ids`` claims;
 - ``partitioned, unnest``: the same claims, the rows passed as one typed array per column;
 - ``partitioned, COPY``: the same claims, the rows copied (binary) into a temporary table first;
+- ``partitioned, jsonb, ON CONFLICT on events``: this release's statement as it runs while 0015
+  moves the plain table (every row a speculative insertion);
 - ``partitioned, jsonb, no (org_id, occurred_at)``: the index set question: this release's insert
-  without the one index no query of ours needs for ingestion.
+  without the index that erasure, per-organization retention and analysts read.
 
 Each way runs ``--rounds`` times, alternated, so that other work on the machine weighs on all.
 """
@@ -101,7 +103,7 @@ def rows(count: int, start: int = 0) -> list[dict[str, Any]]:
 
 
 def _claiming(source: str) -> str:
-    this_release = storage._INSERT_THIS_WEEK
+    this_release, _ = storage.claiming_insert([], _now())
     return this_release.replace(storage._INCOMING, source)
 
 
@@ -112,6 +114,11 @@ def insert_plain(session: Session, batch: list[dict[str, Any]]) -> int:
 
 def insert_this_release(session: Session, batch: list[dict[str, Any]]) -> int:
     return len(storage.insert_events(session, batch))
+
+
+def insert_during_the_move(session: Session, batch: list[dict[str, Any]]) -> int:
+    statement, parameters = storage.claiming_insert(batch, _now(), moving=True)
+    return len(session.connection().exec_driver_sql(statement, parameters).all())
 
 
 def insert_unnest(session: Session, batch: list[dict[str, Any]]) -> int:
@@ -158,10 +165,13 @@ def _as_is(encoded: bytes) -> bytes:
 WAYS: dict[str, tuple[str, Callable[[Session, list[dict[str, Any]]], int]]] = {
     "plain, jsonb (before 0012)": ("0008", insert_plain),
     "partitioned, jsonb (this release)": ("head", insert_this_release),
+    "partitioned, jsonb, ON CONFLICT on events": ("head", insert_during_the_move),
     "partitioned, unnest": ("head", insert_unnest),
     "partitioned, COPY + INSERT ... SELECT": ("head", insert_copy),
     "partitioned, jsonb, no (org_id, occurred_at)": ("head-no-occurred", insert_this_release),
 }
+# The index sets tried (DDL after the migrations).
+_INDEX_SETS = {"head-no-occurred": ["DROP INDEX ix_events_org_occurred"]}
 
 
 def database(revision: str) -> Engine:
@@ -182,9 +192,9 @@ def database(revision: str) -> Engine:
             connection.commit()
     else:
         schema.upgrade(engine)
-    if revision == "head-no-occurred":
-        with engine.begin() as connection:
-            connection.execute(text("DROP INDEX ix_events_org_occurred"))
+    with engine.begin() as connection:
+        for statement in _INDEX_SETS.get(revision, []):
+            connection.execute(text(statement))
     return engine
 
 

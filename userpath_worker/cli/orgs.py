@@ -71,7 +71,7 @@ def orgs_list(as_json: bool) -> None:
 def orgs_set_retention(org: str, days: int | None, use_default: bool, as_json: bool) -> None:
     """How long the organization's events are kept, counted from when they were received; beat's
     retention pass (or `userpath events apply-retention`) deletes what is older."""
-    if (days is None) == use_default:
+    if (days is None) != use_default:
         raise click.UsageError("give either --days N or --default")
     with transaction() as session:
         organization = organizations.get_organization(session, org)

@@ -6,6 +6,7 @@ Inside the caller's transaction; nothing here commits.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,8 +39,10 @@ _COLUMNS = (
 # Exactly once across partitions: an event is stored only if its (org_id, event_id) could be
 # claimed in event_ids for this week and was not claimed the week before (a probe of one index).
 # In the first hour of a week it is claimed in both weeks instead, so that two copies in flight
-# at once on either side of Monday 00:00 meet in one unique index. ``ON CONFLICT DO NOTHING`` on
-# events itself only matters while the old plain table is being moved (migration 0015).
+# at once on either side of Monday 00:00 meet in one unique index. While migration 0015 moves the
+# old plain table, its unique (org_id, event_id) may still refuse an event older than the window:
+# ``ON CONFLICT DO NOTHING`` then, and only then (it makes every row a speculative insertion,
+# about a tenth of the insert rate: python -m bench.inserts).
 _CLAIMED_INSERT = f"""
 WITH incoming AS ({_INCOMING}),
 claimed AS (
@@ -51,8 +54,7 @@ claimed AS (
 INSERT INTO events ({_COLUMNS})
 SELECT {_COLUMNS} FROM incoming
 WHERE (org_id, event_id) IN ({{fresh}})
-ON CONFLICT DO NOTHING
-RETURNING org_id, event_id
+{{arbiter}}RETURNING org_id, event_id
 """
 _FRESH_THIS_WEEK = """
     SELECT org_id, event_id FROM claimed
@@ -62,8 +64,16 @@ _FRESH_THIS_WEEK = """
     )
 """
 _FRESH_IN_BOTH_WEEKS = "SELECT org_id, event_id FROM claimed GROUP BY org_id, event_id HAVING count(*) = 2"
-_INSERT_THIS_WEEK = _CLAIMED_INSERT.replace("{fresh}", _FRESH_THIS_WEEK)
-_INSERT_AT_WEEKS_START = _CLAIMED_INSERT.replace("{fresh}", _FRESH_IN_BOTH_WEEKS)
+# By (at a week's start, into the plain table being moved).
+_INSERTS = {
+    (at_start, moving): _CLAIMED_INSERT.replace(
+        "{fresh}", _FRESH_IN_BOTH_WEEKS if at_start else _FRESH_THIS_WEEK
+    ).replace("{arbiter}", "ON CONFLICT DO NOTHING\n" if moving else "")
+    for at_start in (False, True)
+    for moving in (False, True)
+}
+_PARTITIONED_CHECK_SECONDS = 60.0
+_partitioned: dict[str, tuple[bool, float]] = {}  # by database URL: partitioned, checked at
 # Longer than any ingest transaction (a batch's time limit is 300 s), so two copies in flight at
 # once across the week's start both claim the week before. The window is 7 to 14 days.
 WEEK_START_OVERLAP = dt.timedelta(hours=1)
@@ -79,7 +89,8 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> set[tuple[int
     if not rows:
         return set()
     if session.get_bind().dialect.name == "postgresql":
-        statement, parameters = claiming_insert(_first_of_each(rows), utcnow())
+        moving = not _events_partitioned(session)
+        statement, parameters = claiming_insert(_first_of_each(rows), utcnow(), moving)
         inserted = session.connection().exec_driver_sql(statement, parameters)
     else:
         insert = (
@@ -91,14 +102,28 @@ def insert_events(session: Session, rows: list[dict[str, Any]]) -> set[tuple[int
     return {(org_id, event_id) for org_id, event_id in inserted}
 
 
-def claiming_insert(rows: list[dict[str, Any]], now: dt.datetime) -> tuple[str, dict[str, Any]]:
-    """The PostgreSQL statement that stores ``rows`` (each (org_id, event_id) once) at ``now``."""
+def claiming_insert(rows: list[dict[str, Any]], now: dt.datetime, moving: bool = False) -> tuple[str, dict[str, Any]]:
+    """The PostgreSQL statement that stores ``rows`` (each (org_id, event_id) once) at ``now``;
+    ``moving``: into the plain table that migration 0015 is moving."""
     this_week = partitions.week_of(now.date())
     previous = this_week - partitions.WEEK
     parameters = {"rows": _rows_document(rows), "previous": previous}
     if now < partitions.utc_midnight(this_week) + WEEK_START_OVERLAP:
-        return _INSERT_AT_WEEKS_START, parameters | {"periods": [this_week, previous]}
-    return _INSERT_THIS_WEEK, parameters | {"periods": [this_week]}
+        return _INSERTS[True, moving], parameters | {"periods": [this_week, previous]}
+    return _INSERTS[False, moving], parameters | {"periods": [this_week]}
+
+
+def _events_partitioned(session: Session) -> bool:
+    """Whether ``events`` is partitioned yet, asked again each minute until it is (then for good):
+    a worker started while 0015 moves the table sees the swap within a minute, and until then
+    inserts with ON CONFLICT, which works on both tables."""
+    url = str(session.get_bind().engine.url)
+    known, checked = _partitioned.get(url, (False, -_PARTITIONED_CHECK_SECONDS))
+    if known or time.monotonic() - checked < _PARTITIONED_CHECK_SECONDS:
+        return known
+    answer = partitions.is_partitioned(session.connection(), partitions.EVENTS)
+    _partitioned[url] = (answer, time.monotonic())
+    return answer
 
 
 def _first_of_each(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
