@@ -32,7 +32,7 @@ from tests.common.workers import (
     wait_for,
     worker_environment,
 )
-from userpath_client.contract import TRACK_TASK
+from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.events import partitions
@@ -91,7 +91,7 @@ def test_db_upgrade_moves_a_plain_events_table_into_partitions_while_a_worker_in
         app = producer(FAULTS_REDIS_URL)
         deadline = time.monotonic() + SENDING_SECONDS_AT_MOST
         while sending.is_set() and time.monotonic() < deadline:
-            app.send_task(TRACK_TASK, args=[envelope(key, 10, f"new-{sent[0]}")])
+            app.send_task(TRACK_TASK, args=[envelope(key, 10, f"new-{sent[0]}")], queue=EVENTS_QUEUE)
             sent[0] += 1
             time.sleep(0.02)  # about 500 events a second
 
@@ -123,8 +123,10 @@ def test_db_upgrade_moves_a_plain_events_table_into_partitions_while_a_worker_in
         # Re-sent after the move: today's old events (in event_ids since the copy) are kept once.
         app = producer(FAULTS_REDIS_URL)
         resent = [f"old-{n}" for n in range(DAYS, DAYS * 11, DAYS)]
-        app.send_task(TRACK_TASK, args=[{"api_key": key, "batch": [_event(event_id) for event_id in resent]}])
-        app.send_task(TRACK_TASK, args=[envelope(key, 10, "after")])
+        app.send_task(
+            TRACK_TASK, args=[{"api_key": key, "batch": [_event(event_id) for event_id in resent]}], queue=EVENTS_QUEUE
+        )
+        app.send_task(TRACK_TASK, args=[envelope(key, 10, "after")], queue=EVENTS_QUEUE)
         expected_new = sent[0] * 10
         wait_for(
             lambda: count(engine, "new-%")[0] >= expected_new and count(engine, "after-%")[0] == 10, 120, "the rest"
@@ -148,4 +150,4 @@ def test_db_upgrade_moves_a_plain_events_table_into_partitions_while_a_worker_in
 
 
 def _event(event_id: str) -> dict[str, str]:
-    return {"event": "Old", "event_id": event_id, "timestamp": "2026-01-01T00:00:00+00:00"}
+    return {"event": "Old", "event_id": event_id, "user_id": "old", "timestamp": "2026-01-01T00:00:00+00:00"}
