@@ -26,14 +26,28 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade(engine: Engine) -> None:
+def upgrade(engine: Engine, *, prepare_only: bool = False) -> None:
     """Apply every pending migration, each in a transaction of its own (an online one commits its
-    batches itself, after the migrations before it committed)."""
+    batches itself, after the migrations before it committed). ``prepare_only``: stop before the
+    first online migration, so that this release's workers can replace the previous release's
+    before it runs."""
+    config = alembic_config(engine)
+    target = "head"
+    if prepare_only:
+        scripts = ScriptDirectory.from_config(config)
+        target = scripts.get_revision(ONLINE_REVISIONS[0]).down_revision  # type: ignore[union-attr,assignment]
     with engine.connect() as connection:
-        config = alembic_config(engine)
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        current = MigrationContext.configure(connection).get_current_revision()
+        connection.rollback()  # no transaction open: Alembic then commits migration by migration
+        if not (prepare_only and current and _is_at_or_after(config, current, target)):
+            command.upgrade(config, target)
         connection.commit()
+
+
+def _is_at_or_after(config: Config, current: str, target: str) -> bool:
+    scripts = ScriptDirectory.from_config(config)
+    return any(script.revision == target for script in scripts.iterate_revisions(current, "base"))
 
 
 def head_revision(engine: Engine) -> str | None:

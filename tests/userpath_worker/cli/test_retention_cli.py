@@ -86,3 +86,10 @@ def test_apply_retention_deletes_what_is_older_than_each_organizations_retention
     with engine.connect() as connection:
         assert set(connection.scalars(select(Event.event_id))) == {"a-new", "b-old"}
     engine.dispose()
+
+
+def test_db_upgrade_prepare_only_stops_before_the_online_move(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("USERPATH_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    assert json.loads(ok("db", "upgrade", "--prepare-only", "--json").stdout) == {"revision": "0012"}
+    assert json.loads(ok("db", "upgrade", "--json").stdout) == {"revision": "0015"}
+    assert json.loads(ok("db", "upgrade", "--prepare-only", "--json").stdout) == {"revision": "0015"}
