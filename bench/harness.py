@@ -36,15 +36,16 @@ class BenchError(RuntimeError):
     """A measurement could not finish (a worker died, a deadline passed)."""
 
 
-def fresh_database() -> Engine:
-    """Drop and re-create the bench database at the current schema."""
+def fresh_database(name: str = DATABASE, migrate: bool = True) -> Engine:
+    """Drop and re-create a bench database, at the current schema unless not ``migrate``."""
     admin = create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    engine = make_engine(DATABASE_URL)
-    schema.upgrade(engine)
+    engine = make_engine(f"{POSTGRES_SERVER}/{name}")
+    if migrate:
+        schema.upgrade(engine)
     return engine
 
 

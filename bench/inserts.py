@@ -27,14 +27,14 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
+from alembic import command
 from psycopg.types.json import Jsonb
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from bench import harness
 from userpath_client.schemas import canonical_json
 from userpath_worker import schema
-from userpath_worker.db import make_engine
 from userpath_worker.events import storage
 
 # The release before 0012: one statement, the unique index deduplicates.
@@ -175,23 +175,13 @@ _INDEX_SETS = {"head-no-occurred": ["DROP INDEX ix_events_org_occurred"]}
 
 
 def database(revision: str) -> Engine:
-    admin = create_engine(f"{harness.POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    name = "userpath_bench_inserts"
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    engine = make_engine(f"{harness.POSTGRES_SERVER}/{name}")
+    engine = harness.fresh_database("userpath_bench_inserts", migrate=revision != "0008")
     if revision == "0008":
-        from alembic import command
-
         with engine.connect() as connection:
             config = schema.alembic_config(engine)
             config.attributes["connection"] = connection
             command.upgrade(config, "0008")
             connection.commit()
-    else:
-        schema.upgrade(engine)
     with engine.begin() as connection:
         for statement in _INDEX_SETS.get(revision, []):
             connection.execute(text(statement))

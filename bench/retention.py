@@ -13,27 +13,14 @@ import argparse
 import datetime as dt
 import time
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from bench import harness
-from userpath_worker import schema
-from userpath_worker.db import make_engine
 from userpath_worker.events import partitions, retention
 
 _DATABASE = "userpath_bench_retention"
 # A day long past, so that every other partition is newer.
 _DAY = dt.date(2001, 2, 3)
-
-
-def fresh_database() -> Engine:
-    admin = create_engine(f"{harness.POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{_DATABASE}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{_DATABASE}"'))
-    admin.dispose()
-    engine = make_engine(f"{harness.POSTGRES_SERVER}/{_DATABASE}")
-    schema.upgrade(engine)
-    return engine
 
 
 def fill_day(engine: Engine, rows: int) -> float:
@@ -78,7 +65,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=10_000_000)
     options = parser.parse_args()
     print(f"load average before: {harness.load_average()}")
-    engine = fresh_database()
+    engine = harness.fresh_database(_DATABASE)
     filled = fill_day(engine, options.rows)
     dropped_in, dropped = time_drop(engine)
     print(f"filled a day of {options.rows:,} events in {filled:.1f} s")

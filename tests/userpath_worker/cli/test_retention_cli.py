@@ -11,6 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tests.common.cli import ok, run
+from tests.common.factories import event_row
 from userpath_worker.db import make_engine, utcnow
 from userpath_worker.events import partitions
 from userpath_worker.events.models import Event
@@ -50,25 +51,6 @@ def test_an_unknown_organization_is_one_line_and_exit_1(acme: None) -> None:
     assert result.exit_code == 1 and "Traceback" not in result.output
 
 
-def _event(org_id: int, event_id: str, received_at: dt.datetime) -> dict[str, object]:
-    return {
-        "event_json": b'{"event":"Signed Up"}',
-        "org_id": org_id,
-        "api_key_id": 1,
-        "environment": "live",
-        "source": "server",
-        "event_id": event_id,
-        "name": "Signed Up",
-        "user_id": None,
-        "anonymous_id": None,
-        "timestamp": received_at,
-        "sent_at": None,
-        "received_at": received_at,
-        "occurred_at": received_at,
-        "verified": None,
-    }
-
-
 def test_apply_retention_deletes_what_is_older_than_each_organizations_retention(acme: None, database_url: str) -> None:
     ok("orgs", "create", "Beta", "--owner", "owner@beta.io")
     ok("orgs", "set-retention", "--org", "Acme", "--days", "10")
@@ -76,7 +58,7 @@ def test_apply_retention_deletes_what_is_older_than_each_organizations_retention
     old, new = utcnow() - dt.timedelta(days=20), utcnow()
     with Session(engine) as session, session.begin():
         partitions.ensure_days(session.connection(), {old.date()})
-        insert_events(session, [_event(1, "a-old", old), _event(1, "a-new", new), _event(2, "b-old", old)])
+        insert_events(session, [event_row(1, "a-old", old), event_row(1, "a-new", new), event_row(2, "b-old", old)])
 
     dry = json.loads(ok("events", "apply-retention", "--dry-run", "--json").output)
     assert (dry["dry_run"], dry["events_deleted"], dry["events_deleted_by_org"]) == (True, 1, {"1": 1})

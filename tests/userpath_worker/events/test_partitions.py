@@ -13,7 +13,7 @@ import time_machine
 from sqlalchemy import Connection, func, select, text
 from sqlalchemy.orm import Session
 
-from tests.common.factories import make_organization
+from tests.common.factories import event_row, make_organization
 from userpath_worker.events import partitions, retention
 from userpath_worker.events.models import Event
 from userpath_worker.events.storage import insert_events
@@ -30,25 +30,6 @@ def postgres(session: Session) -> Connection:
     return session.connection()
 
 
-def row(org_id: int, event_id: str, received_at: dt.datetime) -> dict[str, Any]:
-    return {
-        "event_json": b'{"event":"Signed Up","properties":{"plan":"pro"}}',
-        "org_id": org_id,
-        "api_key_id": 1,
-        "environment": "live",
-        "source": "server",
-        "event_id": event_id,
-        "name": "Signed Up",
-        "user_id": None,
-        "anonymous_id": None,
-        "timestamp": received_at,
-        "sent_at": None,
-        "received_at": received_at,
-        "occurred_at": received_at,
-        "verified": None,
-    }
-
-
 def store_at(session: Session, moment: dt.datetime, *rows: dict[str, Any]) -> set[tuple[int, str]]:
     """Insert ``rows`` with the clock at ``moment`` (event_ids' weeks follow the clock)."""
     with time_machine.travel(moment, tick=False):
@@ -63,6 +44,15 @@ def partition_of(session: Session, event_id: str) -> str:
 
 def stored(session: Session, event_id: str) -> int:
     return session.scalar(select(func.count()).select_from(Event).where(Event.event_id == event_id)) or 0
+
+
+def insert_days_ago(session: Session, now: dt.datetime, days: tuple[int, ...], **org_ids: int) -> None:
+    """For each organization (by prefix) an event ``{prefix}-{days ago}`` received each of ``days`` ago."""
+    for days_ago in days:
+        moment = now - dt.timedelta(days=days_ago)
+        insert_events(
+            session, [event_row(org_id, f"{prefix}-{days_ago}", moment) for prefix, org_id in org_ids.items()]
+        )
 
 
 def make_days(connection: Connection, first: dt.datetime, days: int) -> None:
@@ -86,8 +76,8 @@ def test_a_resent_event_is_stored_once_across_a_day_boundary(session: Session, p
     make_days(postgres, SUNDAY - dt.timedelta(days=3), 3)
     wednesday = SUNDAY - dt.timedelta(days=4)  # 23:50, the week's middle
     thursday = wednesday + dt.timedelta(minutes=20)
-    assert store_at(session, wednesday, row(1, "resent", wednesday)) == {(1, "resent")}
-    assert store_at(session, thursday, row(1, "resent", thursday), row(1, "new", thursday)) == {(1, "new")}
+    assert store_at(session, wednesday, event_row(1, "resent", wednesday)) == {(1, "resent")}
+    assert store_at(session, thursday, event_row(1, "resent", thursday), event_row(1, "new", thursday)) == {(1, "new")}
     assert stored(session, "resent") == 1
     assert partition_of(session, "resent") != partition_of(session, "new")
 
@@ -100,30 +90,30 @@ def test_a_resent_event_is_stored_once_across_a_week_boundary(
     (claimed in both weeks), just after it (the week before probed), or six days later."""
     make_days(postgres, SUNDAY - dt.timedelta(days=1), 8)
     again = SUNDAY + dt.timedelta(minutes=10 + minutes_into_the_week)
-    assert store_at(session, SUNDAY, row(1, "resent", SUNDAY)) == {(1, "resent")}
-    assert store_at(session, again, row(1, "resent", again)) == set()
+    assert store_at(session, SUNDAY, event_row(1, "resent", SUNDAY)) == {(1, "resent")}
+    assert store_at(session, again, event_row(1, "resent", again)) == set()
     assert stored(session, "resent") == 1
 
 
 def test_a_resent_event_is_stored_again_only_after_the_dedupe_window(session: Session, postgres: Connection) -> None:
     """The window: at least 7 days, here 14 days and more after the first copy's week ended."""
     make_days(postgres, SUNDAY - dt.timedelta(days=1), 16)
-    store_at(session, SUNDAY, row(1, "old", SUNDAY))
+    store_at(session, SUNDAY, event_row(1, "old", SUNDAY))
     week_later = SUNDAY + dt.timedelta(days=7)
-    assert store_at(session, week_later, row(1, "old", week_later)) == set()
+    assert store_at(session, week_later, event_row(1, "old", week_later)) == set()
     two_weeks_later = SUNDAY + dt.timedelta(days=15)
-    assert store_at(session, two_weeks_later, row(1, "old", two_weeks_later)) == {(1, "old")}
+    assert store_at(session, two_weeks_later, event_row(1, "old", two_weeks_later)) == {(1, "old")}
 
 
 def test_an_event_sent_twice_in_one_batch_is_stored_once(session: Session, postgres: Connection) -> None:
     make_days(postgres, SUNDAY - dt.timedelta(days=1), 1)
-    assert store_at(session, SUNDAY, row(1, "twice", SUNDAY), row(1, "twice", SUNDAY)) == {(1, "twice")}
+    assert store_at(session, SUNDAY, event_row(1, "twice", SUNDAY), event_row(1, "twice", SUNDAY)) == {(1, "twice")}
     assert stored(session, "twice") == 1
 
 
 def test_the_same_event_id_in_two_organizations_is_two_events(session: Session, postgres: Connection) -> None:
     make_days(postgres, SUNDAY - dt.timedelta(days=1), 1)
-    assert store_at(session, SUNDAY, row(1, "shared", SUNDAY), row(2, "shared", SUNDAY)) == {
+    assert store_at(session, SUNDAY, event_row(1, "shared", SUNDAY), event_row(2, "shared", SUNDAY)) == {
         (1, "shared"),
         (2, "shared"),
     }
@@ -133,7 +123,7 @@ def test_a_row_without_its_partition_lands_in_the_default_one_is_warned_about_an
     session: Session, postgres: Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     far = dt.datetime(2031, 5, 5, 12, tzinfo=dt.UTC)
-    insert_events(session, [row(1, "early", far)])
+    insert_events(session, [event_row(1, "early", far)])
     assert partition_of(session, "early") == "events_default"
     engine_like = _Engine(postgres)
     with caplog.at_level(logging.WARNING, logger="userpath.partitions"):
@@ -182,7 +172,9 @@ def test_retention_drops_whole_partitions_past_every_organizations_retention_and
     session.flush()
     for days_ago in (35, 20, 5):
         moment = now - dt.timedelta(days=days_ago)
-        insert_events(session, [row(keeps_30.id, f"a-{days_ago}", moment), row(keeps_10.id, f"b-{days_ago}", moment)])
+        insert_events(
+            session, [event_row(keeps_30.id, f"a-{days_ago}", moment), event_row(keeps_10.id, f"b-{days_ago}", moment)]
+        )
     dry = retention.apply_retention(_Engine(postgres), 20, now, dry_run=True)  # type: ignore[arg-type]
     assert f"events_p{(now - dt.timedelta(days=35)).date():%Y%m%d}" in dry.partitions_dropped
     assert dry.events_deleted == {keeps_10.id: 1}  # b-20: 35 days ago goes with its partition
@@ -207,7 +199,9 @@ def test_retention_on_sqlite_deletes_each_organizations_expired_events(session: 
     session.flush()
     for days_ago in (25, 15, 5):
         moment = now - dt.timedelta(days=days_ago)
-        insert_events(session, [row(default.id, f"a-{days_ago}", moment), row(keeps_10.id, f"b-{days_ago}", moment)])
+        insert_events(
+            session, [event_row(default.id, f"a-{days_ago}", moment), event_row(keeps_10.id, f"b-{days_ago}", moment)]
+        )
     run = retention.apply_retention(_Engine(session.connection()), 20, now)  # type: ignore[arg-type]
     assert run.events_deleted == {default.id: 1, keeps_10.id: 2}
     assert set(session.scalars(select(Event.event_id))) == {"a-15", "a-5", "b-5"}
