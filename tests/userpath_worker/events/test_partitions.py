@@ -170,11 +170,7 @@ def test_retention_drops_whole_partitions_past_every_organizations_retention_and
     organizations.set_event_retention(session, keeps_30, 30)
     organizations.set_event_retention(session, keeps_10, 10)
     session.flush()
-    for days_ago in (35, 20, 5):
-        moment = now - dt.timedelta(days=days_ago)
-        insert_events(
-            session, [event_row(keeps_30.id, f"a-{days_ago}", moment), event_row(keeps_10.id, f"b-{days_ago}", moment)]
-        )
+    insert_days_ago(session, now, (35, 20, 5), a=keeps_30.id, b=keeps_10.id)
     dry = retention.apply_retention(_Engine(postgres), 20, now, dry_run=True)  # type: ignore[arg-type]
     assert f"events_p{(now - dt.timedelta(days=35)).date():%Y%m%d}" in dry.partitions_dropped
     assert dry.events_deleted == {keeps_10.id: 1}  # b-20: 35 days ago goes with its partition
@@ -197,11 +193,7 @@ def test_retention_on_sqlite_deletes_each_organizations_expired_events(session: 
     default, keeps_10 = make_organization(session), make_organization(session)
     organizations.set_event_retention(session, keeps_10, 10)
     session.flush()
-    for days_ago in (25, 15, 5):
-        moment = now - dt.timedelta(days=days_ago)
-        insert_events(
-            session, [event_row(default.id, f"a-{days_ago}", moment), event_row(keeps_10.id, f"b-{days_ago}", moment)]
-        )
+    insert_days_ago(session, now, (25, 15, 5), a=default.id, b=keeps_10.id)
     run = retention.apply_retention(_Engine(session.connection()), 20, now)  # type: ignore[arg-type]
     assert run.events_deleted == {default.id: 1, keeps_10.id: 2}
     assert set(session.scalars(select(Event.event_id))) == {"a-15", "a-5", "b-5"}
