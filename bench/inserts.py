@@ -12,7 +12,9 @@ transactions of ``--batch`` rows, one way after the other, each into a fresh dat
 - ``partitioned, jsonb, ON CONFLICT on events``: this release's statement as it runs while 0015
   moves the plain table (every row a speculative insertion);
 - ``partitioned, jsonb, no (org_id, occurred_at)``: the index set question: this release's insert
-  without the index that erasure, per-organization retention and analysts read.
+  without the index that erasure, per-organization retention and analysts read;
+- ``partitioned by day, 400 days of partitions`` against ``partitioned by month, 14 months``: what
+  the partitions' size and number cost the insert (a 395-day retention keeps about 400 days).
 
 Each way runs ``--rounds`` times, alternated, so that other work on the machine weighs on all.
 """
@@ -35,7 +37,7 @@ from sqlalchemy.orm import Session
 from bench import harness
 from userpath_client.schemas import canonical_json
 from userpath_worker import schema
-from userpath_worker.events import storage
+from userpath_worker.events import partitions, storage
 
 # The release before 0012: one statement, the unique index deduplicates.
 _PLAIN_INSERT = f"""
@@ -169,6 +171,8 @@ WAYS: dict[str, tuple[str, Callable[[Session, list[dict[str, Any]]], int]]] = {
     "partitioned, unnest": ("head", insert_unnest),
     "partitioned, COPY + INSERT ... SELECT": ("head", insert_copy),
     "partitioned, jsonb, no (org_id, occurred_at)": ("head-no-occurred", insert_this_release),
+    "partitioned by day, 400 days of partitions": ("head-400-days", insert_this_release),
+    "partitioned by month, 14 months of partitions": ("head-14-months", insert_this_release),
 }
 # The index sets tried (DDL after the migrations).
 _INDEX_SETS = {"head-no-occurred": ["DROP INDEX ix_events_org_occurred"]}
@@ -185,6 +189,17 @@ def database(revision: str) -> Engine:
     with engine.begin() as connection:
         for statement in _INDEX_SETS.get(revision, []):
             connection.execute(text(statement))
+        today = dt.datetime.now(dt.UTC).date()
+        if revision == "head-400-days":
+            partitions.ensure_days(connection, {today - dt.timedelta(days=back) for back in range(400)})
+        if revision == "head-14-months":
+            for partition in partitions.partitions(connection, "events"):
+                partitions.drop_partition(connection, "events", partition)
+            month = (today.replace(day=1) - dt.timedelta(days=365)).replace(day=1)
+            for _ in range(14):
+                following = (month + dt.timedelta(days=32)).replace(day=1)
+                partitions.create_partition(connection, "events", "received_at", month, following)
+                month = following
     return engine
 
 

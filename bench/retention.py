@@ -36,7 +36,8 @@ def fill_day(engine: Engine, rows: int) -> float:
                 "jsonb_build_object('plan', 'pro', 'seats', n % 50, 'path', '/pricing/' || (n % 7)), "
                 '\'{"ip": "203.0.113.9", "library": {"name": "bench", "version": "1"}}\', at, at, at '
                 "FROM generate_series(1, :rows) AS n, "
-                "LATERAL (SELECT CAST(:day AS timestamptz) + (n - 1) * (interval '86399 seconds' / :rows)) AS received(at)"
+                "LATERAL (SELECT CAST(:day AS timestamptz) + (n - 1) * (interval '86399 seconds' / :rows)) "
+                "AS received(at)"
             ),
             {"rows": rows, "day": partitions.utc_midnight(_DAY)},
         )
