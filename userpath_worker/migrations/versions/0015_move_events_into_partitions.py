@@ -35,7 +35,10 @@ def upgrade() -> None:
 
     # Its own connections: each batch commits, and this migration's transaction holds no lock on events.
     moved = partitions.move_into_partitions(connection.engine, progress=progress)
-    print(f"events: {moved.copied} rows copied into partitions; the swap held events for {moved.swap_seconds:.3f} s", file=sys.stderr)
+    print(
+        f"events: {moved.copied} rows copied into partitions; the swap held events for {moved.swap_seconds:.3f} s",
+        file=sys.stderr,
+    )
 
 
 def downgrade() -> None:
