@@ -8,6 +8,7 @@ import json
 import sys
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from config.durations import format_duration
 from userpath_worker import runtime
@@ -48,7 +49,12 @@ def events_apply_retention(dry_run: bool, as_json: bool) -> None:
     retention has passed, delete the expired events of organizations that keep them less long."""
     with transaction():
         pass  # the schema check
-    run = retention.apply_retention(runtime.engine(), settings().event_retention_days, utcnow(), dry_run)
+    try:
+        run = retention.apply_retention(runtime.engine(), settings().event_retention_days, utcnow(), dry_run)
+    except OperationalError as error:  # a lock_timeout: a long query held events or event_ids
+        raise UserError(
+            f"retention stopped: {str(error.orig).strip().splitlines()[0]}; what was done is kept, run it again"
+        ) from None
     if as_json:
         print_json(run.as_dict())
         return

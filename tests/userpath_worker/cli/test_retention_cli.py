@@ -75,3 +75,21 @@ def test_db_upgrade_prepare_only_stops_before_the_online_move(tmp_path, monkeypa
     assert json.loads(ok("db", "upgrade", "--prepare-only", "--json").stdout) == {"revision": "0012"}
     assert json.loads(ok("db", "upgrade", "--json").stdout) == {"revision": "0015"}
     assert json.loads(ok("db", "upgrade", "--prepare-only", "--json").stdout) == {"revision": "0015"}
+
+
+def test_a_drop_that_waits_on_a_long_query_gives_up_in_one_line_and_works_when_run_again(
+    acme: None, database_url: str
+) -> None:
+    if not database_url.startswith("postgresql"):
+        pytest.skip("SQLite drops no partitions")
+    engine = make_engine(database_url)
+    long_ago = utcnow() - dt.timedelta(days=500)
+    with engine.begin() as connection:
+        partitions.ensure_days(connection, {long_ago.date()})
+    with engine.connect() as reader:
+        reader.execute(select(Event.id).limit(1)).all()  # holds events until its transaction ends
+        result = run("events", "apply-retention")
+        reader.rollback()
+    assert result.exit_code == 1 and "lock timeout" in result.output and "Traceback" not in result.output
+    assert f"events_p{long_ago.date():%Y%m%d}" in ok("events", "apply-retention").output
+    engine.dispose()
