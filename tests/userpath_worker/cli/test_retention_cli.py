@@ -90,6 +90,6 @@ def test_a_drop_that_waits_on_a_long_query_gives_up_in_one_line_and_works_when_r
         reader.execute(select(Event.id).limit(1)).all()  # holds events until its transaction ends
         result = run("events", "apply-retention")
         reader.rollback()
-    assert result.exit_code == 1 and "lock timeout" in result.output and "Traceback" not in result.output
+    assert result.exit_code == 1 and "lock timeout" in result.output and "run it again" in result.output
     assert f"events_p{long_ago.date():%Y%m%d}" in ok("events", "apply-retention").output
     engine.dispose()
