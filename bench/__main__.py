@@ -8,6 +8,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
-from bench import harness, scenarios, segment
+from bench import harness, inserts, scenarios, segment
 from bench.brokers import BROKERS, Broker
 
 
@@ -32,12 +33,13 @@ class Size:
     latency_seconds: float
     client_calls: int
     verification_deliveries: int  # in-process signature checks timed
+    insert_events: int  # the insert path alone, into the plain and the partitioned events
 
 
 SIZES = {
     # The naive baseline stores ~600 events/s: 3,000 is five seconds of it.
-    "full": Size(1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000, 100_000),
-    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000, 10_000),
+    "full": Size(1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000, 100_000, 200_000),
+    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000, 10_000, 5_000),
 }
 
 # The drain scenarios, in the report's order, and their labels in the table.
@@ -57,7 +59,10 @@ TARGETS = {
     "client_track_calls_per_second": 100_000,
     "client_track_times_segment": 2.0,  # while sending: ours to Redis, analytics-python's to a local HTTP server
     "verified_webhooks_share_of_unverified": 0.9,  # the drain with a Stripe secret, on each broker
+    "partitioned_insert_share_of_plain": 0.95,  # the insert path alone, same run
 }
+# The insert path alone (bench/inserts.py): the release before partitioning against this one.
+INSERT_WAYS = ("plain, jsonb (before 0012)", "partitioned, jsonb (this release)")
 
 
 def main() -> None:
@@ -99,6 +104,8 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
         verified_key = harness.new_key(engine, stripe_secret=harness.STRIPE_SECRET)
         results["verification"] = scenarios.verification_cost(size.verification_deliveries)
         results["copy"] = scenarios.copy_rate(size.copy_rows)
+        rates = inserts.compare(size.insert_events, 1_000, 2, list(INSERT_WAYS))
+        results["inserts"] = {way: statistics.median(figures) for way, figures in rates.items()}
         results["naive"] = scenarios.naive_baseline(engine, size.naive_events, concurrency)
         results["drain"] = {
             name: drains(engine, api_key, verified_key, BROKERS[name], size, concurrency) for name in broker_names
@@ -230,6 +237,8 @@ def targets(results: dict[str, Any]) -> dict[str, bool | None]:
         for figures in by_scenario.values()
         for rss in figures["peak_rss_mib"].values()
     )
+    plain, partitioned = (results["inserts"][way] for way in INSERT_WAYS)
+    met["partitioned_insert_share_of_plain"] = partitioned / plain >= TARGETS["partitioned_insert_share_of_plain"]
     met["peak_rss_mib_per_process"] = peak < TARGETS["peak_rss_mib_per_process"]
     met["client_track_calls_per_second"] = at_least(
         results["client_track"]["calls_per_second"], TARGETS["client_track_calls_per_second"]
@@ -248,6 +257,7 @@ def table(results: dict[str, Any]) -> str:
         ("measured once per run", "per second", "of COPY"),
         ("PostgreSQL COPY, events' shape", f"{copy_rate:,.0f}", "100%"),
         ("naive: one task + commit per event (Redis)", f"{naive_rate:,.0f}", f"{naive_rate / copy_rate:.1%}"),
+        *insert_rows(results["inserts"], copy_rate),
         *client_rows(results),
     ]
 
@@ -300,6 +310,19 @@ def table(results: dict[str, Any]) -> str:
         *(f"  {name}: {_verdict(met)}" for name, met in results["targets"].items()),
     ]
     return "\n".join(lines)
+
+
+def insert_rows(rates: dict[str, float], copy_rate: float) -> list[tuple[str, str, str]]:
+    """The insert path alone, batches of 1,000 in one process: the plain table, then the partitioned."""
+    plain, partitioned = (rates[way] for way in INSERT_WAYS)
+    return [
+        ("insert path, plain events (before 0012)", f"{plain:,.0f}", f"{plain / copy_rate:.1%}"),
+        (
+            f"insert path, partitioned events ({partitioned / plain:.0%} of plain)",
+            f"{partitioned:,.0f}",
+            f"{partitioned / copy_rate:.1%}",
+        ),
+    ]
 
 
 def client_rows(results: dict[str, Any]) -> list[tuple[str, str, str]]:

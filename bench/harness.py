@@ -36,15 +36,16 @@ class BenchError(RuntimeError):
     """A measurement could not finish (a worker died, a deadline passed)."""
 
 
-def fresh_database() -> Engine:
-    """Drop and re-create the bench database at the current schema."""
+def fresh_database(name: str = DATABASE, migrate: bool = True) -> Engine:
+    """Drop and re-create a bench database, at the current schema unless not ``migrate``."""
     admin = create_engine(f"{POSTGRES_SERVER}/postgres", isolation_level="AUTOCOMMIT")
     with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{DATABASE}"'))
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
     admin.dispose()
-    engine = make_engine(DATABASE_URL)
-    schema.upgrade(engine)
+    engine = make_engine(f"{POSTGRES_SERVER}/{name}")
+    if migrate:
+        schema.upgrade(engine)
     return engine
 
 
@@ -62,7 +63,8 @@ def new_key(engine: Engine, stripe_secret: str | None = None) -> str:
 
 def empty_events(engine: Engine) -> None:
     with engine.begin() as connection:
-        connection.execute(text("TRUNCATE events, dead_letters RESTART IDENTITY"))
+        # event_ids too: each scenario sends the same event ids, which would otherwise be duplicates.
+        connection.execute(text("TRUNCATE events, event_ids, dead_letters RESTART IDENTITY"))
         connection.execute(text("CHECKPOINT"))  # each scenario starts without the last one's dirty pages
 
 

@@ -22,9 +22,11 @@ from userpath_client.contract import (
 
 # The worker's own tasks and queue, beside the producers' contract: only beat and the worker
 # send these, so they are named here, once.
-MAINTENANCE_QUEUE = "userpath.maintenance"  # beat's rotation pass and reminder deliveries
+MAINTENANCE_QUEUE = "userpath.maintenance"  # beat's passes (rotation, retention, partitions), reminders
 FLAG_STALE_KEYS_TASK = "userpath.flag_stale_keys"
 DELIVER_REMINDER_TASK = "userpath.deliver_reminder"
+APPLY_RETENTION_TASK = "userpath.apply_retention"
+MAINTAIN_PARTITIONS_TASK = "userpath.maintain_partitions"
 QUEUES = (*INGESTION_QUEUES, MAINTENANCE_QUEUE)
 
 
@@ -82,6 +84,8 @@ def celery_config(settings: Settings) -> dict[str, Any]:
             WEBHOOK_TASK: {"queue": WEBHOOKS_QUEUE},
             FLAG_STALE_KEYS_TASK: {"queue": MAINTENANCE_QUEUE},
             DELIVER_REMINDER_TASK: {"queue": MAINTENANCE_QUEUE},
+            APPLY_RETENTION_TASK: {"queue": MAINTENANCE_QUEUE},
+            MAINTAIN_PARTITIONS_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         "broker_transport_options": transport_options(settings),
         # Envelopes are at most 1 MiB, so a stuck task is a bug, not a big batch.

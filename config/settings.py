@@ -135,7 +135,13 @@ class Settings(BaseSettings):
     # How far a signed webhook's timestamp may be from its received_at (replays older than this fail).
     webhook_tolerance_seconds: Annotated[int, Field(ge=1, le=86_400)] = 300
 
-    @field_validator("rotation_schedule")
+    # Events: how long they are kept (days from received_at) unless an organization has its own
+    # (``userpath orgs set-retention``), and when beat applies it and makes partitions ahead.
+    event_retention_days: Annotated[int, Field(ge=1, le=36_500)] = 395
+    retention_schedule: str = "30 4 * * *"
+    partitions_schedule: str = "17 * * * *"
+
+    @field_validator("rotation_schedule", "retention_schedule", "partitions_schedule")
     @classmethod
     def _known_schedule(cls, value: str) -> str:
         parse_schedule(value)

@@ -19,7 +19,7 @@ if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
     _owner = os.getpid()
     atexit.register(lambda: os.getpid() == _owner and shutil.rmtree(_directory, ignore_errors=True))
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, multiprocess, start_http_server  # noqa: E402
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, start_http_server  # noqa: E402
 from prometheus_client.core import GaugeMetricFamily  # noqa: E402
 from prometheus_client.registry import Collector  # noqa: E402
 
@@ -33,6 +33,21 @@ BATCH_WRITE_SECONDS = Histogram(
 )
 AUTH_CACHE = Counter("userpath_auth_cache", "Key lookups by outcome.", ["result"])  # hit | miss
 RETRIES = Counter("userpath_task_retries", "Messages retried after a database failure.", ["task"])
+RETENTION_RUNS = Counter("userpath_retention_runs", "Retention passes run by beat.")
+RETENTION_PARTITIONS_DROPPED = Counter(
+    "userpath_retention_partitions_dropped", "Partitions dropped by retention.", ["table"]
+)
+RETENTION_EVENTS_DELETED = Counter(
+    "userpath_retention_events_deleted", "Events deleted by retention (organizations with a shorter one)."
+)
+# The DEFAULT partitions are a safety net that must stay empty: rows there mean a partition was
+# missing when they arrived (beat stopped for a week?). Alert on any value above 0.
+DEFAULT_PARTITION_ROWS = Gauge(
+    "userpath_default_partition_rows",
+    "Rows in a table's DEFAULT partition, counted by the partition pass (should be 0).",
+    ["table"],
+    multiprocess_mode="mostrecent",
+)
 
 
 def count_outcome(outcome: dict[str, Any]) -> None:

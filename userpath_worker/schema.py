@@ -14,6 +14,9 @@ from sqlalchemy import Engine
 from userpath_worker.errors import UserError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
+# Migrations that run while this release's workers ingest (they move data in batches of their
+# own transactions): a database waiting only for these is current enough to work against.
+ONLINE_REVISIONS = ("0015",)
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -23,11 +26,28 @@ def alembic_config(engine: Engine) -> Config:
     return config
 
 
-def upgrade(engine: Engine) -> None:
-    with engine.begin() as connection:
-        config = alembic_config(engine)
+def upgrade(engine: Engine, *, prepare_only: bool = False) -> None:
+    """Apply every pending migration, each in a transaction of its own (an online one commits its
+    batches itself, after the migrations before it committed). ``prepare_only``: stop before the
+    first online migration, so that this release's workers can replace the previous release's
+    before it runs."""
+    config = alembic_config(engine)
+    target = "head"
+    if prepare_only:
+        scripts = ScriptDirectory.from_config(config)
+        target = scripts.get_revision(ONLINE_REVISIONS[0]).down_revision  # type: ignore[union-attr,assignment]
+    with engine.connect() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        current = MigrationContext.configure(connection).get_current_revision()
+        connection.rollback()  # no transaction open: Alembic then commits migration by migration
+        if not (prepare_only and current and _is_at_or_after(config, current, target)):
+            command.upgrade(config, target)
+        connection.commit()
+
+
+def _is_at_or_after(config: Config, current: str, target: str) -> bool:
+    scripts = ScriptDirectory.from_config(config)
+    return any(script.revision == target for script in scripts.iterate_revisions(current, "base"))
 
 
 def head_revision(engine: Engine) -> str | None:
@@ -42,11 +62,17 @@ def current_revision(engine: Engine) -> str | None:
 def require_current(engine: Engine) -> None:
     """Refuse to run against a database whose schema is behind this code."""
     current, head = current_revision(engine), head_revision(engine)
-    if current != head:
+    if current != head and not _only_online_pending(engine, current):
         raise UserError(
             f"the database schema is at revision {current or 'none'} but this release needs "
             f"{head}; run `userpath db upgrade` first"
         )
+
+
+def _only_online_pending(engine: Engine, current: str | None) -> bool:
+    scripts = ScriptDirectory.from_config(alembic_config(engine))
+    pending = [script.revision for script in scripts.iterate_revisions("head", current)] if current else []
+    return bool(pending) and all(revision in ONLINE_REVISIONS for revision in pending)
 
 
 def announce_new_database(engine: Engine) -> None:

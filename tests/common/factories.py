@@ -68,3 +68,23 @@ def envelope(key: str, count: int, prefix: str, **event_fields: Any) -> dict[str
             for n in range(count)
         ],
     }
+
+
+def event_row(org_id: int, event_id: str, received_at: dt.datetime) -> dict[str, Any]:
+    """An events row as ``events.verdicts`` makes it, for ``events.storage.insert_events``."""
+    return {
+        "event_json": b'{"event":"Signed Up","properties":{"plan":"pro"}}',
+        "org_id": org_id,
+        "api_key_id": 1,
+        "environment": "live",
+        "source": "server",
+        "event_id": event_id,
+        "name": "Signed Up",
+        "user_id": None,
+        "anonymous_id": None,
+        "timestamp": received_at,
+        "sent_at": None,
+        "received_at": received_at,
+        "occurred_at": received_at,
+        "verified": None,
+    }

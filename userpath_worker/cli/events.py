@@ -8,8 +8,10 @@ import json
 import sys
 
 import click
+from sqlalchemy.exc import OperationalError
 
 from config.durations import format_duration
+from userpath_worker import runtime
 from userpath_worker.cli.common import (
     DURATION,
     ID,
@@ -18,6 +20,7 @@ from userpath_worker.cli.common import (
     json_option,
     print_json,
     print_table,
+    settings,
     shorten,
     transaction,
     utc,
@@ -28,7 +31,7 @@ from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.errors import UserError
-from userpath_worker.events import erasure
+from userpath_worker.events import erasure, retention
 from userpath_worker.events.models import Event, Source
 from userpath_worker.events.replay import REPLAYABLE, ReplayResult, count_replayable, replay_dead_letters
 from userpath_worker.events.storage import EventFilter, find_events
@@ -38,6 +41,36 @@ from userpath_worker.organizations import services as organizations
 @click.group()
 def events() -> None:
     """Stored events."""
+
+
+@events.command("apply-retention")
+@click.option("--dry-run", is_flag=True, help="Say what would be dropped and deleted; change nothing.")
+@json_option
+def events_apply_retention(dry_run: bool, as_json: bool) -> None:
+    """Apply event retention now, as beat's pass does: drop the partitions every organization's
+    retention has passed, delete the expired events of organizations that keep them less long."""
+    with transaction():
+        pass  # the schema check
+    try:
+        run = retention.apply_retention(runtime.engine(), settings().event_retention_days, utcnow(), dry_run)
+    except OperationalError as error:  # a lock_timeout: a long query held events or event_ids
+        raise UserError(
+            f"retention stopped: {str(error.orig).strip().splitlines()[0]}; what was done is kept, run it again"
+        ) from None
+    if as_json:
+        print_json(run.as_dict())
+        return
+    verb = "Would drop" if dry_run else "Dropped"
+    dropped = ", ".join(run.partitions_dropped) or "none"
+    click.echo(f"{verb} {len(run.partitions_dropped)} events partitions: {dropped}.")
+    click.echo(f"{verb} {len(run.event_ids_weeks_dropped)} expired weeks of event ids.")
+    deleted = sum(run.events_deleted.values())
+    click.echo(
+        f"{'Would delete' if dry_run else 'Deleted'} {deleted} events of {len(run.events_deleted)} organizations "
+        f"with a shorter retention than the longest"
+        + ("" if run.complete else " (time bound reached: run again)")
+        + "."
+    )
 
 
 @events.command("list")

@@ -5,7 +5,16 @@ from __future__ import annotations
 import click
 
 from userpath_worker.accounts import services as accounts
-from userpath_worker.cli.common import json_option, print_json, print_link, print_table, transaction, utc, when
+from userpath_worker.cli.common import (
+    json_option,
+    print_json,
+    print_link,
+    print_table,
+    settings,
+    transaction,
+    utc,
+    when,
+)
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Role
 
@@ -50,3 +59,30 @@ def orgs_list(as_json: bool) -> None:
         ["ID", "NAME", "MEMBERS", utc("CREATED")],
         [[str(org.id), org.name, str(members), when(org.created_at)] for org, members in found],
     )
+
+
+@orgs.command("set-retention")
+@click.option("--org", required=True, help="Organization name.")
+@click.option(
+    "--days", type=click.IntRange(1, organizations.MAX_RETENTION_DAYS), help="Keep its events this many days."
+)
+@click.option("--default", "use_default", is_flag=True, help="Back to USERPATH_EVENT_RETENTION_DAYS.")
+@json_option
+def orgs_set_retention(org: str, days: int | None, use_default: bool, as_json: bool) -> None:
+    """How long the organization's events are kept, counted from when they were received; beat's
+    retention pass (or `userpath events apply-retention`) deletes what is older."""
+    if (days is None) != use_default:
+        raise click.UsageError("give either --days N or --default")
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        organizations.set_event_retention(session, organization, days)
+    default_days = settings().event_retention_days
+    if as_json:
+        print_json(
+            {"id": organization.id, "name": organization.name, "days": days or default_days, "default": use_default}
+        )
+        return
+    if use_default:
+        click.echo(f"'{organization.name}' keeps its events {default_days} days (USERPATH_EVENT_RETENTION_DAYS).")
+    else:
+        click.echo(f"'{organization.name}' keeps its events {days} days.")

@@ -22,7 +22,7 @@ from userpath_worker.db import Transaction, utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
 from userpath_worker.errors import UserError
-from userpath_worker.events import verdicts
+from userpath_worker.events import partitions, verdicts
 from userpath_worker.events.models import Source
 from userpath_worker.events.storage import insert_events
 from userpath_worker.keys import scopes
@@ -165,5 +165,6 @@ def _replay_payload(
         judged = verdicts.track_verdicts(envelope, identity, source, delivery)
     if judged.rejections:
         return "; ".join(rejection.detail for rejection in judged.rejections)
+    partitions.ensure_days(session.connection(), {row["received_at"].date() for row in judged.rows})
     insert_events(session, judged.rows)
     return None

@@ -11,7 +11,11 @@ config = context.config
 
 def run(connection: Connection) -> None:
     # Batch mode rebuilds tables where SQLite cannot ALTER them, so one migration serves both.
-    context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+    # One transaction per migration: an online migration (schema.ONLINE_REVISIONS) works in
+    # transactions of its own, which must see the migrations before it committed.
+    context.configure(
+        connection=connection, target_metadata=metadata, render_as_batch=True, transaction_per_migration=True
+    )
     with context.begin_transaction():
         context.run_migrations()
 

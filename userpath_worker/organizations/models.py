@@ -21,6 +21,8 @@ class Organization(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Days its events are kept; None: USERPATH_EVENT_RETENTION_DAYS (events.retention).
+    event_retention_days: Mapped[int | None]
 
 
 class Member(Base):

@@ -25,6 +25,9 @@ __all__ = [
 ]
 
 
+MAX_RETENTION_DAYS = 36_500  # a hundred years: as good as forever
+
+
 def _valid_email(email: str) -> str:
     email = normalize_email(email)
     if "@" not in email or len(email) > 320:
@@ -75,6 +78,13 @@ def list_organizations(session: Session) -> list[tuple[Organization, int]]:
         .order_by(Organization.name)
     )
     return [(organization, members) for organization, members in session.execute(query)]
+
+
+def set_event_retention(session: Session, organization: Organization, days: int | None) -> None:
+    """Keep the organization's events ``days`` days, or None: the default (USERPATH_EVENT_RETENTION_DAYS)."""
+    if days is not None and not 1 <= days <= MAX_RETENTION_DAYS:
+        raise UserError(f"--days must be from 1 to {MAX_RETENTION_DAYS}")
+    organization.event_retention_days = days
 
 
 def add_member(session: Session, organization: Organization, email: str, role: Role) -> Member:
