@@ -76,5 +76,5 @@ def test_the_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert fresh != link
     with Session(engine) as session:  # both links open the demo owner's invitation
         for url in (link, fresh):
-            assert accounts.invitation_email(session, url.rpartition("/")[2]) == "owner@demo.example"
+            assert accounts.link_form(session, url.rpartition("/")[2]).email == "owner@demo.example"
     engine.dispose()
