@@ -121,6 +121,7 @@ def test_another_organizations_member_id_answers_404(browser: Browser, people: P
     assert browser.get(f"{members_page(mine)}/{their_owner}/remove").status_code == 404
     assert browser.post(f"{members_page(mine)}/{their_owner}/remove").status_code == 404
     assert browser.post(f"{members_page(mine)}/{their_owner}/role", {"new_role": "member"}).status_code == 404
+    assert browser.post(f"{members_page(mine)}/{their_owner}/reset-password").status_code == 404
     assert roles(people, theirs) == {"other@example.com": Role.OWNER}
 
 

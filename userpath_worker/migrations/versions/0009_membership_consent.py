@@ -4,8 +4,9 @@ account's password, and a sign-in throttle counted under row locks.
 Existing data: an unused invitation link was shown to the inviting owner unless the CLI printed it,
 and nothing recorded which; it is taken as shown to the inviter (the cautious reading: it sets a
 first password only for an e-mail no other organization knows). Reset links were only ever printed
-by the CLI. Passwords set before are taken as set through a trusted link. Members added by earlier
-invitations stay members. Failed sign-ins counted so far are dropped.
+by the CLI; who invited was not kept ("operator"). Passwords set before are taken as set through a
+trusted link. Members added by earlier invitations stay members. Failed sign-ins counted so far are
+dropped.
 
 Revision ID: 0009
 Revises: 0008
@@ -83,9 +84,13 @@ def downgrade() -> None:
     with op.batch_alter_table("sign_in_throttles", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_sign_in_throttles_window_started_at"))
     op.drop_table("sign_in_throttles")
+    # The enum columns' CHECK constraints first: SQLite's copy of the table would keep them otherwise.
     with op.batch_alter_table("accounts", schema=None) as batch_op:
+        batch_op.drop_constraint(op.f("ck_accounts_link_channel"), type_="check")
         batch_op.drop_column("password_channel")
     with op.batch_alter_table("invitations", schema=None) as batch_op:
+        batch_op.drop_constraint(op.f("ck_invitations_link_channel"), type_="check")
+        batch_op.drop_constraint(op.f("ck_invitations_member_role"), type_="check")
         batch_op.drop_column("invited_by")
         batch_op.drop_column("channel")
         batch_op.drop_column("role")
