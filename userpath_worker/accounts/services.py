@@ -162,11 +162,14 @@ def invite(
 
 
 def pending_invitations(session: Session, organization: Organization) -> list[Invitation]:
-    """The organization's invitations nobody accepted yet, newest first."""
+    """The organization's invitations nobody accepted yet, newest first. Not those of its members
+    (the founder's, a new link for a member): whether a member used theirs would tell whether they
+    set a password."""
+    member = exists().where(Member.org_id == Invitation.org_id, Member.email == Invitation.email)
     return list(
         session.scalars(
             select(Invitation)
-            .where(Invitation.org_id == organization.id, _invitations, _usable(utcnow()))
+            .where(Invitation.org_id == organization.id, _invitations, _usable(utcnow()), ~member)
             .order_by(Invitation.created_at.desc(), Invitation.id.desc())
         )
     )

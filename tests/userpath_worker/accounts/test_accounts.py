@@ -275,6 +275,15 @@ def test_with_an_smtp_server_an_owner_s_invitation_is_trusted(session: Session, 
     assert [o.name for o, _ in accounts.memberships(session, account)] == ["Acme", "Other"]
 
 
+def test_the_pending_invitations_are_not_those_of_members(session: Session, acme) -> None:
+    """Whether a member used their link (the founder's, a new one) would tell whether they set a password."""
+    accounts.invite(session, acme, OWNER, Role.OWNER, accounts.OPERATOR)
+    add_member(session, acme, "added@example.com", Role.MEMBER)
+    accounts.invite(session, acme, "added@example.com", Role.MEMBER, OWNER)
+    accounts.invite(session, acme, NEW_MEMBER, Role.MEMBER, OWNER)
+    assert [invitation.email for invitation in accounts.pending_invitations(session, acme)] == [NEW_MEMBER]
+
+
 def test_cancelling_an_invitation(session: Session, acme) -> None:
     token = accounts.invite(session, acme, NEW_MEMBER, Role.ADMIN, OWNER)
     [pending] = accounts.pending_invitations(session, acme)
