@@ -23,7 +23,7 @@ except SettingsError as error:
     # One line and a non-zero exit, not an import traceback from inside Celery.
     raise SystemExit(f"userpath: {error}") from None
 
-app = Celery("userpath", include=["tasks.ingest", "tasks.rotation"])
+app = Celery("userpath", include=["tasks.ingest", "tasks.rotation", "tasks.heartbeat"])
 app.conf.update(celery_config(settings))
 app.conf.beat_schedule = beat_schedule(settings)
 app.conf.worker_consumer = "tasks.consumer:DeadLetteringConsumer"

@@ -111,7 +111,7 @@ def _demo_keys(started_at: dt.datetime, say: Callable[[str], None]) -> _Keys:
             organization = organizations.create_organization(session, DEMO_ORG, DEMO_OWNER)
             made = "created now"
         service = KeyService(session, get_settings().key_pepper)
-        stamp = started_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+        stamp = started_at.strftime("%Y-%m-%d %H:%M:%S UTC")  # a run takes seconds: unique enough
         server, key = service.create(organization, f"{DEMO_KEY_NAME} {stamp}", DEMO_OWNER)
         deleted, deleted_key = service.create(organization, f"Demo deleted {stamp}", DEMO_OWNER)
         service.delete(deleted.id, DEMO_OWNER)

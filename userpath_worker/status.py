@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
@@ -45,6 +46,28 @@ class Status:
 def broadcasts(broker_url: str) -> bool:
     """Whether workers on this broker answer a ping (kombu's SQLAlchemy transport cannot)."""
     return not broker_url.startswith("sqla+")
+
+
+HEARTBEAT_SECONDS = 5.0  # how often a worker on the embedded broker touches its heartbeat file
+HEARTBEAT_STALE = 3 * HEARTBEAT_SECONDS  # a file older than this: no worker beats
+
+
+def heartbeat_path(broker_url: str) -> Path | None:
+    """Where workers on the embedded broker, which cannot answer a ping, show they are alive:
+    ``userpath-worker.heartbeat`` beside the broker's file (None on Redis and RabbitMQ)."""
+    if broadcasts(broker_url):
+        return None
+    database = make_url(broker_url.removeprefix("sqla+")).database
+    return Path(database or ".").resolve().with_name("userpath-worker.heartbeat")
+
+
+def last_heartbeat(broker_url: str) -> dt.datetime | None:
+    """When a worker on the embedded broker last beat, or None if none ever did here."""
+    path = heartbeat_path(broker_url)
+    try:
+        return dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC) if path else None
+    except FileNotFoundError:
+        return None
 
 
 def queue_depths(broker_url: str, timeout: float = 5.0) -> dict[str, int]:

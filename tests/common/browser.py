@@ -16,13 +16,13 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import WebDriverException
+from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.chrome.webdriver import WebDriver
@@ -110,12 +110,29 @@ def console_problems(driver: WebDriver) -> list[str]:
     ]
 
 
+# What Chromium's inspector answers, instead of a StaleElementReferenceException, when a probe
+# reaches an element of a document that a navigation is replacing: the old page is gone.
+NODE_GONE = "does not belong to the document"
+
+
+def _page_replaced(error: WebDriverException) -> bool:
+    return isinstance(error, StaleElementReferenceException) or NODE_GONE in (error.msg or str(error))
+
+
 def element(driver: WebDriver, css: str, timeout: float = ELEMENT_TIMEOUT) -> WebElement:
-    """The element ``css`` once it is on the page; fails after ``timeout`` seconds, naming the page."""
+    """The element ``css`` once it is on the page; fails after ``timeout`` seconds, naming the page.
+    A probe that meets a document being replaced (a navigation still under way) probes again."""
+
+    def present(_: WebDriver) -> WebElement | None:
+        try:
+            return expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))(driver)
+        except WebDriverException as error:
+            if _page_replaced(error):
+                return None
+            raise
+
     try:
-        return WebDriverWait(driver, timeout).until(
-            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
-        )
+        return WebDriverWait(driver, timeout).until(present)
     except WebDriverException:
         raise AssertionError(
             f"no {css} on {driver.current_url} within {timeout:.0f} s; the page says:\n{page_text(driver)[:2000]}"
@@ -126,12 +143,32 @@ def page_text(driver: WebDriver) -> str:
     return driver.find_element(By.TAG_NAME, "body").text
 
 
-def submit_and_wait(driver: WebDriver, button_css: str, timeout: float = PAGE_LOAD_TIMEOUT) -> None:
-    """Click ``button_css`` and wait until the browser has left the page it was on."""
-    button = element(driver, button_css)
+def _gone(old_page: WebElement) -> Callable[[WebDriver], bool]:
+    """A wait condition: the browser has left the page ``old_page`` belongs to."""
+
+    def gone(_: WebDriver) -> bool:
+        try:
+            old_page.is_enabled()  # any call on an element of a page that is gone raises
+        except WebDriverException as error:
+            if _page_replaced(error):
+                return True
+            raise
+        return False
+
+    return gone
+
+
+def click_through(driver: WebDriver, css: str, then: str, timeout: float = PAGE_LOAD_TIMEOUT) -> WebElement:
+    """Click ``css`` (a submit button or a link), wait until the browser has left the page it was
+    on, then until the next page shows ``then``; that element. Both waits are bounded."""
+    target = element(driver, css)
     old_page = driver.find_element(By.TAG_NAME, "html")
-    button.click()
-    WebDriverWait(driver, timeout).until(expected_conditions.staleness_of(old_page))
+    target.click()
+    try:
+        WebDriverWait(driver, timeout).until(_gone(old_page))
+    except WebDriverException:
+        raise AssertionError(f"clicking {css} did not leave {driver.current_url} within {timeout:.0f} s") from None
+    return element(driver, then, timeout)
 
 
 def free_port() -> int:
@@ -171,7 +208,7 @@ class WebServer:
 
 
 @contextlib.contextmanager
-def running_web(environment: dict[str, str], log_path: Path, ready_within: float = 30.0) -> Iterator[WebServer]:
+def running_web(environment: dict[str, str], log_path: Path, ready_within: float = 60.0) -> Iterator[WebServer]:
     """``userpath web --host 127.0.0.1 --port P`` (P from ``USERPATH_WEB_BASE_URL``), once ``/healthz``
     answers 200 "ok"; stopped (and killed if need be) on exit. Its output goes to ``log_path``."""
     url = environment["USERPATH_WEB_BASE_URL"]

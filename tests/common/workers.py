@@ -94,12 +94,14 @@ def running_worker(
     environment: dict[str, str],
     log_path: Path,
     *arguments: str,
-    ready_within: float = 30.0,
+    ready_within: float = 60.0,  # a bound, not a wait: a busy machine starts a worker slower
     loglevel: str | None = "INFO",
+    command: list[str] | None = None,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """A real ``celery -A tasks.app worker`` process, stopped (and killed if need be) on exit.
-    ``loglevel=None`` leaves ``--loglevel`` out, as an operator typing the command might."""
-    command = [
+    """A real ``celery -A tasks.app worker`` process (or ``command``, such as ``userpath worker``),
+    stopped (and killed if need be) on exit. ``loglevel=None`` leaves ``--loglevel`` out, as an
+    operator typing the command might."""
+    command = command or [
         sys.executable,
         "-m",
         "celery",
@@ -201,6 +203,15 @@ def producer(broker_url: str) -> Celery:
     app = Celery("producer", broker=broker_url, set_as_current=False)
     app.conf.update(task_serializer="json", broker_connection_retry_on_startup=True)
     return app
+
+
+def queue_depth(broker_url: str, queue: str) -> int:
+    """Messages ready in ``queue`` (not those a consumer has taken), on Redis or RabbitMQ."""
+    if broker_url.startswith("redis"):  # kombu's passive declare asks for bindings, not the list
+        with contextlib.closing(redis.Redis.from_url(broker_url)) as client:
+            return client.llen(queue)
+    with Connection(broker_url) as connection:
+        return connection.default_channel.queue_declare(queue, durable=True, passive=True).message_count
 
 
 def empty_queues(broker_url: str) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy import Engine, select
 from tests.common.browser import (
     ELEMENT_TIMEOUT,
     chromium,
+    click_through,
     console_problems,
     element,
     free_port,
@@ -34,7 +35,6 @@ from tests.common.browser import (
     requested_urls,
     running_web,
     screenshot,
-    submit_and_wait,
     userpath,
     web_environment,
 )
@@ -112,8 +112,7 @@ def accept_invitation(visit: Visit, link: str, who: str) -> str:
     visit.open(link, f"{who}-invitation")
     element(visit.driver, "input[name=password]").send_keys(PASSWORD)
     element(visit.driver, "input[name=password_confirmation]").send_keys(PASSWORD)
-    submit_and_wait(visit.driver, "button#set-password")
-    element(visit.driver, "table#api-keys")
+    click_through(visit.driver, "button#set-password", then="table#api-keys")
     text = visit.page(f"{who}-api-keys")
     assert KEYS_PAGE.search(visit.driver.current_url), visit.driver.current_url
     assert "API Keys" in text
@@ -187,14 +186,12 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert key_ids(driver) == []
 
         # "+" opens the form; the key is shown once, in the copy field.
-        plus = element(driver, "a#new-key")
-        assert plus.text.strip() == "+"
-        plus.click()
-        element(driver, "input[name=name]").send_keys(KEY_NAME)
+        assert element(driver, "a#new-key").text.strip() == "+"
+        click_through(driver, "a#new-key", then="input[name=name]").send_keys(KEY_NAME)
         Select(element(driver, "select[name=environment]")).select_by_value("live")
         Select(element(driver, "select[name=expiry]")).select_by_value("never")
         visit.page("new-key-form")
-        submit_and_wait(driver, "button#create-key")
+        click_through(driver, "button#create-key", then="input#new-key")
         key = shown_once(visit, "key-created")
         assert key.startswith("up_live_")
 
@@ -220,10 +217,10 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert "UTC" in last_used.get_attribute("outerHTML"), "last used: relative, with the UTC time"
 
         # Roll, with an hour's grace: the new key is shown once, the old one is expiring.
-        element(driver, f'tr[data-key-id="{key_id}"] a.roll').click()
-        Select(element(driver, "select[name=grace]")).select_by_value("1h")
+        grace = click_through(driver, f'tr[data-key-id="{key_id}"] a.roll', then="select[name=grace]")
+        Select(grace).select_by_value("1h")
         visit.page("roll-form")
-        submit_and_wait(driver, "button#roll-key")
+        click_through(driver, "button#roll-key", then="input#new-key")
         rolled = shown_once(visit, "key-rolled")
         assert rolled != key
 
@@ -235,10 +232,9 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert key not in driver.page_source and rolled not in driver.page_source
 
         # Delete the new key: the confirmation names it; then it is gone or shown deleted.
-        element(driver, f'tr[data-key-id="{new_id}"] a.delete').click()
-        element(driver, "button#delete-key")
+        click_through(driver, f'tr[data-key-id="{new_id}"] a.delete', then="button#delete-key")
         assert KEY_NAME in visit.page("delete-confirmation")
-        submit_and_wait(driver, "button#delete-key")
+        click_through(driver, "button#delete-key", then="table#api-keys")
         visit.page("after-delete")
         visit.open(keys_page, "api-keys-deleted")
         remaining = key_ids(driver)
@@ -253,32 +249,29 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
             assert connection.scalar(select(DeadLetter.reason)) == Reason.DELETED_KEY
 
         # Settings → Webhooks: the owner adds Stripe's signing secret; only its display form shows.
-        driver.find_element(By.LINK_TEXT, "Webhooks").click()
-        element(driver, "table#webhook-secrets")
+        click_through(driver, 'nav.tabs a[href$="/webhooks"]', then="table#webhook-secrets")
         visit.page("webhooks-empty")
         Select(element(driver, "select[name=provider]")).select_by_value("stripe")
         element(driver, "input#webhook-secret").send_keys(SIGNING_SECRET)
-        submit_and_wait(driver, "button#add-webhook-secret")
-        listed = element(driver, "table#webhook-secrets tr[data-secret-id] td.display").text
+        added = "table#webhook-secrets tr[data-secret-id] td.display"
+        listed = click_through(driver, "button#add-webhook-secret", then=added).text
         visit.page("webhooks-secret-added")
         assert listed == "whsec_...0042"
 
         # Settings → Members: the owner invites the member, and copies the link the page shows once
         # (no SMTP server here); the invitation is pending, the member not a member yet.
-        driver.find_element(By.LINK_TEXT, "Members").click()
-        element(driver, "input#invite-email").send_keys(MEMBER)
+        click_through(driver, 'nav.tabs a[href$="/members"]', then="input#invite-email").send_keys(MEMBER)
         Select(element(driver, "select#invite-role")).select_by_value("member")
-        submit_and_wait(driver, "button#invite-member")
-        member_link = element(driver, "input#invitation-link").get_attribute("value")
+        shown = click_through(driver, "button#invite-member", then="input#invitation-link")
+        member_link = shown.get_attribute("value")
         assert member_link.startswith(f"{base_url}/invitations/")
         visit.page("invitation-shown")
-        driver.find_element(By.LINK_TEXT, "Done").click()
-        pending = element(driver, "table#invitations td.email").text
+        pending = click_through(driver, "a.button.secondary", then="table#invitations td.email").text
         assert visit.page("members-pending") and pending == MEMBER
         assert MEMBER not in element(driver, "table#members").text
 
         # Sign out; the member accepts, setting a password, and sees the list without any control.
-        submit_and_wait(driver, "button#sign-out")
+        click_through(driver, "button#sign-out", then="input[name=email]")
         visit.page("signed-out")
         visit.open(keys_page, "keys-page-signed-out")
         element(driver, "input[name=email]")  # the session ended: the keys page asks to sign in

@@ -34,6 +34,7 @@ from tests.common.workers import (
     kill_group,
     pool_children,
     producer,
+    queue_depth,
     rabbitmq_vhost,
     running_worker,
     settle_at,
@@ -86,6 +87,29 @@ def stored_with_prefix(engine: Engine, prefix: str) -> int:
         return connection.scalar(query) or 0
 
 
+def steady_count(engine: Engine, quiet_seconds: float = 1.0, timeout: float = 30.0) -> int:
+    """The number of stored events once it has not changed for ``quiet_seconds``."""
+    deadline = time.monotonic() + timeout
+    seen = counts(engine)[0]
+    while time.monotonic() < deadline:
+        time.sleep(quiet_seconds)
+        now = counts(engine)[0]
+        if now == seen:
+            return now
+        seen = now
+    raise AssertionError(f"the stored events kept changing for {timeout:.0f} s")
+
+
+def inserts_waiting(engine: Engine, table: str) -> bool:
+    """An INSERT into ``table`` is running (held by ``slow_inserts``'s trigger)."""
+    query = text(
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE state = 'active' AND query ILIKE :insert AND pid <> pg_backend_pid()"
+    )
+    with engine.connect() as connection:
+        return bool(connection.scalar(query, {"insert": f"INSERT INTO {table}%"}))
+
+
 def through(proxy_port: int, url: str, real_port: int) -> str:
     """``url`` with the server's port replaced by the proxy's."""
     return url.replace(f"127.0.0.1:{real_port}", f"127.0.0.1:{proxy_port}", 1)
@@ -113,7 +137,7 @@ def test_a_killed_worker_loses_and_duplicates_nothing(
         assert len(children) == 2
         if victim == "main process":
             os.kill(worker.pid, signal.SIGKILL)
-            time.sleep(1)  # the pool is orphaned, as after a real crash; then make sure it is gone
+            worker.wait(20)  # the pool is orphaned, as after a real crash; then make sure it is gone
             kill_group(worker)
         else:
             os.kill(children[0], signal.SIGKILL)
@@ -146,9 +170,10 @@ def test_a_30_second_database_outage_loses_duplicates_and_dead_letters_nothing(
         with running_worker(environment, log, "--concurrency=2") as worker:
             wait_for(lambda: counts(engine)[0] >= 500, 120, "the drain to be under way")
             database_proxy.cut()
-            time.sleep(1)  # a commit already on its way when the link dropped still lands
-            stored_at_cut = counts(engine)[0]  # through our own connection, not the proxy
-            time.sleep(29)
+            cut_at = time.monotonic()
+            # A commit already on its way when the link dropped still lands; then nothing moves.
+            stored_at_cut = steady_count(engine)  # through our own connection, not the proxy
+            time.sleep(max(0.0, 30 - (time.monotonic() - cut_at)))  # the outage lasts 30 s
             assert counts(engine) == (stored_at_cut, 0), "nothing is written, and nothing dead-lettered, while cut"
             assert stored_at_cut < total, "the drain finished before the outage: the test proved nothing"
             database_proxy.restore()
@@ -244,9 +269,9 @@ def test_a_reconnect_while_a_batch_waits_for_a_pool_slot_loses_nothing_and_stall
         environment = worker_environment(database_url, proxied, USERPATH_VISIBILITY_TIMEOUT=VISIBILITY_TIMEOUT_SECONDS)
         with running_worker(environment, log, "--concurrency=1") as worker:
             producer(broker_url).send_task(FLAG_STALE_KEYS_TASK, queue=MAINTENANCE_QUEUE)
-            time.sleep(2)  # the pass is running
+            wait_for(lambda: inserts_waiting(engine, "rotation_passes"), 30, "the rotation pass to hold the pool")
             publish_events(broker_url, key, "waiting", 100, per_envelope=10)
-            time.sleep(1)  # the batch is dispatched, behind the pass
+            wait_for(lambda: queue_depth(broker_url, EVENTS_QUEUE) == 0, 30, "the batch to be taken, behind the pass")
             broker_proxy.cut()
             time.sleep(2)
             broker_proxy.restore()

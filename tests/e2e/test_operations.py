@@ -8,6 +8,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import redis
 from config.celery import QUEUES
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database
 from tests.common.factories import envelope, new_key
-from tests.common.workers import producer, running_worker, wait_for, worker_environment
+from tests.common.workers import producer, rabbitmq_vhost, running_worker, wait_for, worker_environment
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import schema
 from userpath_worker.db import make_engine
@@ -47,7 +48,42 @@ def test_status_and_health_on_the_embedded_default(tmp_path: Path) -> None:
     assert found["queues"] == {queue: 0 for queue in QUEUES}
     assert found["workers"] is None and found["dead_letters_24h"] == {} and found["last_rotation_pass"] is None
     health = userpath("health", env=env, cwd=tmp_path)
-    assert health.returncode == 1 and "embedded broker cannot broadcast" in health.stderr
+    assert health.returncode == 1 and "no worker has run on this embedded broker" in health.stderr
+
+    # A running worker beats in a file beside the broker's: health is then true, without a ping.
+    heartbeat = tmp_path / "userpath-worker.heartbeat"
+    embedded = worker_environment(
+        f"sqlite:///{tmp_path / 'userpath.db'}", f"sqla+sqlite:///{tmp_path / 'userpath-broker.db'}"
+    )
+    with running_worker(embedded, tmp_path / "worker.log", command=[USERPATH, "worker"]):
+        wait_for(heartbeat.exists, 30, "the worker's first heartbeat")
+        health = userpath("health", env=embedded, cwd=tmp_path)
+        assert health.returncode == 0, health.stderr
+        assert health.stdout.startswith("healthy: a worker beat ")
+    os.utime(heartbeat, (time.time() - 120, time.time() - 120))  # the worker stopped two minutes ago
+    health = userpath("health", env=embedded)
+    assert health.returncode == 1 and re.search(r"the last worker heartbeat was 12\d s ago", health.stderr)
+
+
+def test_two_userpath_workers_on_one_host_and_rabbitmq_get_node_names_of_their_own(tmp_path: Path) -> None:
+    # Celery's default celery@HOST on both: RabbitMQ refused the second one's control queue
+    # (RESOURCE_LOCKED) and it died with a traceback. -n still names one as an operator chooses.
+    broker_url = rabbitmq_vhost(f"{TEST_DATABASE_PREFIX}_node_names")
+    url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_node_names")
+    schema.upgrade(make_engine(url))
+    env = worker_environment(url, broker_url)
+    first, second, named = (
+        running_worker(env, tmp_path / f"{name}.log", command=[USERPATH, "worker", "-c", "1", *extra])
+        for name, extra in (("first", []), ("second", []), ("named", ["-n", "second@%h"]))
+    )
+    with first, second, named:
+        status = json.loads(userpath("status", "--json", "--ping-timeout", "3", env=env).stdout)
+    host = socket.gethostname()
+    assert len(status["workers"]) == 3 and status["shared_node_names"] == {}, status["workers"]
+    assert f"second@{host}" in status["workers"]
+    assert all(
+        re.fullmatch(rf"userpath-\d+@{re.escape(host)}", name) for name in status["workers"] if name != f"second@{host}"
+    )
 
 
 def test_an_unreachable_broker_is_one_line(tmp_path: Path) -> None:

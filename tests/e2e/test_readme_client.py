@@ -35,7 +35,7 @@ def snippet(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def run_snippet(script: Path, key: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, KEY_VARIABLE: key, "BROKER_URL": REDIS_URL}
+    environment = {**os.environ, KEY_VARIABLE: key, "USERPATH_BROKER_URL": REDIS_URL}
     return subprocess.run([sys.executable, str(script)], env=environment, capture_output=True, text=True, timeout=60)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from kombu import Connection, Producer
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -178,8 +179,10 @@ def test_secrets_stay_out_of_debug_logs_tables_and_task_events(clean_database, t
 
     stop = threading.Event()
     listener = threading.Thread(target=capture_task_events, args=(stop,), daemon=True)
+    patterns = redis.Redis.from_url(REDIS_URL).pubsub_numpat  # kombu subscribes to task events by pattern
+    subscribed_before = patterns()
     listener.start()
-    time.sleep(1)
+    wait_for(lambda: patterns() > subscribed_before, 10, "the task-event listener to subscribe")
     log = tmp_path / "worker.log"
     try:
         # Task events exist for messages run as Celery tasks: not batched (tasks/batching.py).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -77,20 +78,48 @@ def key_service(session: Session) -> KeyService:
 
 
 class Duration(click.ParamType):
-    """A duration such as 30s, 15m, 24h, 90d or 0; anything else is a usage mistake (exit 2)."""
+    """A duration such as 30s, 15m, 24h, 90d or 0; anything else, or one that ``check`` (the
+    service's own rule) refuses, is a usage mistake (exit 2)."""
 
     name = "duration"  # shown as DURATION in the help
+
+    def __init__(self, check: Callable[[dt.timedelta], None] | None = None) -> None:
+        self.check = check
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> dt.timedelta:
         if isinstance(value, dt.timedelta):
             return value
         try:
-            return parse_duration(value)
-        except ValueError as error:
+            duration = parse_duration(value)
+            if self.check is not None:
+                self.check(duration)
+        except (ValueError, UserError) as error:
             self.fail(str(error), param, ctx)
+        return duration
 
 
 DURATION = Duration()
+
+
+class Identifier(click.ParamType):
+    """A row's id (``--before-id``): a whole number from 1; anything else is a usage mistake."""
+
+    name = "id"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        if not (isinstance(value, str) and value.strip().isdigit() and int(value) >= 1):
+            self.fail(f"{value!r} is not an id: give a whole number from 1, as the listing printed it", param, ctx)
+        return int(value)
+
+
+ID = Identifier()
+
+
+def counted(count: int, noun: str, plural: str | None = None) -> str:
+    """``1 dead letter``, ``2 dead letters``: a count with its noun in the right number."""
+    return f"{count} {noun if count == 1 else plural or noun + 's'}"
 
 
 class Since(click.ParamType):
@@ -206,8 +235,18 @@ def celery_command(*arguments: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "tasks.app", *arguments]
 
 
-def worker_arguments(concurrency: int | None, loglevel: str | None, beat: bool) -> list[str]:
-    arguments = ["worker", f"--queues={','.join(QUEUES)}", f"--loglevel={loglevel or settings().log_level}"]
+def worker_arguments(
+    concurrency: int | None, loglevel: str | None, beat: bool, hostname: str | None = None
+) -> list[str]:
+    """Celery's worker arguments. The node name defaults to one of this process's own (the command
+    execs into Celery, so the pid stays): two workers on one host never share Celery's default
+    celery@HOST, which RabbitMQ refuses to the second (RESOURCE_LOCKED) and Redis mixes up."""
+    arguments = [
+        "worker",
+        f"--queues={','.join(QUEUES)}",
+        f"--loglevel={loglevel or settings().log_level}",
+        f"--hostname={hostname or f'userpath-{os.getpid()}@%h'}",
+    ]
     if settings().uses_embedded_database:
         # One SQLite file takes one writer at a time: more processes would only queue on its lock.
         concurrency = concurrency or 1

@@ -12,7 +12,9 @@ import click
 from config.durations import format_duration
 from userpath_worker.cli.common import (
     DURATION,
+    ID,
     SINCE,
+    counted,
     json_option,
     print_json,
     print_table,
@@ -44,7 +46,7 @@ def events() -> None:
 @click.option("--user-id", help="Only this user's events.")
 @click.option("--source", type=click.Choice([source.value for source in Source]), help="Only events from this source.")
 @click.option("--since", type=SINCE, help="Only events that occurred since then: a duration (24h, 7d) or an ISO time.")
-@click.option("--before-id", type=click.IntRange(min=1), help="The next page: events older than this id.")
+@click.option("--before-id", type=ID, help="The next page: events older than this id.")
 @click.option("--limit", type=click.IntRange(1, 10_000), default=20, show_default=True)
 @json_option
 def events_list(
@@ -178,14 +180,15 @@ def deadletter_replay(org: str, actor: str, reason: str | None, since: dt.dateti
         organization = organizations.get_organization(session, org)
         total = count_replayable(session, organization.id, chosen, since)
     result = ReplayResult()
-    with progress("replayed", "dead letters", total) as show:
+    with progress("replayed", "dead letter", total) as show:
         for result in replay_dead_letters(transaction, organization, actor, chosen, since):
             show(result.examined)
     if as_json:
         print_json({"examined": result.examined, "stored": result.stored, "still_failing": result.still_failing})
         return
     click.echo(
-        f"Examined {result.examined} dead letters: {result.stored} now stored, {result.still_failing} still failing."
+        f"Examined {counted(result.examined, 'dead letter')}: {result.stored} now stored, "
+        f"{result.still_failing} still failing."
     )
 
 
@@ -204,18 +207,22 @@ def deadletter_purge(
         org_id = organizations.get_organization(session, org).id if org is not None else None
         scope = dead_letters.PurgeScope(utcnow() - older_than, org_id, reason)
         total = dead_letters.count_purgeable(session, scope)
-    which = f"dead letters{f' of {org!r}' if org else ''}{f' ({reason})' if reason else ''}"
+    which = f"{f' of {org!r}' if org else ''}{f' ({reason})' if reason else ''}"
     which += f" received more than {format_duration(older_than)} ago"
     purged = 0
     if total and not dry_run:
-        confirm(f"Delete {total} {which}?", yes)
-        with progress("deleted", "dead letters", total) as show:
+        confirm(f"Delete {counted(total, 'dead letter')}{which}?", yes)
+        with progress("deleted", "dead letter", total) as show:
             for purged in dead_letters.purge_dead_letters(transaction, scope):
                 show(purged)
     if as_json:
         print_json({"matched": total, "deleted": purged, "dry_run": dry_run})
         return
-    click.echo(f"Would delete {total} {which}." if dry_run else f"Deleted {purged} {which}.")
+    click.echo(
+        f"Would delete {counted(total, 'dead letter')}{which}."
+        if dry_run
+        else f"Deleted {counted(purged, 'dead letter')}{which}."
+    )
 
 
 @events.command("erase")
@@ -241,14 +248,15 @@ def events_erase(
         organizations.require_owner(session, organization, actor, erasure.OWNERS_WORK)
         found = erasure.count_events(session, organization.id, person)
     if not dry_run:
-        confirm(f"Erase the {found} events of this {person.kind} in {org!r}, and its dead letters?", yes)
+        confirm(f"Erase {counted(found, 'event')} of this {person.kind} in {org!r}, and its dead letters?", yes)
     done: erasure.ErasureProgress | None = None
     verbs = {"events": "found" if dry_run else "erased", "dead letters": "searched"}
+    nouns = {"events": "event", "dead letters": "dead letter"}
     for stage, steps in itertools.groupby(
         erasure.erase_person(transaction, organization, actor, person, dry_run), key=lambda step: step.stage
     ):
         done = next(steps)  # a stage's first step tells its total
-        with progress(verbs[stage], stage, done.total) as show:
+        with progress(verbs[stage], nouns[stage], done.total) as show:
             show(done.done)
             for done in steps:  # noqa: B031 (the rest of the same group, within its iteration)
                 show(done.done)
@@ -265,7 +273,8 @@ def events_erase(
         )
         return
     verb = "Would erase" if dry_run else "Erased"
-    click.echo(f"{verb} {done.events} events and {done.dead_letters} dead letters of this {person.kind} in {org!r}.")
+    erased = f"{counted(done.events, 'event')} and {counted(done.dead_letters, 'dead letter')}"
+    click.echo(f"{verb} {erased} of this {person.kind} in {org!r}.")
 
 
 def confirm(question: str, yes: bool) -> None:

@@ -7,7 +7,7 @@ import datetime as dt
 import click
 
 from userpath_worker.cli.common import (
-    DURATION,
+    Duration,
     json_option,
     key_as_dict,
     key_service,
@@ -20,6 +20,7 @@ from userpath_worker.cli.common import (
 )
 from userpath_worker.db import utcnow
 from userpath_worker.keys.auth import LAST_USED_RESOLUTION
+from userpath_worker.keys.services import check_grace, check_lifetime
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
@@ -36,7 +37,7 @@ def keys() -> None:
 @click.option("--name", required=True, help='What the key is for, e.g. "App X Production Server".')
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
 @click.option("--env", "environment", type=click.Choice(["live", "test"]), default="live", show_default=True)
-@click.option("--expires-in", type=DURATION, help="Lifetime such as 90d; none by default.")
+@click.option("--expires-in", type=Duration(check_lifetime), help="Lifetime such as 90d; none by default.")
 @json_option
 def keys_create(
     org: str, name: str, actor: str, environment: str, expires_in: dt.timedelta | None, as_json: bool
@@ -118,7 +119,7 @@ def keys_show(key_id: int, as_json: bool) -> None:
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
 @click.option(
     "--grace",
-    type=DURATION,
+    type=Duration(check_grace),
     default="24h",  # DEFAULT_ROLL_GRACE, written as people say it (format_duration would say 1d)
     show_default=True,
     help="How long the old key keeps working (0 to 7d; 0 stops it now).",

@@ -8,6 +8,7 @@ import click
 
 from userpath_worker import status as pipeline
 from userpath_worker.cli.common import json_option, print_json, print_table, settings, transaction, when_in_line
+from userpath_worker.db import utcnow
 
 
 @click.command()
@@ -55,13 +56,29 @@ def status(ping_timeout: float, as_json: bool) -> None:
 @click.command()
 @click.option("--timeout", type=click.FloatRange(0.1, 60), default=5.0, show_default=True)
 def health(timeout: float) -> None:
-    """Exit 0 when a worker answers a ping within the timeout, 1 otherwise (container healthchecks)."""
+    """Exit 0 when a worker answers a ping within the timeout, 1 otherwise (container healthchecks).
+    On the embedded broker, which cannot carry a ping, a worker's heartbeat file answers instead."""
     broker_url = settings().broker_url
     if not pipeline.broadcasts(broker_url):
-        click.echo("unhealthy: the embedded broker cannot broadcast a ping; use Redis or RabbitMQ", err=True)
-        sys.exit(1)
+        _embedded_health(broker_url)
+        return
     workers = pipeline.ping_workers(broker_url, timeout)
     if not workers:
         click.echo(f"unhealthy: no worker answered within {timeout:g} s", err=True)
         sys.exit(1)
     click.echo(f"healthy: {', '.join(workers)}")
+
+
+def _embedded_health(broker_url: str) -> None:
+    beat = pipeline.last_heartbeat(broker_url)
+    where = pipeline.heartbeat_path(broker_url)
+    if beat is None:
+        click.echo(f"unhealthy: no worker has run on this embedded broker ({where} does not exist)", err=True)
+        sys.exit(1)
+    age = (utcnow() - beat).total_seconds()
+    if age > pipeline.HEARTBEAT_STALE:
+        click.echo(
+            f"unhealthy: the last worker heartbeat was {age:.0f} s ago ({when_in_line(beat)}, {where})", err=True
+        )
+        sys.exit(1)
+    click.echo(f"healthy: a worker beat {age:.0f} s ago (the embedded broker cannot carry a ping: {where} tells)")

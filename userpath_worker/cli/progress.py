@@ -12,6 +12,8 @@ from time import monotonic
 
 import click
 
+from userpath_worker.cli.common import counted
+
 LINE_INTERVAL = 1.0  # seconds between plain progress lines
 
 
@@ -20,7 +22,8 @@ def progress(verb: str, noun: str, total: int) -> Iterator[Callable[[int], None]
     """Yields ``show(done)``, to be called with the running count of ``total`` after each batch.
 
     On a terminal it moves a bar labelled ``verb`` (click's bar prints nothing when not on one);
-    elsewhere it prints lines such as ``erased 1000 of 5000 events``, the last count always.
+    elsewhere it prints lines such as ``erased 1000 of 5000 events`` (``noun`` is singular: the
+    line says ``1 of 1 event``), the last count always.
     """
     if sys.stderr.isatty():
         with click.progressbar(length=total, label=verb.capitalize(), file=sys.stderr) as bar:
@@ -47,5 +50,5 @@ class _Lines:
 
     def echo(self) -> None:
         if self.latest != self.shown:
-            click.echo(f"{self.verb} {self.latest} of {self.total} {self.noun}", err=True)
+            click.echo(f"{self.verb} {self.latest} of {counted(self.total, self.noun)}", err=True)
             self.shown, self.shown_at = self.latest, monotonic()

@@ -16,9 +16,15 @@ from userpath_worker.events.storage import newest_events
 @click.option("--concurrency", "-c", type=click.IntRange(1, 512), help="Worker processes (default: one per core).")
 @click.option("--loglevel", "-l", type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False))
 @click.option("--beat", is_flag=True, help="Also run the beat scheduler (one machine only).")
-def worker(concurrency: int | None, loglevel: str | None, beat: bool) -> None:
+@click.option(
+    "--hostname",
+    "-n",
+    metavar="NAME@%h",
+    help="The worker's node name, as Celery's -n (default userpath-PID@%h: unique on this host).",
+)
+def worker(concurrency: int | None, loglevel: str | None, beat: bool, hostname: str | None) -> None:
     """Consume the event, job, webhook and maintenance queues."""
-    command = celery_command(*worker_arguments(concurrency, loglevel, beat))
+    command = celery_command(*worker_arguments(concurrency, loglevel, beat, hostname))
     os.execv(command[0], command)
 
 

@@ -30,6 +30,18 @@ DEFAULT_ROLL_GRACE = dt.timedelta(hours=24)
 MAX_ROLL_GRACE = dt.timedelta(days=7)  # Stripe's ceiling for keeping a rolled key alive
 
 
+def check_lifetime(expires_in: dt.timedelta) -> None:
+    """A new key's lifetime must be positive (the CLI checks it as it parses the option)."""
+    if expires_in <= dt.timedelta(0):
+        raise UserError("--expires-in must be a positive duration such as 90d")
+
+
+def check_grace(grace: dt.timedelta) -> None:
+    """How long a rolled key keeps working: from 0 (stops now) to MAX_ROLL_GRACE."""
+    if not dt.timedelta(0) <= grace <= MAX_ROLL_GRACE:
+        raise UserError("the grace period must be between 0 and 7d")
+
+
 @dataclass(frozen=True, slots=True)
 class KeyIdentity:
     """Who a valid key speaks for. The organization comes from here, never from a payload."""
@@ -68,8 +80,8 @@ class KeyService:
         name = name.strip()
         if not 1 <= len(name) <= 100:
             raise UserError("a key name must be 1 to 100 characters")
-        if expires_in is not None and expires_in <= dt.timedelta(0):
-            raise UserError("--expires-in must be a positive duration such as 90d")
+        if expires_in is not None:
+            check_lifetime(expires_in)
         key, plaintext = self._new_key(organization.id, name, environment, actor, expires_in)
         self._audit(key, actor, "key.created", environment=environment.value)
         return key, plaintext
@@ -113,8 +125,7 @@ class KeyService:
 
     def roll(self, key_id: int, actor: str, grace: dt.timedelta = DEFAULT_ROLL_GRACE) -> tuple[ApiKey, str]:
         """Replace a key: same name and environment; the old one works until now + grace."""
-        if not dt.timedelta(0) <= grace <= MAX_ROLL_GRACE:
-            raise UserError("the grace period must be between 0 and 7d")
+        check_grace(grace)
         old = self._get_for_change(key_id, actor)
         if old.status() is KeyStatus.EXPIRING and old.replaced_by_id is not None:
             raise Conflict(

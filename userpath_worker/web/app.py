@@ -68,7 +68,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
 
 def _register_errors(app: Flask) -> None:
     def error_page(status: int, title: str, message: str) -> tuple[str, int]:
-        return context.page("error.html", status, title=title, message=message)
+        # The way back is the base URL, not this host: a page opened as localhost instead of the
+        # configured 127.0.0.1 has its forms refused (the Origin check), and the link must lead out.
+        home = context.web().settings.web_base_url + "/"
+        return context.page("error.html", status, title=title, message=message, home=home)
 
     @app.errorhandler(CSRFError)
     def csrf_failed(error: CSRFError) -> Any:

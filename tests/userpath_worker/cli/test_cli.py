@@ -197,13 +197,13 @@ def test_deadletter_replay_and_purge(acme: str, database_url: str) -> None:
     refused = run("deadletter", "replay", "--org", acme, "--as", "nobody@acme.io")
     assert refused.exit_code == 1 and "only owners" in refused.output
     replayed = ok("deadletter", "replay", "--org", acme, "--as", "owner@acme.io", "--since", "1h")
-    assert "Examined 1 dead letters: 1 now stored, 0 still failing." in replayed.stdout
-    assert replayed.stderr == "replayed 1 of 1 dead letters\n"  # progress, as plain lines when not on a terminal
+    assert "Examined 1 dead letter: 1 now stored, 0 still failing." in replayed.stdout
+    assert replayed.stderr == "replayed 1 of 1 dead letter\n"  # progress, as plain lines when not on a terminal
     assert "Signed Up" in ok("events", "list", "--org", acme).stdout
     again = ok("deadletter", "replay", "--org", acme, "--as", "owner@acme.io", "--json")
     assert json.loads(again.stdout) == {"examined": 0, "stored": 0, "still_failing": 0}
     assert "Deleted 0 dead letters" in ok("deadletter", "purge", "--older-than", "30d", "--yes").stdout
-    assert "Deleted 1 dead letters" in ok("deadletter", "purge", "--older-than", "0", "--yes").stdout
+    assert "Deleted 1 dead letter " in ok("deadletter", "purge", "--older-than", "0", "--yes").stdout
 
 
 def test_deadletter_list_shows_every_organization_and_the_unattributed(acme: str, database_url: str) -> None:

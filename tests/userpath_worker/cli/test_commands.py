@@ -87,6 +87,9 @@ def test_durations_are_shown_as_duration_with_the_readme_s_default() -> None:
     [
         ["keys", "create", "--org", "Acme", "--name", "S", "--as", OWNER, "--expires-in", "soon"],
         ["keys", "roll", "1", "--as", OWNER, "--grace", "a day"],
+        ["keys", "create", "--org", "Acme", "--name", "S", "--as", OWNER, "--expires-in", "0"],  # not positive
+        ["keys", "roll", "1", "--as", OWNER, "--grace", "8d"],  # beyond 7d
+        ["events", "list", "--org", "Acme", "--before-id", "abc"],
         ["events", "list", "--org", "Acme", "--since", "yesterday"],
         ["events", "list", "--org", "Acme", "--source", "mobile"],
         ["deadletter", "replay", "--org", "Acme", "--as", OWNER, "--since", "2026-13-45"],
@@ -100,6 +103,7 @@ def test_usage_mistakes_exit_2_with_the_option_named(acme: str, args: list[str])
     result = run(*args)
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output and result.output.strip().splitlines()[-1].startswith("Error: ")
+    assert "integer range" not in result.output  # click's own words for a number, where an id is meant
 
 
 def test_orgs_list_and_orgs_create_json(database_url: str) -> None:

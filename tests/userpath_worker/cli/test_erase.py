@@ -88,7 +88,7 @@ def test_the_persons_events_and_dead_letters_are_erased_and_others_kept(
     acme: str, send: Any, database_url: str
 ) -> None:
     result = ok(*ERASE, "--yes")
-    assert result.stdout == "Erased 2 events and 1 dead letters of this user_id in 'Acme'.\n"
+    assert result.stdout == "Erased 2 events and 1 dead letter of this user_id in 'Acme'.\n"
     assert result.stderr == "erased 2 of 2 events\nsearched 3 of 3 dead letters\n"  # plain progress when piped
 
     assert events_of("Acme") == [("a3", "u2")]
@@ -114,7 +114,7 @@ def test_the_persons_events_and_dead_letters_are_erased_and_others_kept(
 def test_json_and_a_dry_run_that_deletes_nothing(acme: str) -> None:
     before = (events_of("Acme"), dead_letters_of("Acme"))
     dry = ok(*ERASE, "--dry-run")  # asks nothing: it changes nothing
-    assert dry.stdout == "Would erase 2 events and 1 dead letters of this user_id in 'Acme'.\n"
+    assert dry.stdout == "Would erase 2 events and 1 dead letter of this user_id in 'Acme'.\n"
     assert json.loads(ok(*ERASE, "--dry-run", "--json").stdout) == {
         "org": "Acme",
         "by": "user_id",
@@ -145,11 +145,11 @@ def test_refusals_delete_nothing(acme: str) -> None:
 def test_on_a_terminal_it_asks_and_shows_a_bar(acme: str) -> None:
     declined, shown = in_a_terminal(*ERASE, answer="n")
     assert declined == 1, shown
-    assert "Erase the 2 events of this user_id in 'Acme', and its dead letters? [y/N]" in shown
+    assert "Erase 2 events of this user_id in 'Acme', and its dead letters? [y/N]" in shown
     assert len(events_of("Acme")) == 3
 
     accepted, shown = in_a_terminal(*ERASE, answer="y")
     assert accepted == 0, shown
     assert "Erased  [####" in shown and "Searched  [####" in shown and "erased 2 of 2" not in shown
-    assert "Erased 2 events and 1 dead letters of this user_id in 'Acme'." in shown
+    assert "Erased 2 events and 1 dead letter of this user_id in 'Acme'." in shown
     assert events_of("Acme") == [("a3", "u2")]

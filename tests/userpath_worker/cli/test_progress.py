@@ -14,17 +14,20 @@ def test_piped_progress_is_at_most_a_line_a_second_and_always_the_last_count(
 ) -> None:
     clock = FakeClock()
     monkeypatch.setattr(progress_module, "monotonic", clock)
-    with progress("erased", "events", 5000) as show:
+    with progress("erased", "event", 5000) as show:
         for done, seconds in ((1000, 0.0), (2000, 0.4), (3000, 0.7), (4000, 0.4)):
             clock.now += seconds
             show(done)
-    with progress("searched", "dead letters", 10) as show:
+    with progress("searched", "dead letter", 10) as show:
         show(7)  # fewer than counted at the start (some went meanwhile): still shown, as the last
-    with progress("replayed", "dead letters", 0):
+    with progress("erased", "event", 1) as show:
+        show(1)
+    with progress("replayed", "dead letter", 0):
         pass  # nothing to do: no line
     assert capsys.readouterr().err.splitlines() == [
         "erased 1000 of 5000 events",
         "erased 3000 of 5000 events",  # 1.1 s after the first; 2000 came too soon
         "erased 4000 of 5000 events",  # too soon too, but the last
         "searched 7 of 10 dead letters",
+        "erased 1 of 1 event",  # one, not "1 events"
     ]
