@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from flask import Flask
@@ -346,3 +347,22 @@ def test_without_smtp_no_page_resets_a_password(browser: Browser, people: People
         carol_id = session.scalars(select(Member.id).where(Member.org_id == org_a, Member.email == CAROL)).one()
     refused = browser.post(f"{members_page(org_a)}/{carol_id}/reset-password")
     assert refused.status_code == 403 and "goes by e-mail" in refused.get_data(as_text=True)
+
+
+def test_six_parallel_uses_of_one_link_let_one_through(app: Flask, browser: Browser, people: People) -> None:
+    """What held up in the review: a link works once, however many use it at the same moment."""
+    org_a = people.organization("OrgA", owner=ALICE)
+    browser.sign_in(ALICE)
+    link = link_in(invite(browser, org_a, "dana@d.example"))
+    users = [new_browser(app) for _ in range(6)]
+    tokens = [user.csrf_token() for user in users]
+
+    def use(number: int) -> int:
+        password = f"password number {number}"
+        form = {"password": password, "password_confirmation": password, "csrf_token": tokens[number]}
+        return users[number].post(link, form).status_code
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = sorted(pool.map(use, range(6)))
+    assert statuses == [302] + [404] * 5
+    assert roles(people, org_a)["dana@d.example"] is Role.MEMBER
