@@ -6,10 +6,16 @@ In-process, as the HTTP tests run the pages (Flask's test client, no sockets): t
 each request for the page, signed in as its owner, from the request reaching the app to its last
 byte, after a warm-up and the ``gc.freeze()`` that ``userpath web`` does before it serves; p50 and
 p95 against a target p95 of 50 ms. The keys are varied as in a real organization: some used, some
+<<<<<<< HEAD
 flagged for rotation, some rolled and expiring, some expiring, a few deleted. The password hash is
 argon2id with the parameters of accounts.passwords (OWASP's), timed alone. The failed sign-ins
 alternate a member's e-mail and an unknown one, each from an address of its own (the throttle
 refuses neither), and compare their medians: the answer must not tell whether an e-mail is known.
+=======
+flagged for rotation, some rolled and expiring, some expiring, a few deleted, two thirds limited
+to some scopes. The password hash is argon2id with the parameters of accounts.passwords (OWASP's),
+timed alone.
+>>>>>>> main
 
 SQLite is a file in a temporary folder; PostgreSQL is database ``userpath_bench_web`` on
 127.0.0.1, re-created each run.
@@ -51,6 +57,8 @@ BASE_URL = "http://127.0.0.1:8000"
 OWNER = "owner@bench.example"
 PASSWORD = "bench password, long enough"
 TARGET_P95_MS = 50.0
+# A third of the keys may send everything, a third one source, a third a source and a provider's webhooks.
+SCOPES = (None, frozenset({"track"}), frozenset({"jobs", "webhooks:stripe"}))
 
 
 @contextmanager
@@ -84,7 +92,7 @@ def populate(engine: Engine, count: int) -> int:
         for n in range(count):
             environment = Environment.TEST if n % 4 == 0 else Environment.LIVE
             lifetime = dt.timedelta(days=90) if n % 5 == 0 else None
-            key, _ = service.create(organization, f"Server {n:04d}", OWNER, environment, lifetime)
+            key, _ = service.create(organization, f"Server {n:04d}", OWNER, environment, lifetime, SCOPES[n % 3])
             ids.append(key.id)
         used = [key_id for n, key_id in enumerate(ids) if n % 2 == 0]
         session.execute(update(ApiKey).where(ApiKey.id.in_(used)).values(last_used_at=now - dt.timedelta(hours=5)))

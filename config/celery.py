@@ -11,7 +11,14 @@ from typing import Any
 from kombu import Exchange, Queue
 
 from config.settings import Settings
-from userpath_client.contract import EVENTS_QUEUE, INGESTION_QUEUES, WEBHOOK_TASK, WEBHOOKS_QUEUE, queue_arguments
+from userpath_client.contract import (
+    EVENTS_QUEUE,
+    INGESTION_QUEUES,
+    WEBHOOK_TASK,
+    WEBHOOKS_QUEUE,
+    exchange_of,
+    queue_arguments,
+)
 
 # The worker's own tasks and queue, beside the producers' contract: only beat and the worker
 # send these, so they are named here, once.
@@ -59,11 +66,12 @@ def celery_config(settings: Settings) -> dict[str, Any]:
         "worker_prefetch_multiplier": 4,
         # Each queue on its own direct exchange, keyed by its name. A bare Queue(name) would be
         # bound to the default queue's exchange and key, and a message routed to one queue
-        # would land in all four.
+        # would land in all four. On RabbitMQ producers publish to these exchanges (the
+        # contract's exchange_of): a producer user may write to the ingestion queues' only.
         "task_queues": [
             Queue(
                 name,
-                Exchange(name),
+                Exchange(exchange_of(name)),
                 routing_key=name,
                 queue_arguments=queue_arguments(settings.queue_type) if name in INGESTION_QUEUES else None,
             )

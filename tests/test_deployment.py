@@ -12,16 +12,19 @@ import ipaddress
 import re
 import shlex
 import subprocess
+import time
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import click
 import pytest
+import redis
 import yaml
 
 from config.settings import ENV_PREFIX, Settings
 from userpath_worker.accounts.secret import SECRET_FILE
+from userpath_worker.brokers import producer_users
 from userpath_worker.cli import cli
 from userpath_worker.webhooks.crypto import SECRET_KEY_FILE
 
@@ -387,3 +390,53 @@ def test_what_the_embedded_default_writes_beside_its_database_is_ignored_by_git(
         ["git", "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert checked.stdout.split() == written
+
+
+# --- The brokers' users -------------------------------------------------------------------
+
+REDIS_START = ROOT / "config" / "brokers" / "redis-start.sh"
+RABBITMQ_START = ROOT / "config" / "brokers" / "rabbitmq-start.sh"
+
+
+def test_compose_gives_each_broker_a_worker_user_and_a_producer_user_with_the_clis_rules() -> None:
+    """The start scripts' producer users are ``userpath broker producer-user``'s, word for word."""
+    assert f' {" ".join(producer_users.REDIS_RULES)}"' in REDIS_START.read_text()
+    configure, write, read = producer_users.RABBITMQ_PERMISSIONS
+    assert f"set_permissions -p / producer '{configure}' '{write}' '{read}'" in RABBITMQ_START.read_text()
+    for name, script in (("redis", "userpath-redis-start"), ("rabbitmq", "userpath-rabbitmq-start")):
+        assert argv(SERVICES[name]["command"])[:2] == ["sh", f"/usr/local/bin/{script}"]
+    assert SERVICES["rabbitmq"]["hostname"] == "rabbitmq"  # its data is kept under its node's name
+    worker_url = interpolate(SERVICES["worker"]["environment"]["USERPATH_BROKER_URL"], {"REDIS_WORKER_PASSWORD": "w"})
+    assert worker_url == "redis://userpath:w@redis:6379/0"
+
+
+def test_the_compose_redis_starts_with_the_worker_and_producer_users_and_no_default_user(tmp_path: Path) -> None:
+    """config/brokers/redis-start.sh run as the redis service runs it (on a socket of its own here)."""
+    socket = tmp_path / "redis.sock"
+    environment = {"PATH": "/usr/bin:/bin", "REDIS_ACL_FILE": str(tmp_path / "users.acl")}
+    environment |= {"REDIS_WORKER_PASSWORD": "worker-pw", "REDIS_PRODUCER_PASSWORD": "producer-pw"}
+    server = subprocess.Popen(
+        ["sh", str(REDIS_START), "--port", "0", "--unixsocket", str(socket), "--save", "", "--appendonly", "no"],
+        env=environment,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        worker = redis.Redis(unix_socket_path=str(socket), username="userpath", password="worker-pw")
+        for _ in range(100):
+            if socket.exists():
+                break
+            time.sleep(0.05)
+        assert worker.lpush("userpath.events", b"m") == 1 and worker.lrange("userpath.events", 0, -1) == [b"m"]
+        producer = redis.Redis(unix_socket_path=str(socket), username="producer", password="producer-pw")
+        assert producer.lpush("userpath.jobs", b"j") == 1
+        for refused in (lambda: producer.lrange("userpath.events", 0, -1), lambda: producer.publish("c", b"x")):
+            with pytest.raises(redis.exceptions.NoPermissionError):
+                refused()
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(unix_socket_path=str(socket)).ping()  # the default user is off
+        assert "producer-pw" not in (tmp_path / "users.acl").read_text()  # only its SHA-256
+        assert oct((tmp_path / "users.acl").stat().st_mode & 0o777) == "0o600"
+    finally:
+        server.terminate()
+        server.wait(10)

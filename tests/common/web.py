@@ -25,6 +25,11 @@ PASSWORD = "correct horse battery staple"
 CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
+def new_key_form(name: str, **fields: str | list[str]) -> dict[str, str | list[str]]:
+    """Settings → API Keys' "+" form as it first shows, named ``name``: every scope box ticked."""
+    return {"name": name, "environment": "live", "expiry": "never", "scope": ["track", "jobs", "webhooks"], **fields}
+
+
 def web_settings(engine: Engine, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "database_url": engine.url.render_as_string(hide_password=False),
@@ -48,7 +53,7 @@ class Browser:
     def post(
         self,
         path: str,
-        data: dict[str, str] | None = None,
+        data: dict[str, str | list[str]] | None = None,
         *,
         origin: str | None = BASE_URL,
         csrf: bool = True,

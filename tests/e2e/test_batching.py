@@ -84,7 +84,7 @@ def test_a_message_the_database_refuses_is_dead_lettered_alone_and_the_rest_of_i
     engine.dispose()
 
 
-def test_quorum_queues_are_consumed_in_batches_and_the_client_declares_them_alike(tmp_path: Path) -> None:
+def test_quorum_queues_are_consumed_in_batches_and_the_client_publishes_to_them_undeclared(tmp_path: Path) -> None:
     vhost = f"{TEST_DATABASE_PREFIX}_quorum"
     subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, timeout=60)
     broker_url = rabbitmq_vhost(vhost)
@@ -93,7 +93,7 @@ def test_quorum_queues_are_consumed_in_batches_and_the_client_declares_them_alik
     environment = worker_environment(database_url, broker_url, USERPATH_QUEUE_TYPE="quorum")
     log = tmp_path / "worker.log"
     with running_worker(environment, log, "--concurrency=2"):
-        with UserPath(key, broker_url, queue_type="quorum") as userpath:
+        with UserPath(key, broker_url) as userpath:
             for number in range(300):
                 userpath.track("Signed Up", user_id=f"user-{number}")
         settle_at(engine, (300, 0), timeout=30)

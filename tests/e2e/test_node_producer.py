@@ -3,10 +3,6 @@ event it pushes onto Redis is stored, and a mistyped key is refused before anyth
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,34 +13,19 @@ from sqlalchemy.orm import Session
 
 from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.factories import new_key
+from tests.common.node import contract_node_producer, run_node
 from tests.common.workers import migrated_database, running_worker, settle_at, worker_environment
-from userpath_client.contract import EVENTS_QUEUE, KEY_VARIABLE
+from userpath_client.contract import EVENTS_QUEUE
 from userpath_worker.events.models import Event
 
 pytestmark = pytest.mark.slow
 
 REDIS_URL = "redis://127.0.0.1:6379/3"
-CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
-NODE_EXAMPLE = re.compile(r"<!-- example: node-redis -->\n```js\n(.*?)\n```", re.DOTALL)
 
 
 @pytest.fixture(scope="module")
 def node_producer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The contract's Node block, as written, in a directory where ``redis@4`` is installed."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        pytest.fail("node and npm are needed to run the contract's Node producer")
-    (source,) = NODE_EXAMPLE.findall(CONTRACT.read_text())
-    directory = tmp_path_factory.mktemp("node-producer")
-    installed = subprocess.run(
-        ["npm", "install", "--prefix", str(directory), "--no-audit", "--no-fund", "redis@4"],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert installed.returncode == 0, installed.stderr[-2000:]
-    script = directory / "send.mjs"
-    script.write_text(source + "\n")
-    return script
+    return contract_node_producer(tmp_path_factory.mktemp("node-producer"))
 
 
 @pytest.fixture(scope="module")
@@ -54,13 +35,6 @@ def database() -> Iterator[tuple[str, Engine]]:
     engine.dispose()
 
 
-def run_node(script: Path, key: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, KEY_VARIABLE: key, "REDIS_URL": REDIS_URL}
-    return subprocess.run(
-        ["node", script.name], cwd=script.parent, env=environment, capture_output=True, text=True, timeout=60
-    )
-
-
 def test_the_contracts_node_producer_sends_an_event_a_real_worker_stores(
     node_producer: Path, database: tuple[str, Engine], tmp_path: Path
 ) -> None:
@@ -68,7 +42,7 @@ def test_the_contracts_node_producer_sends_an_event_a_real_worker_stores(
     redis.Redis.from_url(REDIS_URL).flushdb()
     org_id, key_id, key = new_key(engine)
     with running_worker(worker_environment(url, REDIS_URL), tmp_path / "worker.log"):
-        sent = run_node(node_producer, key)
+        sent = run_node(node_producer, key, REDIS_URL)
         assert sent.returncode == 0, sent.stderr
         settle_at(engine, (1, 0), timeout=30)
     with Session(engine) as session:
@@ -83,7 +57,7 @@ def test_the_contracts_node_producer_refuses_a_mistyped_key_before_sending(node_
     client = redis.Redis.from_url(REDIS_URL)
     client.flushdb()
     valid = "up_test_zdHBfhkO1NzfOR5Y1XqLck3kleDbHAiC3NtHTn"  # the contract's example key
-    assert run_node(node_producer, valid.replace("zdHB", "zdHb")).returncode != 0
-    refused = run_node(node_producer, valid[:-1] + "m")
+    assert run_node(node_producer, valid.replace("zdHB", "zdHb"), REDIS_URL).returncode != 0
+    refused = run_node(node_producer, valid[:-1] + "m", REDIS_URL)
     assert refused.returncode != 0 and "not a UserPath key" in refused.stderr
     assert client.llen(EVENTS_QUEUE) == 0

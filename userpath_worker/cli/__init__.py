@@ -7,7 +7,20 @@ from __future__ import annotations
 
 import click
 
-from userpath_worker.cli import audit, db, events, keys, members, operations, orgs, rotation, web, webhooks, worker
+from userpath_worker.cli import (
+    audit,
+    broker,
+    db,
+    events,
+    keys,
+    members,
+    operations,
+    orgs,
+    rotation,
+    web,
+    webhooks,
+    worker,
+)
 from userpath_worker.cli.common import UserPathGroup, settings
 
 
@@ -36,6 +49,7 @@ for command in (
     operations.health,
     web.web,
     webhooks.webhooks,
+    broker.broker,
 ):
     cli.add_command(command)
 

@@ -22,6 +22,7 @@ from userpath_worker import runtime, schema
 from userpath_worker.accounts.services import INVITATION_LIFETIME, invitation_url
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
+from userpath_worker.keys import scopes
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyService
 
@@ -181,6 +182,7 @@ def key_as_dict(key: ApiKey, now: dt.datetime) -> dict[str, Any]:
         "name": key.name,
         "display": key.display,
         "environment": key.environment.value,
+        "scopes": scopes.listed(key.scopes),  # all three for a key without scopes
         "status": key.status(now).value,
         "created_at": key.created_at.isoformat(),
         "created_by": key.created_by,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 import click
 
@@ -19,12 +20,26 @@ from userpath_worker.cli.common import (
     when,
 )
 from userpath_worker.db import utcnow
+from userpath_worker.errors import UserError
+from userpath_worker.keys import scopes
 from userpath_worker.keys.auth import LAST_USED_RESOLUTION
 from userpath_worker.keys.services import check_grace, check_lifetime
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
 from userpath_worker.rotation.services import stale_keys
+
+
+class Scope(click.ParamType):
+    """One ``--scope``; anything else is a usage mistake (exit 2), as a bad choice is."""
+
+    name = "scope"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return scopes.parse_scope(value)
+        except UserError as error:
+            self.fail(str(error), param, ctx)
 
 
 @click.group()
@@ -38,14 +53,29 @@ def keys() -> None:
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
 @click.option("--env", "environment", type=click.Choice(["live", "test"]), default="live", show_default=True)
 @click.option("--expires-in", type=Duration(check_lifetime), help="Lifetime such as 90d; none by default.")
+@click.option(
+    "--scope",
+    "scope",
+    type=Scope(),
+    multiple=True,
+    help=f"What the key may send: {scopes.SCOPES_HINT}. Repeat for several; none: everything.",
+)
 @json_option
 def keys_create(
-    org: str, name: str, actor: str, environment: str, expires_in: dt.timedelta | None, as_json: bool
+    org: str,
+    name: str,
+    actor: str,
+    environment: str,
+    expires_in: dt.timedelta | None,
+    scope: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Create a key and print it once."""
     with transaction() as session:
         organization = organizations.get_organization(session, org)
-        key, plaintext = key_service(session).create(organization, name, actor, Environment(environment), expires_in)
+        key, plaintext = key_service(session).create(
+            organization, name, actor, Environment(environment), expires_in, frozenset(scope) or None
+        )
     print_new_key(key, plaintext, as_json)
 
 
@@ -65,13 +95,14 @@ def keys_list(org: str, as_json: bool) -> None:
         print_json([key_as_dict(key, now) for key in found])
         return
     print_table(
-        ["ID", "NAME", "KEY", "ENV", "STATUS", utc("CREATED"), utc("LAST USED"), utc("EXPIRES"), "FLAG"],
+        ["ID", "NAME", "KEY", "ENV", "SCOPES", "STATUS", utc("CREATED"), utc("LAST USED"), utc("EXPIRES"), "FLAG"],
         [
             [
                 str(key.id),
                 key.name,
                 key.display,
                 key.environment.value,
+                scopes.described(key.scopes),
                 key.status(now).value,
                 when(key.created_at),
                 when(key.last_used_at),
@@ -102,6 +133,7 @@ def keys_show(key_id: int, as_json: bool) -> None:
         ("NAME", key.name),
         ("KEY", key.display),
         ("ENV", key.environment.value),
+        ("SCOPES", scopes.described(key.scopes)),
         ("STATUS", key.status(now).value),
         ("CREATED BY", key.created_by),
         (utc("CREATED"), when(key.created_at)),

@@ -18,6 +18,7 @@ class Reason(enum.StrEnum):
     UNKNOWN_KEY = "unknown_key"
     DELETED_KEY = "deleted_key"
     EXPIRED_KEY = "expired_key"
+    SCOPE_DENIED = "scope_denied"  # a key whose scopes do not cover the message's source (or provider)
     INVALID_ENVELOPE = "invalid_envelope"
     INVALID_EVENT = "invalid_event"
     TOO_LARGE = "too_large"

@@ -25,6 +25,7 @@ from userpath_worker.errors import UserError
 from userpath_worker.events import verdicts
 from userpath_worker.events.models import Source
 from userpath_worker.events.storage import insert_events
+from userpath_worker.keys import scopes
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.organizations.models import Organization
@@ -108,7 +109,9 @@ def replay_dead_letters(
             for letter in letters:
                 key = keys[letter.api_key_id]
                 # The key was authenticated when the message arrived; that verdict stands.
-                identity = KeyIdentity(key.id, key.org_id, key.environment, key.display, None)
+                identity = KeyIdentity(
+                    key.id, key.org_id, key.environment, key.display, None, scopes=scopes.from_stored(key.scopes)
+                )
                 failure = _replay_payload(
                     session, letter.payload, identity, Delivery(letter.task, letter.queue, letter.received_at), webhooks
                 )
@@ -148,12 +151,18 @@ def _replay_payload(
     """
     if not isinstance(payload, dict) or "preview" in payload:
         return "only a text preview was kept"
-    if delivery.task == WEBHOOK_TASK:
+    source = Source.WEBHOOK if delivery.task == WEBHOOK_TASK else Source.for_queue(delivery.queue)
+    # Its scopes as at arrival (they never change): a message kept whole (internal_error) may not
+    # have been checked yet.
+    refused = verdicts.scope_refusal(payload, identity, source)
+    if refused is not None:
+        return refused.detail
+    if source is Source.WEBHOOK:
         keys = webhooks.signing_keys.of(session, identity.org_id)
         judged = verdicts.webhook_verdicts(payload, identity, delivery, keys, webhooks.tolerance)
     else:
         envelope = payload if "batch" in payload else {"api_key": identity.display, "batch": [payload]}
-        judged = verdicts.track_verdicts(envelope, identity, Source.for_queue(delivery.queue), delivery)
+        judged = verdicts.track_verdicts(envelope, identity, source, delivery)
     if judged.rejections:
         return "; ".join(rejection.detail for rejection in judged.rejections)
     insert_events(session, judged.rows)

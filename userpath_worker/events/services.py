@@ -190,6 +190,9 @@ class Ingestor:
             if isinstance(identity, KeyIdentity):
                 return _Judgement(delivery, [], [refused], identity)
             return _Judgement(delivery, [], [refused], key=_display_form(message.get("api_key")))
+        refused = verdicts.scope_refusal(message, identity, incoming.source)
+        if refused is not None:
+            return _Judgement(delivery, [], [refused], identity)
         if incoming.task == WEBHOOK_TASK:
             keys = self.signing_keys.of(session, identity.org_id)
             judged = verdicts.webhook_verdicts(message, identity, delivery, keys, self.webhook_tolerance)

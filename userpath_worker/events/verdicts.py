@@ -22,7 +22,7 @@ from userpath_worker.deadletter.services import Delivery, Rejection, without_key
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Source
 from userpath_worker.events.schemas import encoded_size
-from userpath_worker.keys import tokens
+from userpath_worker.keys import scopes, tokens
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.keys.tokens import AuthFailure
 from userpath_worker.webhooks import signatures
@@ -107,6 +107,24 @@ def key_refusal(message: dict[str, Any], found: KeyIdentity | AuthFailure, now: 
         without_key(message),
         org_id=known.org_id if known else None,
         api_key_id=known.key_id if known else None,
+    )
+
+
+def scope_refusal(message: dict[str, Any], identity: KeyIdentity, source: Source) -> Rejection | None:
+    """Why a message is refused because its key may not send ``source`` (for a webhook, the
+    message's provider), if it is; the refusal belongs to the key's organization."""
+    if identity.scopes is None:  # most keys: nothing to look up
+        return None
+    provider = message.get("provider") if source is Source.WEBHOOK else None
+    if scopes.permits(identity.scopes, source, provider):
+        return None
+    what = f"{provider} webhooks" if isinstance(provider, str) else f"{source.value} events"
+    return Rejection(
+        Reason.SCOPE_DENIED,
+        f"API key may not send {what}: its scopes are {scopes.described(identity.scopes)}",
+        without_key(message),
+        org_id=identity.org_id,
+        api_key_id=identity.key_id,
     )
 
 

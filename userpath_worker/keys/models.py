@@ -55,6 +55,11 @@ class ApiKey(Base):
     )
     # When the rotation pass enforced the expiry (an audit row "key.expired" says why).
     expired_at: Mapped[dt.datetime | None]
+    # What the key may send (keys.scopes): e.g. ["track", "webhooks:stripe"]; NULL for everything,
+    # as every key made before scopes existed. Set at creation, kept by a roll, never changed.
+    scopes: Mapped[list[str] | None] = mapped_column(
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    )
 
     def status(self, now: dt.datetime | None = None) -> KeyStatus:
         return key_status(self.deleted_at, self.expired_at, self.expires_at, self.rolled_at, now or utcnow())

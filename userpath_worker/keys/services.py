@@ -19,8 +19,10 @@ from userpath_worker.audit import services as audit
 from userpath_worker.db import utcnow
 from userpath_worker.emails import normalize_email
 from userpath_worker.errors import Conflict, NotFound, UserError
+from userpath_worker.keys import scopes as key_scopes
 from userpath_worker.keys import tokens
 from userpath_worker.keys.models import ApiKey, KeyStatus
+from userpath_worker.keys.scopes import Scopes
 from userpath_worker.keys.tokens import AuthFailure, Environment
 from userpath_worker.organizations.models import Organization
 from userpath_worker.organizations.services import require_owner
@@ -52,6 +54,7 @@ class KeyIdentity:
     display: str
     expires_at: dt.datetime | None
     deleted: bool = False
+    scopes: Scopes = None  # what the key may send (keys.scopes.permits); None: everything
 
     def refusal(self, now: dt.datetime) -> AuthFailure | None:
         """Why this key may not be used at ``now``, or None when it may."""
@@ -60,6 +63,19 @@ class KeyIdentity:
         if self.expires_at is not None and self.expires_at <= now:
             return AuthFailure.EXPIRED
         return None
+
+
+def identity_of(key: ApiKey) -> KeyIdentity:
+    """Who ``key`` speaks for, as the authenticator caches it."""
+    return KeyIdentity(
+        key.id,
+        key.org_id,
+        key.environment,
+        key.display,
+        key.expires_at,
+        key.deleted_at is not None,
+        key_scopes.from_stored(key.scopes),
+    )
 
 
 class KeyService:
@@ -74,16 +90,20 @@ class KeyService:
         actor: str,
         environment: Environment = Environment.LIVE,
         expires_in: dt.timedelta | None = None,
+        scopes: Scopes = None,
     ) -> tuple[ApiKey, str]:
-        """A new key and its plaintext, which exists only in this return value."""
+        """A new key and its plaintext, which exists only in this return value. ``scopes``: what
+        it may send, from ``keys.scopes.parse_scopes``; None for everything."""
         require_owner(self.session, organization, actor, OWNERS_WORK)
         name = name.strip()
         if not 1 <= len(name) <= 100:
             raise UserError("a key name must be 1 to 100 characters")
         if expires_in is not None:
             check_lifetime(expires_in)
-        key, plaintext = self._new_key(organization.id, name, environment, actor, expires_in)
-        self._audit(key, actor, "key.created", environment=environment.value)
+        if scopes is not None:
+            scopes = key_scopes.parse_scopes(scopes)  # canonical whoever made them: the edge compares them
+        key, plaintext = self._new_key(organization.id, name, environment, actor, expires_in, scopes)
+        self._audit(key, actor, "key.created", environment=environment.value, scopes=key_scopes.listed(scopes))
         return key, plaintext
 
     def list(self, organization: Organization) -> list[ApiKey]:
@@ -92,7 +112,7 @@ class KeyService:
     def listing(self, organization: Organization) -> list[Row[Any]]:
         """The organization's current keys (not the deleted ones) by id, as plain rows of what a list
         shows: id, name, display, environment, created_at, last_used_at, expires_at, rolled_at,
-        expired_at, flag_reasons. Half the time of whole keys: the web page lists a thousand.
+        expired_at, flag_reasons, scopes. Half the time of whole keys: the web page lists a thousand.
         ``keys.models.key_status`` gives their status."""
         columns = (
             ApiKey.id,
@@ -105,6 +125,7 @@ class KeyService:
             ApiKey.rolled_at,
             ApiKey.expired_at,
             ApiKey.flag_reasons,
+            ApiKey.scopes,
         )
         query = select(*columns).where(ApiKey.org_id == organization.id, ApiKey.deleted_at.is_(None))
         return list(self.session.execute(query.order_by(ApiKey.id)))
@@ -124,7 +145,7 @@ class KeyService:
         return key
 
     def roll(self, key_id: int, actor: str, grace: dt.timedelta = DEFAULT_ROLL_GRACE) -> tuple[ApiKey, str]:
-        """Replace a key: same name and environment; the old one works until now + grace."""
+        """Replace a key: same name, environment and scopes; the old one works until now + grace."""
         check_grace(grace)
         old = self._get_for_change(key_id, actor)
         if old.status() is KeyStatus.EXPIRING and old.replaced_by_id is not None:
@@ -140,7 +161,8 @@ class KeyService:
         old.flagged_at = old.flag_reasons = None  # rotated: the replacement starts unflagged
         old.expires_at = min(now + grace, old.expires_at) if old.expires_at else now + grace
         self.session.flush()  # frees the name before the replacement takes it
-        new, plaintext = self._new_key(old.org_id, old.name, old.environment, actor, lifetime)
+        scopes = key_scopes.from_stored(old.scopes)
+        new, plaintext = self._new_key(old.org_id, old.name, old.environment, actor, lifetime, scopes)
         old.replaced_by_id = new.id
         self._audit(old, actor, "key.rolled", replaced_by=new.id, expires_at=old.expires_at.isoformat())
         return new, plaintext
@@ -168,7 +190,7 @@ class KeyService:
         key = self.session.scalar(select(ApiKey).where(ApiKey.digest == wanted))
         if key is None or not hmac.compare_digest(key.digest, wanted):
             return AuthFailure.UNKNOWN
-        return KeyIdentity(key.id, key.org_id, key.environment, key.display, key.expires_at, key.deleted_at is not None)
+        return identity_of(key)
 
     def authenticate(self, plaintext: object) -> KeyIdentity | AuthFailure:
         """The key's identity, or why it is refused."""
@@ -190,6 +212,7 @@ class KeyService:
         environment: Environment,
         actor: str,
         expires_in: dt.timedelta | None,
+        scopes: Scopes,
     ) -> tuple[ApiKey, str]:
         plaintext = tokens.generate(environment)
         now = utcnow()
@@ -202,6 +225,7 @@ class KeyService:
             created_by=normalize_email(actor),
             created_at=now,
             expires_at=now + expires_in if expires_in else None,
+            scopes=key_scopes.to_stored(scopes),
         )
         try:
             with self.session.begin_nested():

@@ -8,6 +8,7 @@ to the POST that made it: rendered there, never redirected to, marked ``no-store
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any, NamedTuple
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
@@ -16,6 +17,7 @@ from sqlalchemy import Row
 
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
+from userpath_worker.keys import scopes
 from userpath_worker.keys.models import ApiKey, KeyStatus, key_status
 from userpath_worker.keys.services import OWNERS_WORK, KeyService
 from userpath_worker.keys.tokens import Environment
@@ -34,6 +36,14 @@ EXPIRY_LABELS = {"never": "Never", "30": "30 days", "90": "90 days", "365": "365
 GRACES = {"0": dt.timedelta(0), "1h": dt.timedelta(hours=1), "24h": dt.timedelta(hours=24), "7d": dt.timedelta(days=7)}
 GRACE_LABELS = {"0": "At once", "1h": "1 hour", "24h": "24 hours", "7d": "7 days"}
 DEFAULT_GRACE = "24h"
+# The form's scope boxes, all ticked at first (a key that may send everything); one provider's
+# webhooks are typed into a field of their own (``providers``), as any provider name may be.
+SCOPE_CHOICES = [
+    (scopes.TRACK, "server events (userpath.events)"),
+    (scopes.JOBS, "background jobs (userpath.jobs)"),
+    (scopes.WEBHOOKS, "every provider's webhooks (userpath.webhooks)"),
+]
+PROVIDER_LIST = re.compile(r"[\s,]+")
 
 
 class KeyRow(NamedTuple):
@@ -44,6 +54,7 @@ class KeyRow(NamedTuple):
     name: str
     display: str
     environment: str
+    scopes: str  # "all", or e.g. "track, webhooks:stripe"
     status: str
     status_until: str  # for an expiring key: when it stops working
     created: str
@@ -61,7 +72,7 @@ def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: d
     rows = []
     # Unpacked by position (the order ``listing`` documents): a Row's attributes are looked up by
     # name, which was half of this loop's time.
-    for key_id, name, display, environment, created, used, expires, rolled, expired, reasons in keys:
+    for key_id, name, display, environment, created, used, expires, rolled, expired, reasons, chosen in keys:
         status = key_status(None, expired, expires, rolled, now)
         flag = "; ".join([flag_reason(reason, expires, policy, now) for reason in reasons]) if reasons else ""
         rows.append(
@@ -70,6 +81,7 @@ def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: d
                 name,
                 display,
                 environment.value,
+                scopes.described(chosen),
                 status.value,
                 utc(expires) if status is KeyStatus.EXPIRING else "",
                 utc(created),
@@ -100,23 +112,28 @@ def list_keys(org_id: int) -> Any:
 @signed_in
 def new_key(org_id: int) -> Any:
     owner(org_id, OWNERS_WORK)
-    return _new_key_form({"environment": Environment.LIVE.value, "expiry": "never"})
+    return _new_key_form({"environment": Environment.LIVE.value, "expiry": "never"}, list(scopes.ALL_SCOPES))
 
 
 @blueprint.post("/orgs/<int:org_id>/settings/api-keys")
 @signed_in
 def create_key(org_id: int) -> Any:
     current = owner(org_id, OWNERS_WORK)  # before reading the form: anyone else gets 403, whatever they sent
-    values = {field: request.form.get(field, "") for field in ("name", "environment", "expiry")}
+    values = {field: request.form.get(field, "") for field in ("name", "environment", "expiry", "providers")}
+    ticked = request.form.getlist("scope")
     if values["environment"] not in dict(ENVIRONMENTS) or values["expiry"] not in EXPIRIES:
-        return _new_key_form(values, "choose an environment (live or test) and an expiry from the lists", 400)
+        return _new_key_form(values, ticked, "choose an environment (live or test) and an expiry from the lists", 400)
+    providers = [f"{scopes.WEBHOOKS}:{name}" for name in PROVIDER_LIST.split(values["providers"]) if name]
     try:
         environment, lifetime = Environment(values["environment"]), EXPIRIES[values["expiry"]]
-        key, plaintext = web().keys(db()).create(current.organization, values["name"], actor(), environment, lifetime)
+        chosen = scopes.parse_scopes([*ticked, *providers])
+        key, plaintext = (
+            web().keys(db()).create(current.organization, values["name"], actor(), environment, lifetime, chosen)
+        )
     except UserError as error:
-        return _new_key_form(values, str(error), form_status(error))
+        return _new_key_form(values, ticked, str(error), form_status(error))
     db().commit()
-    return shown_once(page("key_shown.html", 201, key=key, plaintext=plaintext, replaced=None))
+    return _key_shown(key, plaintext, replaced=None)
 
 
 @blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/roll", methods=["GET", "POST"])
@@ -134,7 +151,7 @@ def roll_key(org_id: int, key_id: int) -> Any:
         status = form_status(error)
         return page("roll.html", status, key=key, graces=GRACE_LABELS, grace=grace, error=str(error))
     db().commit()
-    return shown_once(page("key_shown.html", 201, key=new, plaintext=plaintext, replaced=key))
+    return _key_shown(new, plaintext, replaced=key)
 
 
 @blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/delete", methods=["GET", "POST"])
@@ -162,12 +179,22 @@ def _owned_key(org_id: int, key_id: int) -> tuple[KeyService, ApiKey]:
     return keys, key
 
 
-def _new_key_form(values: dict[str, str], error: str | None = None, status: int = 200) -> Any:
+def _key_shown(key: ApiKey, plaintext: str, replaced: ApiKey | None) -> Any:
+    """The page that shows a new key, once (``replaced``: the key it rolled)."""
+    rendered = page(
+        "key_shown.html", 201, key=key, plaintext=plaintext, replaced=replaced, key_scopes=scopes.described(key.scopes)
+    )
+    return shown_once(rendered)
+
+
+def _new_key_form(values: dict[str, str], ticked: list[str], error: str | None = None, status: int = 200) -> Any:
     return page(
         "new_key.html",
         status,
         values=values,
+        ticked=ticked,
         environments=ENVIRONMENTS,
         expiries=EXPIRY_LABELS,
+        scope_choices=SCOPE_CHOICES,
         error=error,
     )

@@ -8,7 +8,8 @@
     userpath.webhook("stripe", "evt_1", request.headers, request.body)
 
 It speaks the wire contract of docs/contract.md with kombu directly (Celery protocol 2, JSON,
-the default exchange with the queue's name as routing key). It is its own distribution,
+on Redis the list named as the queue, on RabbitMQ the queue's own exchange; never declaring
+anything, so a producer user that may only publish is enough). It is its own distribution,
 ``userpath-client``: a producer installs kombu, redis, pydantic and orjson, and no worker.
 
 Guarantees:
@@ -43,6 +44,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 import weakref
 from collections.abc import Mapping
 from datetime import datetime
@@ -57,7 +59,6 @@ from userpath_client.contract import (
     WEBHOOKS_QUEUE,
     key_display_form,
     key_problem,
-    queue_arguments,
 )
 from userpath_client.errors import InvalidKey, NotSent
 from userpath_client.sender import Sender
@@ -66,9 +67,8 @@ from userpath_client.wire import Encoder
 
 logger = logging.getLogger("userpath.client")
 
-# The worker's own settings of the same names, so one environment configures both.
+# The worker's own setting of the same name, so one environment configures both.
 BROKER_URL_VARIABLE = "USERPATH_BROKER_URL"
-QUEUE_TYPE_VARIABLE = "USERPATH_QUEUE_TYPE"
 
 
 class UserPath:
@@ -87,10 +87,10 @@ class UserPath:
         queue_type: str | None = None,
         flush_on_sigterm: bool = False,
     ) -> None:
-        """``broker_url`` defaults to ``USERPATH_BROKER_URL``, the worker's own setting, and
-        ``queue_type`` (RabbitMQ: ``classic`` or ``quorum``) to ``USERPATH_QUEUE_TYPE``, else
-        ``classic``. The client speaks Redis and RabbitMQ; the worker's embedded SQLite broker
-        needs SQLAlchemy installed beside it.
+        """``broker_url`` defaults to ``USERPATH_BROKER_URL``, the worker's own setting. The
+        client speaks Redis and RabbitMQ; the worker's embedded SQLite broker needs SQLAlchemy
+        installed beside it. ``queue_type`` is ignored (a ``DeprecationWarning`` says so): the
+        client no longer declares the queues, so it need not declare them as the worker does.
 
         ``broker_timeout`` bounds each connect and publish; ``shutdown_timeout`` is how long
         ``close()`` (and interpreter exit) wait for the last events to be sent.
@@ -109,9 +109,12 @@ class UserPath:
         broker_url = broker_url or os.environ.get(BROKER_URL_VARIABLE, "")
         if not broker_url:
             raise ValueError(f"give broker_url, or set {BROKER_URL_VARIABLE} (redis://... or amqp://...)")
-        queue_type = queue_type or os.environ.get(QUEUE_TYPE_VARIABLE) or "classic"
-        if queue_type not in ("classic", "quorum"):
-            raise ValueError(f"queue_type must be classic or quorum (from {QUEUE_TYPE_VARIABLE} if not given)")
+        if queue_type is not None:
+            warnings.warn(
+                "UserPath(queue_type=...) is ignored and will go: the client declares no queue, the worker does",
+                DeprecationWarning,
+                stacklevel=2,
+            )
 
         self._api_key = api_key
         self._key_display = key_display_form(api_key)
@@ -121,7 +124,6 @@ class UserPath:
             Sender,
             broker_url,
             Encoder(api_key),
-            queue_arguments=queue_arguments(queue_type),
             batch_size=batch_size,
             flush_interval=flush_interval,
             max_queue_size=max_queue_size,

@@ -29,15 +29,23 @@ QueueType = Literal["classic", "quorum"]
 # from: a producer's own, so the worker never warns about it as a mistyped setting.
 KEY_VARIABLE = "USERPATH_KEY"
 
-# How a message is published: to the default exchange, with the queue's name as routing key, as
-# JSON in UTF-8 (the worker refuses every other content type).
-EXCHANGE = ""
+# How a message is published, as JSON in UTF-8 (the worker refuses every other content type):
+# on Redis, pushed onto the list named as the queue (kombu's default exchange, ""); on RabbitMQ,
+# to the queue's own direct exchange, named as the queue and declared by the worker, with the
+# queue's name as routing key. Those three exchanges are all a producer user may write to: the
+# default exchange reaches every queue by name, the worker's remote control included.
+DEFAULT_EXCHANGE = ""
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
 
 
+def exchange_of(queue: str) -> str:
+    """The RabbitMQ exchange a message for ``queue`` is published to: the queue's own."""
+    return queue
+
+
 def queue_arguments(queue_type: QueueType | str) -> dict[str, str] | None:
-    """RabbitMQ's arguments of an ingestion queue; whoever declares it must give the same."""
+    """RabbitMQ's arguments of an ingestion queue, as the worker declares it."""
     return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
 
 

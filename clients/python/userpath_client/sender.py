@@ -13,9 +13,16 @@ import threading
 import time
 from collections import deque
 
-from kombu import Connection, Producer, Queue
+from kombu import Connection, Producer
 
-from userpath_client.contract import EVENTS_QUEUE, EXCHANGE, JOBS_QUEUE, MAX_ENVELOPE_BYTES, WEBHOOKS_QUEUE
+from userpath_client.contract import (
+    DEFAULT_EXCHANGE,
+    EVENTS_QUEUE,
+    JOBS_QUEUE,
+    MAX_ENVELOPE_BYTES,
+    WEBHOOKS_QUEUE,
+    exchange_of,
+)
 from userpath_client.errors import ClientClosed, NotSent, QueueFull
 from userpath_client.wire import Encoder, transport_options
 
@@ -32,7 +39,6 @@ class Sender:
         broker_url: str,
         encoder: Encoder,
         *,
-        queue_arguments: dict[str, str] | None,
         batch_size: int,
         flush_interval: float,
         max_queue_size: int,
@@ -43,7 +49,6 @@ class Sender:
         Connection(broker_url).get_transport_cls()
         self._broker_url = broker_url
         self._encoder = encoder
-        self._queue_arguments = queue_arguments
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._max_queue_size = max_queue_size
@@ -61,6 +66,8 @@ class Sender:
         self._thread: threading.Thread | None = None
         self._connection: Connection | None = None
         self._producer: Producer | None = None
+        self._amqp = False  # RabbitMQ: publish to the queue's exchange, once it is known to exist
+        self._queues_found: set[str] = set()  # on this connection
 
     @property
     def pending(self) -> int:
@@ -206,11 +213,17 @@ class Sender:
 
     def _publish(self, queue: str, chunk: list[bytes]) -> None:
         body, message = self._encoder.message(queue, chunk)
-        self._ensure_producer().publish(
+        producer = self._ensure_producer()
+        if self._amqp and queue not in self._queues_found:
+            # Never declared, so that a producer user needs no permission but to write to the
+            # queue's exchange: a passive declare (which needs none) fails while no worker has
+            # made the queue, and the events wait here instead of being dropped unroutable.
+            producer.channel.queue_declare(queue=queue, passive=True)
+            self._queues_found.add(queue)
+        producer.publish(
             body,
-            exchange=EXCHANGE,
+            exchange=exchange_of(queue) if self._amqp else DEFAULT_EXCHANGE,
             routing_key=queue,
-            declare=[Queue(queue, queue_arguments=self._queue_arguments)],
             retry=False,  # we retry ourselves, keeping the events and backing off
             **message,
         )
@@ -227,6 +240,8 @@ class Sender:
             # the thread's own loop retries, with backoff and a warning.
             self._connection.connect()
             self._producer = Producer(self._connection.channel())
+            self._amqp = self._connection.transport.driver_type == "amqp"
+            self._queues_found.clear()
         return self._producer
 
     def _drop_connection(self) -> None:

@@ -14,7 +14,7 @@ from werkzeug.test import TestResponse
 
 from config.settings import Settings
 from tests.common.databases import table_dump
-from tests.common.web import BASE_URL, OWNER, Browser, People
+from tests.common.web import BASE_URL, OWNER, Browser, People, new_key_form
 from userpath_client.contract import KEY_PATTERN
 from userpath_worker import web_links
 from userpath_worker.audit.models import AuditEntry
@@ -33,8 +33,10 @@ def keys_page(org_id: int) -> str:
     return f"/orgs/{org_id}/settings/api-keys"
 
 
-def create(browser: Browser, org_id: int, name: str = "App X Production Server", **fields: str) -> TestResponse:
-    return browser.post(keys_page(org_id), {"name": name, "environment": "live", "expiry": "never", **fields})
+def create(
+    browser: Browser, org_id: int, name: str = "App X Production Server", **fields: str | list[str]
+) -> TestResponse:
+    return browser.post(keys_page(org_id), new_key_form(name, **fields))
 
 
 def shown_key(response: TestResponse) -> str:

@@ -13,7 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
-from tests.common.web import BASE_URL, CSRF_FIELD, OWNER, PASSWORD, Browser, People, web_settings
+from tests.common.web import BASE_URL, CSRF_FIELD, OWNER, PASSWORD, Browser, People, new_key_form, web_settings
 from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.web.app import SESSION_COOKIE, create_app
 from userpath_worker.web.auth import BROWSER_COOKIE
@@ -47,8 +47,7 @@ def test_the_sign_in_form_needs_its_csrf_token_too(browser: Browser, people: Peo
 
 def create_with(browser: Browser, org_id: int, name: str, headers: dict[str, str]) -> int:
     """POST the new-key form with only these headers (no Origin unless given); the status."""
-    form = {"name": name, "environment": "live", "expiry": "never"}
-    response = browser.post(keys_page(org_id), form, origin=None, headers=headers)
+    response = browser.post(keys_page(org_id), new_key_form(name), origin=None, headers=headers)
     if response.status_code == 403:
         # Says where to open the page, and links there (not to this host, which may be the wrong one).
         assert f'<a href="{BASE_URL}/">' in response.get_data(as_text=True)
@@ -124,7 +123,7 @@ def test_a_key_named_like_a_script_is_shown_as_text(browser: Browser, people: Pe
     org_id = people.organization()
     browser.sign_in()
     name = "<script>alert(1)</script>"
-    created = browser.post(keys_page(org_id), {"name": name, "environment": "live", "expiry": "never"})
+    created = browser.post(keys_page(org_id), new_key_form(name))
     listed = browser.get(keys_page(org_id))
     for response in (created, listed):
         html = response.get_data(as_text=True)

@@ -9,7 +9,7 @@ trusted link. Members added by earlier invitations stay members. Failed sign-ins
 dropped.
 
 Revision ID: 0009
-Revises: 0008
+Revises: 0010
 Create Date: 2026-12-29 09:00:00.000000
 """
 
@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0008"
+down_revision = "0010"  # after main's 0010 (key scopes); the lead renumbers at the merge
 branch_labels = None
 depends_on = None
 
