@@ -1,13 +1,21 @@
 """``python -m bench.web [--keys 1000] [--requests 300] [--database sqlite|postgresql|both]``: the
-Settings → API Keys page of an organization with 1,000 keys, and one password hash.
+Settings → API Keys page of an organization with 1,000 keys, a failed sign-in for a known and an
+unknown e-mail, and one password hash.
 
 In-process, as the HTTP tests run the pages (Flask's test client, no sockets): the server time of
 each request for the page, signed in as its owner, from the request reaching the app to its last
 byte, after a warm-up and the ``gc.freeze()`` that ``userpath web`` does before it serves; p50 and
 p95 against a target p95 of 50 ms. The keys are varied as in a real organization: some used, some
+<<<<<<< HEAD
+flagged for rotation, some rolled and expiring, some expiring, a few deleted. The password hash is
+argon2id with the parameters of accounts.passwords (OWASP's), timed alone. The failed sign-ins
+alternate a member's e-mail and an unknown one, each from an address of its own (the throttle
+refuses neither), and compare their medians: the answer must not tell whether an e-mail is known.
+=======
 flagged for rotation, some rolled and expiring, some expiring, a few deleted, two thirds limited
 to some scopes. The password hash is argon2id with the parameters of accounts.passwords (OWASP's),
 timed alone.
+>>>>>>> main
 
 SQLite is a file in a temporary folder; PostgreSQL is database ``userpath_bench_web`` on
 127.0.0.1, re-created each run.
@@ -39,7 +47,7 @@ from userpath_worker.db import make_engine, utcnow
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
-from userpath_worker.organizations.models import Role
+from userpath_worker.organizations.models import Organization, Role
 from userpath_worker.organizations.services import create_organization
 from userpath_worker.web.app import create_app
 
@@ -129,6 +137,38 @@ def time_page(engine: Engine, org_id: int, requests: int) -> tuple[list[float], 
     return times, body.count(b"data-key-id="), len(body)
 
 
+def time_failed_sign_ins(engine: Engine, org_id: int, rounds: int) -> tuple[list[float], list[float]]:
+    """Server time (ms) of a wrong password for a member's e-mail and for an unknown one, alternated."""
+    settings = Settings(database_url=str(engine.url), web_secret="bench-web-secret-0123456789", web_base_url=BASE_URL)
+    members = [f"member{n}@bench.example" for n in range(rounds // (accounts.MAX_ACCOUNT_FAILURES - 1) + 1)]
+    with Session(engine) as session, session.begin():
+        organization = session.get_one(Organization, org_id)
+        for email in members:
+            accounts.accept_invitation(
+                session, accounts.invite(session, organization, email, Role.MEMBER, OWNER), PASSWORD
+            )
+    client = create_app(settings, engine).test_client()
+    page = client.get("/sign-in").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+    known: list[float] = []
+    unknown: list[float] = []
+    for n in range(rounds):
+        # Fewer failures an e-mail than close it to new browsers: every one is checked.
+        member = members[n // (accounts.MAX_ACCOUNT_FAILURES - 1)]
+        for email, times in ((member, known), (f"nobody{n}@bench.example", unknown))[:: 1 if n % 2 else -1]:
+            form = {"csrf_token": token, "email": email, "password": "not the password at all"}
+            started = time.perf_counter()
+            response = client.post(
+                "/sign-in",
+                data=form,
+                headers={"Origin": BASE_URL},
+                environ_base={"REMOTE_ADDR": f"10.0.{n // 250}.{n % 250}"},
+            )
+            times.append((time.perf_counter() - started) * 1000)
+            assert response.status_code == 401, response.status_code
+    return known, unknown
+
+
 def hash_time() -> float:
     passwords.hash_password("warm up the hasher")
     started = time.perf_counter()
@@ -141,6 +181,7 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=1000)
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--database", choices=["sqlite", "postgresql", "both"], default="both")
+    parser.add_argument("--sign-ins", type=int, default=100, help="failed sign-ins of each kind")
     options = parser.parse_args()
     kinds = ["sqlite", "postgresql"] if options.database == "both" else [options.database]
     print(
@@ -160,6 +201,13 @@ def main() -> None:
             f"{kind:<11} {rows:>5} {size / 1024:>5.0f} {min(times):>7.1f} {p50:>7.1f} {p95:>7.1f} {max(times):>7.1f}  "
             f"{verdict}"
         )
+    with database(kinds[0]) as engine:
+        known, unknown = time_failed_sign_ins(engine, populate(engine, 1), options.sign_ins)
+    known_p50, unknown_p50 = statistics.median(known), statistics.median(unknown)
+    print(
+        f"a wrong password on {kinds[0]}, {options.sign_ins} each: member's e-mail p50 {known_p50:.1f} ms, "
+        f"unknown e-mail p50 {unknown_p50:.1f} ms, difference {known_p50 - unknown_p50:+.1f} ms"
+    )
     memory = passwords.HASHER.memory_cost // 1024
     print(f"one password hash (argon2id, m={memory} MiB, t={passwords.HASHER.time_cost}): {hash_time():.1f} ms")
     print(f"load average {os.getloadavg()[0]:.2f} after")

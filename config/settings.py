@@ -126,6 +126,9 @@ class Settings(BaseSettings):
     # generated beside the embedded SQLite database otherwise); the SMTP server that e-mails owners.
     web_base_url: str = "http://127.0.0.1:8000"
     web_secret: str | None = Field(default=None, repr=False)
+    # A signed-in session ends this many hours after sign-in however active it is (besides 12 hours
+    # idle): a stolen session cookie does not last forever.
+    web_session_lifetime_hours: Annotated[int, Field(ge=1, le=8760)] = 168
     smtp_url: str | None = Field(default=None, repr=False)  # may carry a password
     smtp_from: str = "userpath@localhost"  # the sender of those e-mails
 

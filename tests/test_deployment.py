@@ -8,6 +8,7 @@ here instead of in a deployment.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 import subprocess
@@ -287,6 +288,21 @@ def test_redis_persists_the_queued_events() -> None:
     command = argv(redis["command"])
     assert command[command.index("--appendonly") + 1] == "yes"
     assert any(str(volume).endswith(":/data") for volume in redis.get("volumes", []))
+
+
+def test_the_web_pages_run_behind_the_proxy_and_believe_only_its_forwarded_addresses() -> None:
+    """Without --trusted-proxy every client of the proxy had the proxy's address, and anyone's
+    failed sign-ins throttled everyone (issue 20, reproduction 4)."""
+    web, proxy = SERVICES["web"], SERVICES["proxy"]
+    command = argv(web["command"])
+    trusted = command[command.index("--trusted-proxy") + 1]
+    assert trusted == interpolate(proxy["networks"]["web-proxy"]["ipv4_address"], {})
+    subnet = interpolate(COMPOSE["networks"]["web-proxy"]["ipam"]["config"][0]["subnet"], {})
+    assert ipaddress.ip_address(trusted) in ipaddress.ip_network(subnet)
+    assert set(web["networks"]) == {"default", "web-proxy"} and set(proxy["networks"]) == {"web-proxy"}
+    caddyfile = COMPOSE["configs"]["caddyfile"]["content"]
+    assert "reverse_proxy web:8000" in caddyfile and "read_header 10s" in caddyfile
+    assert interpolate(environment_of(web)["USERPATH_WEB_BASE_URL"] or "", {}) == "https://localhost"
 
 
 def test_rabbitmq_and_flower_are_optional() -> None:

@@ -76,6 +76,19 @@ class Base(DeclarativeBase):
     type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSONDocument}
 
 
+# An execution option: on SQLite, transactions begin with BEGIN IMMEDIATE, taking the write lock at
+# once (waiting for it up to the busy timeout). A deferred transaction that has read cannot start
+# writing once another connection committed after its first read: SQLite answers "database is
+# locked" at once, whatever the timeout. Ignored on PostgreSQL.
+_SQLITE_BEGIN_IMMEDIATE = "userpath_sqlite_begin_immediate"
+
+
+def writer(engine: Engine) -> Engine:
+    """``engine``, for work that reads and then writes while other connections write too (a form
+    sent to the web pages): on SQLite its transactions take the write lock when they begin."""
+    return engine.execution_options(**{_SQLITE_BEGIN_IMMEDIATE: True})
+
+
 def make_engine(url: str, **options: Any) -> Engine:
     if url.startswith("sqlite"):
         # Several worker processes may share one SQLite file: wait for locks instead of failing.
@@ -100,7 +113,8 @@ def _configure_sqlite(dbapi_connection: Any, _record: Any) -> None:
 
 
 def _begin_sqlite(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN")
+    immediate = connection.get_execution_options().get(_SQLITE_BEGIN_IMMEDIATE, False)
+    connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

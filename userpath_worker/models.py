@@ -1,6 +1,6 @@
 """Every table, imported in one place so Alembic and the tests see the whole schema."""
 
-from userpath_worker.accounts.models import Account, Invitation, SignInFailure, WebSession
+from userpath_worker.accounts.models import Account, Invitation, SignInThrottle, WebSession
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import Base
 from userpath_worker.deadletter.models import DeadLetter
@@ -23,7 +23,7 @@ __all__ = [
     "Organization",
     "Reminder",
     "RotationPass",
-    "SignInFailure",
+    "SignInThrottle",
     "WebSession",
     "WebhookSecret",
     "metadata",

@@ -77,6 +77,11 @@ class Browser:
         assert response.status_code == 302, response.get_data(as_text=True)
         return response
 
+    def from_address(self, address: str) -> Browser:
+        """This browser, its requests coming from client ``address`` from now on."""
+        self.client.environ_base["REMOTE_ADDR"] = address
+        return self
+
 
 def csrf_token_in(html: str) -> str:
     match = CSRF_FIELD.search(html)
@@ -96,6 +101,14 @@ class People:
             self._join(session, organization, owner, Role.OWNER)
             return organization.id
 
+    def founded(self, name: str, owner: str) -> tuple[int, str]:
+        """An organization as ``userpath orgs create`` makes it: its founder has not opened the link
+        it printed yet (no password). Its id and the link's path."""
+        with Session(self.engine, expire_on_commit=False) as session, session.begin():
+            organization = organizations.create_organization(session, name, owner)
+            token = accounts.invite(session, organization, owner, Role.OWNER, accounts.OPERATOR)
+            return organization.id, f"/invitations/{token}"
+
     def member(self, org_id: int, email: str, role: Role) -> None:
         with Session(self.engine) as session, session.begin():
             self._join(session, session.get_one(Organization, org_id), email, role)
@@ -110,6 +123,7 @@ class People:
 
     @staticmethod
     def _join(session: Session, organization: Organization, email: str, role: Role) -> None:
-        token = accounts.invite(session, organization, email, role, accounts.OPERATOR)
-        if not accounts.account_has_password(session, email):
-            accounts.accept_invitation(session, token, PASSWORD)
+        """Invited by the operator, and accepted (with a first password, or the one it has)."""
+        accounts.accept_invitation(
+            session, accounts.invite(session, organization, email, role, accounts.OPERATOR), PASSWORD
+        )

@@ -1,12 +1,13 @@
 """Settings → API Keys in a real browser (issue 13): Debian's Chromium, driven by Selenium, against
-``userpath web`` and a real worker, with the organization and its members made by the real CLI.
+``userpath web`` and a real worker, with the organization and its owners made by the real CLI.
 
 An owner who knows only the product documentation opens the invitation, sets a password, clicks
 "+", creates "App X Production Server" and copies the key; the worker stores an event sent with it
 and the page shows the key as used; the owner rolls it (the old key expiring within the grace, and
-still working) and deletes the new one (which stops authenticating at once). A member sees the list
-without any control. The key is in no URL the browser asked for and in no log. A screenshot of each
-page is saved in the test's temporary folder.
+still working) and deletes the new one (which stops authenticating at once). The owner invites a
+member on the Members page (the invitation pending until the member opens its link and sets a
+password); the member sees the list without any control. The key is in no URL the browser asked
+for and in no log. A screenshot of each page is saved in the test's temporary folder.
 """
 
 from __future__ import annotations
@@ -174,9 +175,6 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
     owner_link = invitation_link(
         userpath(environment, "members", "invite", "--org", ORGANIZATION, OWNER, "--role", "owner"), base_url
     )
-    member_link = invitation_link(
-        userpath(environment, "members", "invite", "--org", ORGANIZATION, MEMBER, "--role", "member"), base_url
-    )
 
     visit = Visit(driver, tmp_path)
     with (
@@ -260,7 +258,19 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         visit.page("webhooks-secret-added")
         assert listed == "whsec_...0042"
 
-        # Sign out; a member sets a password and sees the list without any control.
+        # Settings → Members: the owner invites the member, and copies the link the page shows once
+        # (no SMTP server here); the invitation is pending, the member not a member yet.
+        click_through(driver, 'nav.tabs a[href$="/members"]', then="input#invite-email").send_keys(MEMBER)
+        Select(element(driver, "select#invite-role")).select_by_value("member")
+        shown = click_through(driver, "button#invite-member", then="input#invitation-link")
+        member_link = shown.get_attribute("value")
+        assert member_link.startswith(f"{base_url}/invitations/")
+        visit.page("invitation-shown")
+        pending = click_through(driver, "a.button.secondary", then="table#invitations td.email").text
+        assert visit.page("members-pending") and pending == MEMBER
+        assert MEMBER not in element(driver, "table#members").text
+
+        # Sign out; the member accepts, setting a password, and sees the list without any control.
         click_through(driver, "button#sign-out", then="input[name=email]")
         visit.page("signed-out")
         visit.open(keys_page, "keys-page-signed-out")
@@ -283,5 +293,5 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert secret not in web_log
         assert secret not in worker_log
     assert visit.console == []  # no script error or Content-Security-Policy violation on any page
-    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 18
+    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 20
     assert counts(engine) == (2, 1)

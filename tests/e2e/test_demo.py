@@ -74,7 +74,8 @@ def test_the_demo_runs_on_the_embedded_default(tmp_path: Path) -> None:
     assert [display for (display,) in active] == [tokens.display_form(second_key)]  # the first run's is gone
     fresh = again.stdout.splitlines()[-1]
     assert fresh != link
-    with Session(engine) as session:  # both links open the demo owner's invitation
-        for url in (link, fresh):
-            assert accounts.invitation_email(session, url.rpartition("/")[2]) == "owner@demo.example"
+    with Session(engine) as session:  # the fresh link opens the demo owner's invitation, and replaces the first
+        assert accounts.link_form(session, fresh.rpartition("/")[2]).email == "owner@demo.example"
+        with pytest.raises(accounts.InvalidInvitation):
+            accounts.link_form(session, link.rpartition("/")[2])
     engine.dispose()

@@ -1,7 +1,7 @@
-"""The people who sign in, their one-time links, their sessions, and failed sign-ins.
+"""The people who sign in, their one-time links, their sessions, and the sign-in throttle.
 
 No token is stored: invitations and sessions keep the SHA-256 digest of theirs, accounts the
-argon2id hash of their password.
+argon2id hash of their password, the throttle a digest of what it counts by.
 """
 
 from __future__ import annotations
@@ -9,15 +9,30 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import ForeignKey, Index, String
+from sqlalchemy import ForeignKey, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from userpath_worker.db import Base, string_enum, utcnow
+from userpath_worker.organizations.models import Role
 
 
 class Purpose(enum.StrEnum):
-    INVITE = "invite"  # a new member sets a password
-    RESET = "reset"  # a member sets a new one
+    INVITE = "invite"  # someone joins an organization (and sets a first password if they have none)
+    RESET = "reset"  # a member sets a new password
+
+
+class Channel(enum.StrEnum):
+    """How a link reached whoever opens it, and so what it may do to an account's password."""
+
+    OPERATOR = "operator"  # printed by the CLI, for the operator to hand over
+    EMAIL = "email"  # e-mailed to the address itself (USERPATH_SMTP_URL)
+    INVITER = "inviter"  # shown to the inviting owner on the Members page (no SMTP server)
+
+    @property
+    def trusted(self) -> bool:
+        """Whether the link proves the address: whoever opens it is the address's owner, as far as
+        the operator or the mailbox can tell. A link shown to an inviter proves nothing."""
+        return self is not Channel.INVITER
 
 
 class Account(Base):
@@ -28,11 +43,16 @@ class Account(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     email: Mapped[str] = mapped_column(String(320), unique=True)
     password_hash: Mapped[str | None] = mapped_column(String(255))
+    # Through which kind of link the password was last set. INVITER: an owner of one organization
+    # may have set it; the account then reaches only the organizations whose invitations it
+    # accepted itself, until a trusted link sets a new one.
+    password_channel: Mapped[Channel | None] = mapped_column(string_enum(Channel, "link_channel"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class Invitation(Base):
-    """A one-time link to set a password: single use, valid until ``expires_at``."""
+    """A one-time link: single use, valid until ``expires_at``. An invitation (``role`` set) is
+    pending until it is used, and grants nothing before: the member is added when it is accepted."""
 
     __tablename__ = "invitations"
 
@@ -41,6 +61,9 @@ class Invitation(Base):
     email: Mapped[str] = mapped_column(String(320), index=True)
     org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     purpose: Mapped[Purpose] = mapped_column(string_enum(Purpose, "invitation_purpose"))
+    role: Mapped[Role | None] = mapped_column(string_enum(Role, "member_role"))  # invitations only
+    channel: Mapped[Channel] = mapped_column(string_enum(Channel, "link_channel"))
+    invited_by: Mapped[str] = mapped_column(String(320))  # an owner's e-mail, or "operator"
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     used_at: Mapped[dt.datetime | None]
@@ -59,16 +82,16 @@ class WebSession(Base):
     ended_at: Mapped[dt.datetime | None]
 
 
-class SignInFailure(Base):
-    """A failed sign-in, counted per e-mail and per client address to throttle guessing."""
+class SignInThrottle(Base):
+    """Failed sign-ins counted by one key (an e-mail with a client address, an e-mail from browsers
+    that never signed in to it, one such browser) in a window that starts at the first failure.
 
-    __tablename__ = "sign_in_failures"
-    __table_args__ = (
-        Index("ix_sign_in_failures_email_failed_at", "email", "failed_at"),
-        Index("ix_sign_in_failures_client_address_failed_at", "client_address", "failed_at"),
-    )
+    The row is locked while a password is checked (``INSERT ... ON CONFLICT DO UPDATE``, then the
+    update), so parallel attempts each see the failures before them.
+    """
 
-    id: Mapped[int] = mapped_column(primary_key=True)
-    email: Mapped[str] = mapped_column(String(320))
-    client_address: Mapped[str] = mapped_column(String(64))
-    failed_at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    __tablename__ = "sign_in_throttles"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)  # SHA-256 of what is counted
+    failures: Mapped[int] = mapped_column(default=0)
+    window_started_at: Mapped[dt.datetime] = mapped_column(index=True)

@@ -106,13 +106,42 @@ def members_remove(org: str, email: str, actor: str, as_json: bool) -> None:
 @click.option("--role", type=ROLES, default=Role.MEMBER.value, show_default=True)
 @json_option
 def members_invite(org: str, email: str, role: str, as_json: bool) -> None:
-    """Invite EMAIL to ORG: print a one-time link (72 hours) where they set a password.
+    """Invite EMAIL to ORG: print a one-time link (72 hours, single use). They become a member when
+    they open it, setting a password if they have none (or typing theirs if they have one).
 
-    An existing member keeps their role and gets a new link."""
+    It replaces an earlier pending invitation of ORG for EMAIL; an existing member keeps their role
+    and gets a new link."""
     with transaction() as session:
         organization = organizations.get_organization(session, org)
         token = accounts.invite(session, organization, email, Role(role), accounts.OPERATOR)
     print_link(token, as_json, f"Invited {organizations.normalize_email(email)} to '{organization.name}'.")
+
+
+@members.command("invitations")
+@click.option("--org", required=True, help="The organization's name.")
+@json_option
+def members_invitations(org: str, as_json: bool) -> None:
+    """The invitations of ORG nobody accepted yet, newest first: they grant nothing until then."""
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        found = accounts.pending_invitations(session, organization)
+    rows = [
+        {
+            "org": organization.name,
+            "email": invitation.email,
+            "role": (invitation.role or Role.MEMBER).value,
+            "invited_by": invitation.invited_by,
+            "expires_at": invitation.expires_at,
+        }
+        for invitation in found
+    ]
+    if as_json:
+        print_json(rows)
+        return
+    print_table(
+        ["EMAIL", "ROLE", "INVITED BY", utc("EXPIRES")],
+        [[row["email"], row["role"], row["invited_by"], when(row["expires_at"])] for row in rows],
+    )
 
 
 @members.command("reset-password")

@@ -21,10 +21,11 @@ from userpath_worker.cli.common import settings
     "(sign-in throttling counts per client address); '*' trusts any. Unset: none.",
 )
 def web(host: str, port: int, threads: int, trusted_proxy: str | None) -> None:
-    """Serve Settings → API Keys and the sign-in pages (production server: waitress)."""
-    import waitress  # only this command needs the web stack
-
+    """Serve Settings → API Keys and the sign-in pages (production server: waitress, with limits on
+    connections, request time and size; run it behind a buffering proxy, docs/operations.md)."""
+    # Only this command needs the web stack.
     from userpath_worker.web.app import create_app
+    from userpath_worker.web.server import make_server
 
     configured = settings()
     base_url_set = "web_base_url" in configured.model_fields_set
@@ -46,7 +47,7 @@ def web(host: str, port: int, threads: int, trusted_proxy: str | None) -> None:
             "clear_untrusted_proxy_headers": True,
         }
     try:
-        server = waitress.create_server(app, host=host, port=port, threads=threads, ident="userpath", **proxy)
+        server = make_server(app, host, port, threads, **proxy)
     except OSError as error:
         raise click.ClickException(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
     about_base_url = (

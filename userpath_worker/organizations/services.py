@@ -7,7 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from userpath_worker.audit import services as audit
-from userpath_worker.emails import normalize_email
+from userpath_worker.emails import normalize_email, valid_email
 from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserError
 from userpath_worker.organizations.models import Member, Organization, Role
 
@@ -28,18 +28,11 @@ __all__ = [
 MAX_RETENTION_DAYS = 36_500  # a hundred years: as good as forever
 
 
-def _valid_email(email: str) -> str:
-    email = normalize_email(email)
-    if "@" not in email or len(email) > 320:
-        raise UserError(f"'{email}' is not an e-mail address")
-    return email
-
-
 def create_organization(session: Session, name: str, owner_email: str) -> Organization:
     name = name.strip()
     if not 1 <= len(name) <= 100:
         raise UserError("an organization name must be 1 to 100 characters")
-    owner_email = _valid_email(owner_email)
+    owner_email = valid_email(owner_email)
     organization = Organization(name=name)
     try:
         with session.begin_nested():
@@ -88,7 +81,7 @@ def set_event_retention(session: Session, organization: Organization, days: int 
 
 
 def add_member(session: Session, organization: Organization, email: str, role: Role) -> Member:
-    email = _valid_email(email)
+    email = valid_email(email)
     member = Member(org_id=organization.id, email=email, role=role)
     try:
         with session.begin_nested():

@@ -11,12 +11,13 @@ from werkzeug.exceptions import HTTPException
 
 from config.settings import Settings
 from userpath_worker.accounts.secret import web_secret
-from userpath_worker.db import make_engine, make_session_factory
+from userpath_worker.db import make_engine, make_session_factory, writer
 from userpath_worker.errors import NotFound, PermissionDenied
 from userpath_worker.rotation.services import RotationPolicy
 from userpath_worker.web import audit, auth, context, formatting, keys, members, security, webhooks
 
 SESSION_COOKIE = "userpath_session"
+MAX_FORM_BYTES = 64 * 1024  # our forms are a few short fields; waitress refuses a larger body too
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
@@ -34,12 +35,13 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
         # A form's CSRF token is good for as long as its session: a page left open an hour
         # before submitting still works. Sign-in starts a new session, and so new tokens.
         WTF_CSRF_TIME_LIMIT=None,
-        MAX_CONTENT_LENGTH=64 * 1024,  # our forms are a few short fields
+        MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
     )
     engine = engine or make_engine(settings.database_url, hide_parameters=True)
     app.extensions["userpath"] = context.Web(
         settings=settings,
         sessions=make_session_factory(engine),
+        form_sessions=make_session_factory(writer(engine)),
         policy=RotationPolicy.from_settings(settings),
     )
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, request
+from flask import Blueprint
 from sqlalchemy import select
 
 from userpath_worker.audit import services as audit_log
 from userpath_worker.keys.models import ApiKey
-from userpath_worker.web.context import db, owner, page, signed_in
+from userpath_worker.web.context import db, owner, page, page_number, signed_in
 
 blueprint = Blueprint("audit", __name__)
 
@@ -20,8 +20,7 @@ PAGE_SIZE = 50
 @signed_in
 def audit(org_id: int) -> Any:
     current = owner(org_id, "read the audit log")
-    number = request.args.get("page", 1, type=int) or 1
-    found = audit_log.page(db(), current.organization.id, number, PAGE_SIZE)
+    found = audit_log.page(db(), current.organization.id, page_number(), PAGE_SIZE)
     key_ids = {entry.api_key_id for entry in found.entries if entry.api_key_id is not None}
     names = {
         key_id: f"{name} ({display})"

@@ -3,11 +3,14 @@ organization with which role.
 
 One database session per request, opened on first use and closed (rolling back whatever was not
 committed) when the request ends. A view commits itself, before it answers: a key is shown only
-once it is stored.
+once it is stored. A form (POST) reads and then writes while other requests write too: on SQLite
+its transactions take the write lock when they begin (``db.writer``), so that none of them fails
+with "database is locked" under parallel requests.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,10 +39,15 @@ class Web:
 
     settings: Settings
     sessions: sessionmaker[Session]
+    form_sessions: sessionmaker[Session]  # for POST requests: see the module
     policy: RotationPolicy
 
     def keys(self, database: Session) -> KeyService:
         return KeyService(database, pepper=self.settings.key_pepper)
+
+    @property
+    def session_lifetime(self) -> dt.timedelta:
+        return dt.timedelta(hours=self.settings.web_session_lifetime_hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +67,7 @@ def web() -> Web:
 
 def db() -> Session:
     if "db" not in g:
-        g.db = web().sessions()
+        g.db = (web().sessions if request.method in ("GET", "HEAD") else web().form_sessions)()
     return cast(Session, g.db)
 
 
@@ -70,15 +78,16 @@ def close_db(_error: BaseException | None = None) -> None:
 
 
 def load_account() -> None:
-    """Who the session cookie says is signed in, if that session is still open (12 h idle at most)."""
+    """Who the session cookie says is signed in, if that session is still open (12 h idle at most,
+    USERPATH_WEB_SESSION_LIFETIME_HOURS in all)."""
     g.account = None
     if request.endpoint in ("static", "healthz"):
         return
     token = session.get(SESSION_TOKEN)
     if not isinstance(token, str):
         return
-    g.account = accounts.session_account(db(), token)
-    db().commit()  # the session's last activity, or its end after 12 h idle
+    g.account = accounts.session_account(db(), token, web().session_lifetime)
+    db().commit()  # the session's last activity, or its end
     if g.account is None:
         session.pop(SESSION_TOKEN, None)
 
@@ -128,6 +137,18 @@ def owner(org_id: int, doing: str) -> Membership:
     current = membership(org_id)
     organizations.require_owner(db(), current.organization, actor(), doing)
     return current
+
+
+MAX_PAGE = 1_000_000  # of any paged list: far past the end of any, and an offset every database takes
+
+
+def page_number() -> int:
+    """The ``page`` asked for (1 for none or anything but a number); 404 past MAX_PAGE, where a huge
+    number would overflow the database's offset."""
+    number = request.args.get("page", 1, type=int) or 1
+    if number > MAX_PAGE:
+        abort(404)
+    return max(number, 1)
 
 
 def form_status(error: UserError) -> int:

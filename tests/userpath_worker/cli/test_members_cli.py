@@ -63,12 +63,21 @@ def test_the_link_starts_with_the_default_base_url(database_url: str) -> None:
     assert result.stdout.strip().splitlines()[-1].startswith("http://127.0.0.1:8000/invitations/")
 
 
-def test_invite_adds_a_member_and_prints_a_link_they_use_once(acme: str, engine: Engine) -> None:
+def test_invite_prints_a_link_they_use_once_to_become_a_member(acme: str, engine: Engine) -> None:
     result = ok("members", "invite", "--org", acme, "New@Acme.io")
     assert "Invited new@acme.io to 'Acme'." in result.stderr
     url = link(result.stdout)
-    assert roles(engine)["new@acme.io"] == "member"  # the default role
+    assert "new@acme.io" not in roles(engine)  # pending until accepted
+    pending = json.loads(ok("members", "invitations", "--org", acme, "--json").stdout)
+    # The default role; not the founder's link from orgs create: the founder is a member already.
+    assert [(row["email"], row["role"], row["invited_by"]) for row in pending] == [
+        ("new@acme.io", "member", "operator")
+    ]
+    table = ok("members", "invitations", "--org", acme).stdout.splitlines()
+    assert table[0].split() == ["EMAIL", "ROLE", "INVITED", "BY", "EXPIRES", "(UTC)"] and len(table) == 2
     assert accept(engine, url) == "new@acme.io"
+    assert roles(engine)["new@acme.io"] == "member"
+    assert json.loads(ok("members", "invitations", "--org", acme, "--json").stdout) == []
     with pytest.raises(accounts.InvalidInvitation):
         accept(engine, url)
     with Session(engine) as session, session.begin():
@@ -79,6 +88,7 @@ def test_invite_with_a_role_and_json(acme: str, engine: Engine) -> None:
     result = ok("members", "invite", "--org", acme, "admin@acme.io", "--role", "admin", "--json")
     document = json.loads(result.stdout)
     assert list(document) == ["url"] and document["url"].startswith(f"{BASE_URL}/invitations/")
+    accept(engine, document["url"])
     assert roles(engine)["admin@acme.io"] == "admin"
     again = ok("members", "invite", "--org", acme, "admin@acme.io", "--role", "owner")
     assert roles(engine)["admin@acme.io"] == "admin"  # a member keeps their role; only a new link
@@ -125,10 +135,9 @@ def test_usage_errors_exit_2(acme: str, args: list[str]) -> None:
 
 
 def test_links_are_audited_by_the_operator_and_never_stored(acme: str, engine: Engine) -> None:
-    urls = [
-        link(ok("members", "invite", "--org", acme, "new@acme.io", "--role", "admin").stdout),
-        link(ok("members", "reset-password", "--org", acme, "new@acme.io").stdout),
-    ]
+    urls = [link(ok("members", "invite", "--org", acme, "new@acme.io", "--role", "admin").stdout)]
+    accept(engine, urls[0])
+    urls.append(link(ok("members", "reset-password", "--org", acme, "new@acme.io").stdout))
     with Session(engine) as session:
         dump = table_dump(session, engine)
         columns = (AuditEntry.actor, AuditEntry.action, AuditEntry.detail)
@@ -136,6 +145,7 @@ def test_links_are_audited_by_the_operator_and_never_stored(acme: str, engine: E
         assert [tuple(row) for row in audited] == [
             ("operator", "member.invited", {"email": "owner@acme.io", "role": "owner"}),  # orgs create
             ("operator", "member.invited", {"email": "new@acme.io", "role": "admin"}),
+            ("new@acme.io", "member.joined", {"email": "new@acme.io", "role": "admin"}),
             ("operator", "member.password_reset", {"email": "new@acme.io"}),
         ]
     for url in urls:

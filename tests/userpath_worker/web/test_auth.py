@@ -6,16 +6,16 @@ import datetime as dt
 import re
 
 import time_machine
-from sqlalchemy import select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from tests.common.web import OWNER, PASSWORD, Browser, People
+from tests.common.web import OWNER, PASSWORD, Browser, People, web_settings
 from userpath_worker.accounts import services as accounts
 from userpath_worker.accounts.models import WebSession
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import utcnow
 from userpath_worker.organizations.models import Organization, Role
-from userpath_worker.web.app import SESSION_COOKIE
+from userpath_worker.web.app import SESSION_COOKIE, create_app
 from userpath_worker.web.context import SESSION_TOKEN
 
 
@@ -109,7 +109,7 @@ def test_sign_in_starts_a_new_session_and_nothing_of_the_one_before_carries_over
     browser.sign_in()
     assert session_token(browser) not in (None, first)
     with Session(people.engine) as session:
-        assert accounts.session_account(session, first) is None  # the earlier session ended
+        assert accounts.session_account(session, first, dt.timedelta(days=7)) is None  # the earlier one ended
 
 
 def test_sign_out_ends_the_session_even_for_a_copied_cookie(browser: Browser, people: People) -> None:
@@ -155,7 +155,7 @@ def test_an_invitation_sets_the_password_and_signs_in(browser: Browser, people: 
         f"/invitations/{token}", {"password": "a long new password", "password_confirmation": "a long new password"}
     )
     assert response.status_code == 302
-    assert browser.get(response.headers["Location"]).headers["Location"] == f"/orgs/{org_id}/settings/api-keys"
+    assert response.headers["Location"] == f"/orgs/{org_id}/settings/api-keys"  # the organization joined
     assert session_token(browser) is not None
     # The link is used: it works once.
     assert browser.get(f"/invitations/{token}").status_code == 404
@@ -188,12 +188,25 @@ def test_an_invitation_for_someone_who_has_a_password_asks_for_it(browser: Brows
     people.organization("First")
     second = people.organization("Second", owner="other@example.com")
     with Session(people.engine) as session, session.begin():
+        token = accounts.invite(session, session.get_one(Organization, second), OWNER, Role.ADMIN, accounts.OPERATOR)
+    form = browser.get(f"/invitations/{token}").get_data(as_text=True)
+    assert 'name="password_confirmation"' not in form and "You already sign in" in form
+    assert browser.post(f"/invitations/{token}", {"password": "not my password!"}).status_code == 401
+    accepted = browser.post(f"/invitations/{token}", {"password": PASSWORD})
+    assert accepted.status_code == 302 and accepted.headers["Location"] == f"/orgs/{second}/settings/api-keys"
+
+
+def test_an_owner_s_invitation_link_asks_the_same_of_everyone(browser: Browser, people: People) -> None:
+    """A link shown to an owner: the account's password, or a new one twice; the page does not say
+    which the e-mail needs."""
+    people.organization("First")
+    second = people.organization("Second", owner="other@example.com")
+    with Session(people.engine) as session, session.begin():
         token = accounts.invite(session, session.get_one(Organization, second), OWNER, Role.ADMIN, "other@example.com")
     form = browser.get(f"/invitations/{token}").get_data(as_text=True)
-    assert 'name="password_confirmation"' not in form
-    assert browser.post(f"/invitations/{token}", {"password": "not my password!"}).status_code == 400
-    accepted = browser.post(f"/invitations/{token}", {"password": PASSWORD})
-    assert accepted.status_code == 302
+    assert 'name="password_confirmation"' in form and "If you already sign in" in form
+    assert browser.post(f"/invitations/{token}", {"password": "not my password!"}).status_code == 401
+    assert browser.post(f"/invitations/{token}", {"password": PASSWORD}).status_code == 302
 
 
 def test_a_reset_link_sets_a_new_password(browser: Browser, people: People) -> None:
@@ -217,3 +230,45 @@ def test_a_member_of_several_organizations_switches_between_them(browser: Browse
     assert links == [(f"/orgs/{first}/settings/api-keys", "Alpha"), (f"/orgs/{second}/settings/api-keys", "Beta")]
     assert 'aria-current="page">Beta' in switcher
     assert browser.get(f"/orgs/{first}/settings/api-keys").status_code == 200
+
+
+def test_setting_a_password_ends_every_other_session(browser: Browser, people: People) -> None:
+    """Reproduction 3: after a reset and a new password, a session stolen before kept answering 200."""
+    org_id = people.organization()
+    keys_page = f"/orgs/{org_id}/settings/api-keys"
+    stolen = Browser(browser.client.application.test_client())
+    stolen.sign_in()
+    with Session(people.engine) as session, session.begin():
+        token = accounts.reset_password(session, session.get_one(Organization, org_id), OWNER, accounts.OPERATOR)
+    new = "my brand new password"
+    assert browser.post(f"/invitations/{token}", {"password": new, "password_confirmation": new}).status_code == 302
+    assert browser.get(keys_page).status_code == 200
+    assert stolen.get(keys_page).status_code == 302
+    with Session(people.engine) as session:
+        assert session.scalar(select(func.count()).where(WebSession.ended_at.is_(None))) == 1
+
+
+def test_a_session_ends_after_its_absolute_lifetime_however_active(browser: Browser, people: People) -> None:
+    """Reproduction 3: a session row made to look a year old still worked."""
+    org_id = people.organization()
+    keys_page = f"/orgs/{org_id}/settings/api-keys"
+    with time_machine.travel(utcnow(), tick=False) as traveller:
+        browser.sign_in()
+        for _ in range(13):  # busy every 12 hours, never idle: 6.5 days
+            traveller.shift(dt.timedelta(hours=12))
+            assert browser.get(keys_page).status_code == 200
+        traveller.shift(dt.timedelta(hours=12))  # 7 days after signing in
+        response = browser.get(keys_page)
+    assert response.status_code == 302 and response.headers["Location"].startswith("/sign-in")
+
+
+def test_the_absolute_lifetime_is_a_setting(web_engine: Engine, people: People) -> None:
+    org_id = people.organization()
+    app = create_app(web_settings(web_engine, web_session_lifetime_hours=1), web_engine)
+    browser = Browser(app.test_client())
+    with time_machine.travel(utcnow(), tick=False) as traveller:
+        browser.sign_in()
+        traveller.shift(dt.timedelta(minutes=59))
+        assert browser.get(f"/orgs/{org_id}/settings/api-keys").status_code == 200
+        traveller.shift(dt.timedelta(minutes=1))
+        assert browser.get(f"/orgs/{org_id}/settings/api-keys").status_code == 302

@@ -4,6 +4,7 @@ port and a missing secret are one line each."""
 from __future__ import annotations
 
 import http.cookiejar
+import json
 import os
 import re
 import socket
@@ -113,8 +114,8 @@ def test_behind_a_trusted_proxy_the_client_address_is_the_forwarded_one(tmp_path
         server.terminate()
         server.wait(timeout=30)
     with sqlite3.connect(database) as connection:
-        [(address,)] = connection.execute("SELECT client_address FROM sign_in_failures").fetchall()
-    assert address == "203.0.113.7"
+        [(detail,)] = connection.execute("SELECT detail FROM audit_log WHERE action = 'sign_in_failed'").fetchall()
+    assert json.loads(detail) == {"client_address": "203.0.113.7"}
 
 
 def sign_in_status(port: int, origin: str, headers: dict[str, str] | None = None) -> int:

@@ -54,12 +54,13 @@ def test_an_invitation_shows_its_link_once_and_the_link_works(
     link = re.search(r'<input id="invitation-link" type="text" value="([^"]+)" readonly', html).group(1)  # type: ignore[union-attr]
     assert link.startswith("http://127.0.0.1:8000/invitations/")
     assert 'id="copy-link"' in html and "it will not be shown again" in html
-    assert roles(people, org_id)["friend@example.com"] is Role.ADMIN
+    assert "friend@example.com" not in roles(people, org_id)  # invited: pending until accepted
     path = link.removeprefix("http://127.0.0.1:8000")
     assert path not in browser.get(members_page(org_id)).get_data(as_text=True)
     password = "friendly long password"
     accepted = other_browser.post(path, {"password": password, "password_confirmation": password})
     assert accepted.status_code == 302
+    assert roles(people, org_id)["friend@example.com"] is Role.ADMIN
     assert other_browser.get(f"/orgs/{org_id}/settings/api-keys").status_code == 200
 
 
@@ -120,6 +121,7 @@ def test_another_organizations_member_id_answers_404(browser: Browser, people: P
     assert browser.get(f"{members_page(mine)}/{their_owner}/remove").status_code == 404
     assert browser.post(f"{members_page(mine)}/{their_owner}/remove").status_code == 404
     assert browser.post(f"{members_page(mine)}/{their_owner}/role", {"new_role": "member"}).status_code == 404
+    assert browser.post(f"{members_page(mine)}/{their_owner}/reset-password").status_code == 404
     assert roles(people, theirs) == {"other@example.com": Role.OWNER}
 
 
@@ -157,3 +159,13 @@ def test_the_audit_log_is_newest_first_and_paged(browser: Browser, people: Peopl
     assert "member.invited" in second
     assert 'data-entry-id="' not in browser.get(f"/orgs/{org_id}/settings/audit?page=99").get_data(as_text=True)
     assert browser.get(f"/orgs/{org_id}/settings/audit?page=nonsense").status_code == 200
+
+
+@pytest.mark.parametrize("number", ["999999999999999999999", "9223372036854775808", "1000001"])
+def test_a_page_number_past_any_audit_log_is_not_found(browser: Browser, people: People, number: str) -> None:
+    """Issue 20, item 9: ``?page=999999999999999999999`` answered 500 (the offset overflowed)."""
+    org_id = people.organization()
+    browser.sign_in()
+    response = browser.get(f"/orgs/{org_id}/settings/audit?page={number}")
+    assert response.status_code == 404
+    assert "There is nothing here" in response.get_data(as_text=True)

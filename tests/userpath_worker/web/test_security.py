@@ -3,6 +3,7 @@ another organization's key, an off-site ``next``; and the session cookie's flags
 
 from __future__ import annotations
 
+import base64
 import re
 
 import pytest
@@ -10,10 +11,12 @@ from flask import Flask
 from sqlalchemy import Engine
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
+from werkzeug.test import TestResponse
 
 from tests.common.web import BASE_URL, CSRF_FIELD, OWNER, PASSWORD, Browser, People, new_key_form, web_settings
 from userpath_worker.keys.services import KeyIdentity, KeyService
-from userpath_worker.web.app import create_app
+from userpath_worker.web.app import SESSION_COOKIE, create_app
+from userpath_worker.web.auth import BROWSER_COOKIE
 from userpath_worker.web.security import CONTENT_SECURITY_POLICY, is_local_path, origin_of
 
 
@@ -213,14 +216,37 @@ def test_origins_are_compared_without_default_ports_and_case() -> None:
     assert origin_of("ftp://example.com") is None
 
 
-def test_the_session_cookie_is_httponly_and_samesite_lax_and_not_secure_on_http(
-    browser: Browser, people: People
+def set_cookie(response: TestResponse, name: str) -> str:
+    [cookie] = [cookie for cookie in response.headers.getlist("Set-Cookie") if cookie.startswith(f"{name}=")]
+    return cookie
+
+
+@pytest.mark.parametrize("name", [SESSION_COOKIE, BROWSER_COOKIE])
+def test_the_cookies_are_httponly_and_samesite_lax_and_not_secure_on_http(
+    browser: Browser, people: People, name: str
 ) -> None:
     people.organization()
-    cookie = browser.sign_in().headers["Set-Cookie"]
+    cookie = set_cookie(browser.sign_in(), name)
     assert "HttpOnly" in cookie
     assert "SameSite=Lax" in cookie
     assert "Secure" not in cookie
+
+
+def test_the_browser_cookie_names_no_e_mail_and_cannot_be_forged(app: Flask, browser: Browser, people: People) -> None:
+    """It lets a browser that signed in before past the failures others caused: signed, and with a
+    digest of the e-mail, not the e-mail."""
+    people.organization()
+    cookie = set_cookie(browser.sign_in(), BROWSER_COOKIE)
+    value = cookie.split(";", 1)[0].split("=", 1)[1]
+    assert OWNER not in base64.urlsafe_b64decode(value.split(".")[0] + "==").decode(errors="replace")
+    attacker = Browser(app.test_client()).from_address("203.0.113.66")
+    for _ in range(5):
+        attacker.post("/sign-in", {"email": OWNER, "password": "not the password"})
+    forged = value[:-2] + ("AA" if not value.endswith("AA") else "BB")
+    attacker.client.set_cookie(BROWSER_COOKIE, forged)
+    assert attacker.post("/sign-in", {"email": OWNER, "password": PASSWORD}).status_code == 429
+    attacker.client.set_cookie(BROWSER_COOKIE, value)  # the owner's own, stolen: past the address's count
+    assert attacker.post("/sign-in", {"email": OWNER, "password": PASSWORD}).status_code == 302
 
 
 def test_the_session_cookie_is_secure_when_the_base_url_is_https(web_engine: Engine, people: People) -> None:
@@ -234,8 +260,9 @@ def test_the_session_cookie_is_secure_when_the_base_url_is_https(web_engine: Eng
         headers={"Referer": "https://keys.example.com/sign-in"},
     )
     assert response.status_code == 302, response.get_data(as_text=True)
-    cookie = response.headers["Set-Cookie"]
-    assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
+    for name in (SESSION_COOKIE, BROWSER_COOKIE):
+        cookie = set_cookie(response, name)
+        assert "Secure" in cookie and "HttpOnly" in cookie and "SameSite=Lax" in cookie
 
 
 def test_a_failure_inside_a_page_is_a_plain_500_with_the_headers_and_no_detail(

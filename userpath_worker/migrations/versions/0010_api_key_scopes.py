@@ -1,7 +1,7 @@
 """Key scopes: what an API key may send (track, jobs, webhooks, one provider's webhooks).
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2027-01-05 09:00:00.000000
 """
 
@@ -11,7 +11,7 @@ from sqlalchemy.dialects import postgresql
 
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
