@@ -15,12 +15,13 @@ from typing import Any
 import pytest
 import redis
 from celery import Celery
-from kombu import Connection
+from kombu import Connection, Exchange, Queue
 from sqlalchemy import Engine, func, select
 
 from config.celery import QUEUES
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, truncate_all
 from tests.common.signing import TEST_SECRET_KEY
+from userpath_client.contract import exchange_of
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
@@ -223,5 +224,6 @@ def empty_queues(broker_url: str) -> None:
     with Connection(broker_url) as connection:
         channel = connection.channel()
         for queue in QUEUES:
-            channel.queue_declare(queue=queue, durable=True, auto_delete=False)
+            # As the worker declares them: producers publish to the queue's own exchange.
+            Queue(queue, Exchange(exchange_of(queue)), routing_key=queue)(channel).declare()
             channel.queue_purge(queue)
