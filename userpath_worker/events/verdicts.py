@@ -21,7 +21,7 @@ from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Delivery, Rejection, without_key
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Source
-from userpath_worker.events.schemas import encoded_size
+from userpath_worker.events.schemas import TOO_DEEP, TooDeep, encoded_size
 from userpath_worker.keys import scopes, tokens
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.keys.tokens import AuthFailure
@@ -86,8 +86,9 @@ def size_refusal(message: dict[str, Any]) -> Rejection | None:
     """Why a message is refused for its size or depth before its key is looked at, if it is."""
     try:
         size = encoded_size(message)
-    except RecursionError:
-        return Rejection(Reason.INVALID_ENVELOPE, "the message is nested too deeply", without_key(message))
+    except TooDeep:
+        # Not kept: every way of keeping it (scrubbing, encoding) would recurse as deep.
+        return Rejection(Reason.INVALID_EVENT, TOO_DEEP, None)
     if size > MAX_ENVELOPE_BYTES:
         detail = f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}"
         return Rejection(Reason.TOO_LARGE, detail, without_key(message))
@@ -241,12 +242,12 @@ def webhook_verdicts(
             return refused(Reason.UNSIGNED_WEBHOOK if refusal.unsigned else Reason.BAD_SIGNATURE, refusal.detail)
     try:
         body: Any = json.loads(webhook.body)
-    except ValueError:
-        body = webhook.body  # not JSON: kept as text
+    except (ValueError, RecursionError):
+        body = webhook.body  # not JSON, or nested past any limit: kept as text
     try:
         unstorable = has_nul(canonical_json([body, webhook.headers]))
-    except ValueError:  # a lone surrogate in a header
-        return refused(Reason.INVALID_EVENT, "the webhook is not storable JSON (a lone surrogate)")
+    except ValueError as error:  # a lone surrogate in a header, nesting past the contract's limit
+        return refused(Reason.INVALID_EVENT, f"the webhook is not storable JSON: {error}")
     if unstorable:
         return refused(Reason.INVALID_EVENT, "the webhook contains a NUL character")
     body = tokens.scrub(body)
