@@ -29,6 +29,7 @@ from userpath_worker.deadletter.reporting import REPORTER
 from userpath_worker.deadletter.services import Rejection
 from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome, Refused
 from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.services import configured_pepper
 from userpath_worker.webhooks.crypto import secret_key
 from userpath_worker.webhooks.services import SigningKeys
 
@@ -67,7 +68,7 @@ def ingestor() -> Ingestor:
     settings = get_settings()
     return Ingestor(
         runtime.session_factory(),
-        KeyAuthenticator(settings.key_pepper, settings.auth_cache_seconds),
+        KeyAuthenticator(configured_pepper(settings), settings.auth_cache_seconds),
         SigningKeys(lambda: secret_key(settings), settings.auth_cache_seconds),
         dt.timedelta(seconds=settings.webhook_tolerance_seconds),
     )
