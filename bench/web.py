@@ -6,16 +6,11 @@ In-process, as the HTTP tests run the pages (Flask's test client, no sockets): t
 each request for the page, signed in as its owner, from the request reaching the app to its last
 byte, after a warm-up and the ``gc.freeze()`` that ``userpath web`` does before it serves; p50 and
 p95 against a target p95 of 50 ms. The keys are varied as in a real organization: some used, some
-<<<<<<< HEAD
-flagged for rotation, some rolled and expiring, some expiring, a few deleted. The password hash is
-argon2id with the parameters of accounts.passwords (OWASP's), timed alone. The failed sign-ins
-alternate a member's e-mail and an unknown one, each from an address of its own (the throttle
-refuses neither), and compare their medians: the answer must not tell whether an e-mail is known.
-=======
 flagged for rotation, some rolled and expiring, some expiring, a few deleted, two thirds limited
 to some scopes. The password hash is argon2id with the parameters of accounts.passwords (OWASP's),
-timed alone.
->>>>>>> main
+timed alone. The failed sign-ins alternate a member's e-mail and an unknown one, each from an
+address of its own (the throttle refuses neither), and compare their medians: the answer must not
+tell whether an e-mail is known.
 
 SQLite is a file in a temporary folder; PostgreSQL is database ``userpath_bench_web`` on
 127.0.0.1, re-created each run.

@@ -86,3 +86,17 @@ def _strongly_connected(graph: grimp.ImportGraph) -> list[set[str]]:
             elif successor in on_stack:
                 lowest[module] = min(lowest[module], index[successor])
     return components
+
+
+def test_no_tracked_file_holds_a_merge_conflict_marker() -> None:
+    """Seen: a merge landed with its conflict markers in the README's CLI table and a docstring."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=REPOSITORY, capture_output=True, check=True).stdout
+    marked = []
+    for name in tracked.decode().split("\0"):
+        path = REPOSITORY / name
+        if not name or not path.is_file():
+            continue
+        lines = path.read_bytes().splitlines()
+        if any(line.startswith((b"<<<<<<< ", b">>>>>>> ")) for line in lines) and b"=======" in lines:
+            marked.append(name)
+    assert marked == []
