@@ -1,29 +1,44 @@
 """Settings → API Keys: the list, "+" (create), roll and delete.
 
 The list is every member's to read; the forms and their POSTs are for owners, which KeyService
-decides (``require_owner``), as it does for the CLI. A key's plaintext exists only in the response
-to the POST that made it: rendered there, never redirected to, marked ``no-store``.
+decides (``require_owner``), as it does for the CLI. A new key is shown once, after a redirect
+(post-redirect-get): the POST hands it off server-side (``keys.handoff``) and the page it redirects
+to takes it back, once, marked ``no-store``; the key is in no URL, and a refresh lists the keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from kombu.utils.url import maybe_sanitize_url
 from markupsafe import Markup
-from sqlalchemy import Row
+from sqlalchemy import Row, select
 
+from config.settings import Settings
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
-from userpath_worker.keys import scopes
+from userpath_worker.keys import handoff, scopes
 from userpath_worker.keys.models import ApiKey, KeyStatus, key_status
 from userpath_worker.keys.services import OWNERS_WORK, KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.rotation.services import RotationPolicy
-from userpath_worker.web.context import actor, db, form_status, membership, owner, page, shown_once, signed_in, web
+from userpath_worker.web.context import (
+    account,
+    actor,
+    db,
+    form_status,
+    membership,
+    owner,
+    page,
+    shown_once,
+    signed_in,
+    web,
+)
 from userpath_worker.web.formatting import flag_reason, relative, utc
 from userpath_worker.web_links import key_anchor
 
@@ -44,6 +59,7 @@ SCOPE_CHOICES = [
     (scopes.WEBHOOKS, "every provider's webhooks (userpath.webhooks)"),
 ]
 PROVIDER_LIST = re.compile(r"[\s,]+")
+HANDOFF = "key_handoff"  # the key, in the session, of the token that takes a new key back (keys.handoff)
 
 
 class KeyRow(NamedTuple):
@@ -132,8 +148,7 @@ def create_key(org_id: int) -> Any:
         )
     except UserError as error:
         return _new_key_form(values, ticked, str(error), form_status(error))
-    db().commit()
-    return _key_shown(key, plaintext, replaced=None)
+    return _hand_off(org_id, key, plaintext)
 
 
 @blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/roll", methods=["GET", "POST"])
@@ -150,8 +165,31 @@ def roll_key(org_id: int, key_id: int) -> Any:
     except UserError as error:
         status = form_status(error)
         return page("roll.html", status, key=key, graces=GRACE_LABELS, grace=grace, error=str(error))
+    return _hand_off(org_id, new, plaintext)
+
+
+@blueprint.get("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/new")
+@signed_in
+def key_shown(org_id: int, key_id: int) -> Any:
+    """The new key, once; afterwards (a refresh, the back button) its row on the list."""
+    current = membership(org_id)
+    key = web().keys(db()).get_in(current.organization, key_id)
+    token = session.pop(HANDOFF, None)
+    plaintext = handoff.take(db(), token, key.id, account().id) if isinstance(token, str) else None
     db().commit()
-    return _key_shown(new, plaintext, replaced=key)
+    if plaintext is None:
+        return redirect(url_for("keys.list_keys", org_id=org_id, _anchor=key_anchor(key.id)), 303)
+    replaced = db().scalar(select(ApiKey).where(ApiKey.replaced_by_id == key.id))
+    rendered = page(
+        "key_shown.html",
+        key=key,
+        plaintext=plaintext,
+        replaced=replaced,
+        key_scopes=scopes.described(key.scopes),
+        setup=Setup.of(web().settings),
+        anchor=key_anchor(key.id),
+    )
+    return shown_once(rendered)
 
 
 @blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/delete", methods=["GET", "POST"])
@@ -179,12 +217,30 @@ def _owned_key(org_id: int, key_id: int) -> tuple[KeyService, ApiKey]:
     return keys, key
 
 
-def _key_shown(key: ApiKey, plaintext: str, replaced: ApiKey | None) -> Any:
-    """The page that shows a new key, once (``replaced``: the key it rolled)."""
-    rendered = page(
-        "key_shown.html", 201, key=key, plaintext=plaintext, replaced=replaced, key_scopes=scopes.described(key.scopes)
-    )
-    return shown_once(rendered)
+def _hand_off(org_id: int, key: ApiKey, plaintext: str) -> Any:
+    """Commit the new key with its hand-off, and redirect to the page that shows it."""
+    session[HANDOFF] = handoff.hand_off(db(), key.id, account().id, plaintext)
+    db().commit()
+    return redirect(url_for("keys.key_shown", org_id=org_id, key_id=key.id), 303)
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """This installation's addresses, for the snippets beside a new key."""
+
+    broker_url: str  # its password masked: producers get users of their own
+    embedded_broker: bool
+    edge_url: str | None  # where producers POST over HTTP, when this installation runs the edge
+
+    @classmethod
+    def of(cls, settings: Settings) -> Setup:
+        # The edge's base URL is the one setting the curl snippet needs: shown once it exists.
+        edge_base_url = getattr(settings, "edge_base_url", None)
+        return cls(
+            broker_url=maybe_sanitize_url(settings.broker_url),
+            embedded_broker=settings.broker_url.startswith("sqla+"),
+            edge_url=f"{edge_base_url.rstrip('/')}/v1/track" if edge_base_url else None,
+        )
 
 
 def _new_key_form(values: dict[str, str], ticked: list[str], error: str | None = None, status: int = 200) -> Any:
