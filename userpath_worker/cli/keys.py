@@ -81,21 +81,24 @@ def keys_create(
 
 @keys.command(
     "list",
-    help="List an organization's keys (never their secrets).\n\nLAST USED has a resolution of "
+    help="List an organization's keys (never their secrets): its current ones, as the pages list them; "
+    "--all adds the deleted ones, marked.\n\nLAST USED has a resolution of "
     f"{LAST_USED_RESOLUTION:g} seconds: a worker process writes it at most that often per key, so it can be "
     "that far behind the key's last use.",
 )
 @click.option("--org", required=True, help="Organization name.")
+@click.option("--all", "show_all", is_flag=True, help="Also the deleted keys, with when they were deleted.")
 @json_option
-def keys_list(org: str, as_json: bool) -> None:
+def keys_list(org: str, show_all: bool, as_json: bool) -> None:
     now = utcnow()
     with transaction() as session:
-        found = key_service(session).list(organizations.get_organization(session, org))
+        found = key_service(session).list(organizations.get_organization(session, org), include_deleted=show_all)
     if as_json:
         print_json([key_as_dict(key, now) for key in found])
         return
+    headers = ["ID", "NAME", "KEY", "ENV", "SCOPES", "STATUS", utc("CREATED"), utc("LAST USED"), utc("EXPIRES"), "FLAG"]
     print_table(
-        ["ID", "NAME", "KEY", "ENV", "SCOPES", "STATUS", utc("CREATED"), utc("LAST USED"), utc("EXPIRES"), "FLAG"],
+        [*headers, utc("DELETED")] if show_all else headers,
         [
             [
                 str(key.id),
@@ -108,6 +111,7 @@ def keys_list(org: str, as_json: bool) -> None:
                 when(key.last_used_at),
                 when(key.expires_at),
                 ",".join(key.flag_reasons or []) or "-",
+                *([when(key.deleted_at)] if show_all else []),
             ]
             for key in found
         ],

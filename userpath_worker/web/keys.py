@@ -22,7 +22,7 @@ from config.settings import Settings
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
 from userpath_worker.keys import handoff, scopes
-from userpath_worker.keys.models import ApiKey, KeyStatus, key_status
+from userpath_worker.keys.models import ApiKey, key_status
 from userpath_worker.keys.services import OWNERS_WORK, KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
@@ -72,7 +72,11 @@ class KeyRow(NamedTuple):
     environment: str
     scopes: str  # "all", or e.g. "track, webhooks:stripe"
     status: str
-    status_until: str  # for an expiring key: when it stops working
+    replaced_by: str  # the replacement's display form after a roll ("" when not rolled)
+    replaced_by_anchor: str  # its row's id; "" when it is not listed (deleted)
+    exposed: str  # when the key was reported leaked, relative; "" when never
+    exposed_utc: str
+    exposed_url: str  # where it was found, when the report said
     created: str
     last_used: str  # relative, or "never"
     last_used_utc: str
@@ -85,10 +89,26 @@ class KeyRow(NamedTuple):
 
 def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: dt.datetime) -> list[KeyRow]:
     """The rows of ``KeyService.listing``, as the page shows them; ``keys_url`` is the page's path."""
+    displays = {key[0]: key[2] for key in keys}  # a rolled key links to its replacement's row
     rows = []
     # Unpacked by position (the order ``listing`` documents): a Row's attributes are looked up by
     # name, which was half of this loop's time.
-    for key_id, name, display, environment, created, used, expires, rolled, expired, reasons, chosen in keys:
+    for (
+        key_id,
+        name,
+        display,
+        environment,
+        created,
+        used,
+        expires,
+        rolled,
+        expired,
+        reasons,
+        chosen,
+        replaced_by,
+        exposed,
+        exposed_url,
+    ) in keys:
         status = key_status(None, expired, expires, rolled, now)
         flag = "; ".join([flag_reason(reason, expires, policy, now) for reason in reasons]) if reasons else ""
         rows.append(
@@ -99,7 +119,11 @@ def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: d
                 environment.value,
                 scopes.described(chosen),
                 status.value,
-                utc(expires) if status is KeyStatus.EXPIRING else "",
+                displays.get(replaced_by, "a key since deleted") if replaced_by else "",
+                key_anchor(replaced_by) if replaced_by in displays else "",
+                relative(exposed, now) if exposed else "",
+                utc(exposed),
+                exposed_url or "",
                 utc(created),
                 relative(used, now),
                 utc(used),
@@ -120,8 +144,11 @@ def list_keys(org_id: int) -> Any:
     now = utcnow()
     found = web().keys(db()).listing(current.organization)
     keys_url = url_for("keys.list_keys", org_id=org_id)  # the rows' links start alike: one url_for
-    rows = render_template("_key_rows.html", rows=key_rows(found, keys_url, web().policy, now), owner=current.is_owner)
-    return page("keys.html", rows=Markup(rows), count=len(found))  # autoescaped by its own template
+    listed = key_rows(found, keys_url, web().policy, now)
+    # The Rotation column only when a key is flagged: an empty column explains nothing.
+    flagged = any(row.flag for row in listed)
+    rows = render_template("_key_rows.html", rows=listed, owner=current.is_owner, flagged=flagged)
+    return page("keys.html", rows=Markup(rows), count=len(found), flagged=flagged)  # autoescaped by its own template
 
 
 @blueprint.get("/orgs/<int:org_id>/settings/api-keys/new")

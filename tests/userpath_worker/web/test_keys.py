@@ -86,7 +86,7 @@ def test_the_list_shows_each_key_with_its_columns_and_never_a_secret(browser: Br
     assert live_row["created"].endswith("UTC")
     assert live_row["last-used"] == "never"
     assert live_row["expires"] == "never"
-    assert live_row["flag"] == ""
+    assert "flag" not in live_row and '<th scope="col">Rotation</th>' not in html  # nothing flagged: no column
     assert row(html, test_id)["environment"] == "test"
     assert live not in html and test not in html
     assert response.headers["Cache-Control"] == "no-store"
@@ -117,6 +117,7 @@ def test_the_rotation_flag_shows_its_reasons_in_words(browser: Browser, people: 
         browser.sign_in()
         html = browser.get(keys_page(org_id)).get_data(as_text=True)
     assert row(html, key_id)["flag"] == "rotate older than 90 days; unused for 30 days; expires in 5 days"
+    assert '<th scope="col">Rotation</th>' in html and 'id="rotation-hint"' in html  # and what to do about it
 
 
 def test_plus_opens_the_form_with_name_environment_and_expiry(browser: Browser, people: People) -> None:
@@ -275,11 +276,21 @@ def test_rolling_shows_the_new_key_once_and_lists_the_old_one_as_expiring(
     new_identity = authenticate(people, new)
     assert isinstance(new_identity, KeyIdentity)
     assert row(html, new_identity.key_id)["status"] == "active"
+    # The old row links to its replacement's; its expiry is shown once, in Expires.
+    assert re.search(
+        rf'<span class="replaced-by">replaced by <a href="#key-{new_identity.key_id}">{re.escape(new[:12])}\.\.\.', html
+    )
+    old_row = row(html, old_id)
+    assert "until" not in old_row["status"]
     if length:
-        assert row(html, old_id)["status"].startswith("expiring until ")
+        assert old_row["status"] == f"expiring replaced by {new[:12]}...{new[-4:]}"
+        assert old_row["expires"].startswith("in ")
+        expiry = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", old_row["expires"]).group(0)  # type: ignore[union-attr]
+        old_html = re.search(rf'<tr id="key-{old_id}".*?</tr>', html, re.S).group(0)  # type: ignore[union-attr]
+        assert old_html.count(expiry) == 1
         assert isinstance(authenticate(people, old), KeyIdentity)  # still works within the grace
     else:
-        assert row(html, old_id)["status"] == "expired"
+        assert old_row["status"] == f"expired replaced by {new[:12]}...{new[-4:]}"
         assert authenticate(people, old) is AuthFailure.EXPIRED
     with Session(people.engine) as session:
         rolled = session.scalars(select(AuditEntry).where(AuditEntry.action == "key.rolled")).one()
