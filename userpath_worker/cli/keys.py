@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from typing import Any
 
 import click
 
+from userpath_worker.accounts.services import OPERATOR
 from userpath_worker.cli.common import (
     Duration,
     json_option,
@@ -15,6 +17,7 @@ from userpath_worker.cli.common import (
     print_json,
     print_new_key,
     print_table,
+    settings,
     transaction,
     utc,
     when,
@@ -23,6 +26,7 @@ from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
 from userpath_worker.keys import scopes
 from userpath_worker.keys.auth import LAST_USED_RESOLUTION
+from userpath_worker.keys.exposure import BY_HAND, ExposureService
 from userpath_worker.keys.services import check_grace, check_lifetime
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
@@ -44,7 +48,7 @@ class Scope(click.ParamType):
 
 @click.group()
 def keys() -> None:
-    """API keys: create, list, show, roll, delete."""
+    """API keys: create, list, show, roll, delete, report a leak."""
 
 
 @keys.command("create")
@@ -187,6 +191,23 @@ def keys_delete(key_id: int, actor: str, as_json: bool) -> None:
         print_json(key_as_dict(key, utcnow()))
         return
     click.echo(f"Deleted key {key.id} ('{key.name}', {key.display}).")
+
+
+@keys.command("report-leak")
+@click.argument("key")
+@click.option("--url", help="Where the key was found in public (a commit, a paste, a log).")
+@json_option
+def keys_report_leak(key: str, url: str | None, as_json: bool) -> None:
+    """Report KEY found in public ("-": read it from standard input, out of the shell's history):
+    revoke it as a secret-scanning report would, audit where it was found, and tell the owners."""
+    plaintext = sys.stdin.readline().strip() if key == "-" else key.strip()
+    exposure = ExposureService(settings(), transaction).report(plaintext, url, BY_HAND, OPERATOR)
+    if exposure is None:
+        raise UserError("this is none of this installation's keys: nothing was revoked")
+    if as_json:
+        print_json(exposure.webhook_body())
+        return
+    click.echo(exposure.text())
 
 
 @keys.command("stale")
