@@ -205,6 +205,21 @@ def test_the_broker_snippet_masks_the_brokers_password(app: Flask, browser: Brow
     assert "userpath broker producer-user NAME" in html
 
 
+def test_the_curl_snippet_appears_once_the_installation_has_an_edge(
+    app: Flask, browser: Browser, people: People
+) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    without = browser.shown_once(create(browser, org_id, "Before")).get_data(as_text=True)
+    assert 'id="snippet-curl"' not in without  # no edge setting on this branch: no dead end shown
+    # USERPATH_EDGE_BASE_URL, once the edge's setting exists, is the only thing the snippet needs.
+    settings = app.extensions["userpath"].settings.model_copy(update={"edge_base_url": "https://edge.example.com/"})
+    app.extensions["userpath"] = dataclasses.replace(app.extensions["userpath"], settings=settings)
+    html = browser.shown_once(create(browser, org_id, "After")).get_data(as_text=True)
+    curl = re.search(r'id="snippet-curl"><code>(.*?)</code>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert curl.startswith('curl -u "$USERPATH_KEY:" https://edge.example.com/v1/track')
+
+
 @pytest.mark.parametrize(("expiry", "days"), [("never", None), ("30", 30), ("90", 90), ("365", 365)])
 def test_the_expiry_choices(browser: Browser, people: People, expiry: str, days: int | None) -> None:
     org_id = people.organization()
