@@ -39,14 +39,15 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
         MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
     )
     engine = engine or make_engine(settings.database_url, hide_parameters=True)
+    form_sessions = make_session_factory(writer(engine))
     app.extensions["userpath"] = context.Web(
         settings=settings,
         sessions=make_session_factory(engine),
-        form_sessions=make_session_factory(writer(engine)),
+        form_sessions=form_sessions,
         policy=RotationPolicy.from_settings(settings),
     )
-
-    app.extensions["userpath.exposure"] = ExposureService(settings, make_session_factory(writer(engine)).begin)
+    # GitHub's leak reports write as a form does, each in a transaction of its own.
+    app.extensions["userpath.exposure"] = ExposureService(settings, form_sessions.begin)
 
     csrf = CSRFProtect(app)
     csrf.exempt(secret_scanning.blueprint)  # GitHub's reports: signed, sent with no session
