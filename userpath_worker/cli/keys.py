@@ -150,6 +150,7 @@ def keys_show(key_id: int, as_json: bool) -> None:
         (utc("DELETED"), when(key.deleted_at)),
         ("REPLACED BY", replaced_by),
         ("FLAG", ",".join(key.flag_reasons or []) or "-"),
+        (utc("EXPOSED"), f"{when(key.exposed_at)} at {key.exposed_url}" if key.exposed_url else when(key.exposed_at)),
     ):
         click.echo(f"{label + ':':<18}{value}")
 

@@ -4,6 +4,7 @@ the same service as GitHub's reports: the key revoked, the leak audited, the own
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -56,7 +57,10 @@ def test_a_key_reported_by_hand_is_revoked_audited_and_its_owners_e_mailed(
     [mail] = smtp.received
     assert mail.recipients == [OWNER] and PASTE in mail.message.get_content()
     # Listed as expired, and exposed, in the CLI too.
-    assert json.loads(ok("keys", "list", "--org", "Acme", "--json").stdout)[0]["status"] == "expired"
+    [listed] = json.loads(ok("keys", "list", "--org", "Acme", "--json").stdout)
+    assert (listed["status"], listed["exposed_url"]) == ("expired", PASTE) and listed["exposed_at"]
+    shown = ok("keys", "show", str(leaked["id"])).stdout
+    assert re.search(rf"^EXPOSED \(UTC\): +\d{{4}}-\d\d-\d\d \d\d:\d\d at {re.escape(PASTE)}$", shown, re.M), shown
 
 
 def test_the_key_can_come_from_standard_input_out_of_the_shells_history(leaked: dict, engine: Engine) -> None:
