@@ -164,7 +164,10 @@ def phone_screen(driver: WebDriver, visit: Visit, name: str) -> None:
         {"width": PHONE_WIDTH, "height": 844, "deviceScaleFactor": 1, "mobile": True},
     )
     try:
-        element(driver, "table#api-keys")
+        # The last card's Roll and Delete in view, for the screenshot to show them.
+        driver.execute_script(
+            "arguments[0].scrollIntoView({block: 'end'})", element(driver, "tr:last-child td.actions")
+        )
         visit.page(name)
         assert driver.execute_script("return document.documentElement.scrollWidth") <= PHONE_WIDTH
         controls = driver.find_elements(By.CSS_SELECTOR, "td.actions a")
