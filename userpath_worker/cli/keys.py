@@ -202,7 +202,7 @@ def keys_report_leak(key: str, url: str | None, as_json: bool) -> None:
     """Report KEY found in public ("-": read it from standard input, out of the shell's history):
     revoke it as a secret-scanning report would, audit where it was found, and tell the owners."""
     plaintext = sys.stdin.readline().strip() if key == "-" else key.strip()
-    exposure = ExposureService(settings(), transaction).report(plaintext, url, BY_HAND, OPERATOR)
+    exposure = ExposureService(settings(), transaction, settings().key_pepper).report(plaintext, url, BY_HAND, OPERATOR)
     if exposure is None:
         raise UserError("this is none of this installation's keys: nothing was revoked")
     if as_json:

@@ -47,6 +47,7 @@ from userpath_worker.audit import services as audit
 from userpath_worker.db import Transaction, utcnow
 from userpath_worker.keys import tokens
 from userpath_worker.keys.models import ApiKey, KeyStatus
+from userpath_worker.keys.services import KeyService
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
 from userpath_worker.webhook_post import WebhookRefused, WebhookUnanswered, post_json
@@ -161,9 +162,12 @@ class ExposureService:
     """Reports of leaked keys, each in its own transaction of ``transaction`` (committed before
     anyone is told, so the key is revoked whatever happens next)."""
 
-    def __init__(self, settings: Settings, transaction: Transaction, public_keys: PublicKeys | None = None) -> None:
+    def __init__(
+        self, settings: Settings, transaction: Transaction, pepper: str | None, public_keys: PublicKeys | None = None
+    ) -> None:
         self.settings = settings
         self.transaction = transaction
+        self.pepper = pepper  # the one key digests are made with (USERPATH_KEY_PEPPER)
         self.public_keys = public_keys or PublicKeys(settings.secret_scanning_keys_url)
 
     def github_report(self, headers: Mapping[str, str], body: bytes) -> tuple[int, Any]:
@@ -201,15 +205,12 @@ class ExposureService:
     def report(self, token: str, url: str | None, source: str, actor: str = audit.SYSTEM) -> Exposure | None:
         """Act on ``token`` found in public (at ``url``): revoke it, audit, tell the owners; what
         was done, or None when it is none of our keys."""
-        parsed = tokens.parse(token)
-        if isinstance(parsed, tokens.AuthFailure):
-            return None  # no query for what cannot be a key
-        digest = tokens.digest(parsed.secret, self.settings.key_pepper)
         exposed_url = url if url and url.startswith(("https://", "http://")) and len(url) <= MAX_URL else None
         with self.transaction() as session:
-            key = session.scalar(select(ApiKey).where(ApiKey.digest == digest).with_for_update())
-            if key is None:
+            found = KeyService(session, self.pepper).lookup(token)  # no query for what cannot be a key
+            if isinstance(found, tokens.AuthFailure):
                 return None
+            key = session.scalars(select(ApiKey).where(ApiKey.id == found.key_id).with_for_update()).one()
             exposure = self._revoke(session, key, exposed_url, source, actor)
         logger.warning(
             "API key %d (%s) of %s found in public (%s%s): %s",

@@ -47,7 +47,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
         policy=RotationPolicy.from_settings(settings),
     )
     # GitHub's leak reports write as a form does, each in a transaction of its own.
-    app.extensions["userpath.exposure"] = ExposureService(settings, form_sessions.begin)
+    app.extensions["userpath.exposure"] = ExposureService(settings, form_sessions.begin, settings.key_pepper)
 
     csrf = CSRFProtect(app)
     csrf.exempt(secret_scanning.blueprint)  # GitHub's reports: signed, sent with no session
