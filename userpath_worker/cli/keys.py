@@ -27,7 +27,7 @@ from userpath_worker.errors import UserError
 from userpath_worker.keys import scopes
 from userpath_worker.keys.auth import LAST_USED_RESOLUTION
 from userpath_worker.keys.exposure import BY_HAND, ExposureService
-from userpath_worker.keys.services import check_grace, check_lifetime
+from userpath_worker.keys.services import check_grace, check_lifetime, configured_pepper
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
@@ -202,7 +202,9 @@ def keys_report_leak(key: str, url: str | None, as_json: bool) -> None:
     """Report KEY found in public ("-": read it from standard input, out of the shell's history):
     revoke it as a secret-scanning report would, audit where it was found, and tell the owners."""
     plaintext = sys.stdin.readline().strip() if key == "-" else key.strip()
-    exposure = ExposureService(settings(), transaction, settings().key_pepper).report(plaintext, url, BY_HAND, OPERATOR)
+    exposure = ExposureService(settings(), transaction, configured_pepper(settings())).report(
+        plaintext, url, BY_HAND, OPERATOR
+    )
     if exposure is None:
         raise UserError("this is none of this installation's keys: nothing was revoked")
     if as_json:

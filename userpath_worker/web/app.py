@@ -14,6 +14,7 @@ from userpath_worker.accounts.secret import web_secret
 from userpath_worker.db import make_engine, make_session_factory, writer
 from userpath_worker.errors import NotFound, PermissionDenied
 from userpath_worker.keys.exposure import ExposureService
+from userpath_worker.keys.services import configured_pepper
 from userpath_worker.rotation.services import RotationPolicy
 from userpath_worker.web import audit, auth, context, formatting, keys, members, secret_scanning, security, webhooks
 
@@ -38,6 +39,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
     )
+    pepper = configured_pepper(settings)  # before serving: a key made on these pages must pass the worker's check
     engine = engine or make_engine(settings.database_url, hide_parameters=True)
     form_sessions = make_session_factory(writer(engine))
     app.extensions["userpath"] = context.Web(
@@ -47,7 +49,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
         policy=RotationPolicy.from_settings(settings),
     )
     # GitHub's leak reports write as a form does, each in a transaction of its own.
-    app.extensions["userpath.exposure"] = ExposureService(settings, form_sessions.begin, settings.key_pepper)
+    app.extensions["userpath.exposure"] = ExposureService(settings, form_sessions.begin, pepper)
 
     csrf = CSRFProtect(app)
     csrf.exempt(secret_scanning.blueprint)  # GitHub's reports: signed, sent with no session

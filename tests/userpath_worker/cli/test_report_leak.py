@@ -12,6 +12,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from tests.common.cli import ok, run
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.smtp import SmtpServer
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.keys.models import ApiKey
@@ -44,7 +45,7 @@ def test_a_key_reported_by_hand_is_revoked_audited_and_its_owners_e_mailed(
     assert result.stdout.startswith(f"API key 'Server' ({leaked['display']}) of Acme was found in public at {PASTE}")
     assert "revoked" in result.stdout and leaked["key"] not in result.output
     with Session(engine) as session:
-        assert KeyService(session).authenticate(leaked["key"]) is AuthFailure.EXPIRED
+        assert KeyService(session, TEST_KEY_PEPPER).authenticate(leaked["key"]) is AuthFailure.EXPIRED
         key = session.get_one(ApiKey, leaked["id"])
         audited = session.scalars(select(AuditEntry).where(AuditEntry.action == "key.exposed")).one()
     assert key.exposed_url == PASTE

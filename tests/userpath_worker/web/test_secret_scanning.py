@@ -18,6 +18,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from tests.common.secret_scanning import GithubKeys, report
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.smtp import SmtpServer
 from tests.common.web import OWNER, Browser, People, web_settings
 from tests.common.webhook import WebhookServer
@@ -65,7 +66,7 @@ def post(app: Flask, body: bytes, headers: dict[str, str]) -> tuple[int, Any]:
 
 def authenticate(people: People, plaintext: str) -> KeyIdentity | AuthFailure:
     with Session(people.engine) as session:
-        return KeyService(session).authenticate(plaintext)
+        return KeyService(session, TEST_KEY_PEPPER).authenticate(plaintext)
 
 
 def test_a_valid_report_revokes_the_key_within_a_second_audits_and_tells_the_owners(
