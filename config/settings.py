@@ -138,6 +138,12 @@ class Settings(BaseSettings):
     # How far a signed webhook's timestamp may be from its received_at (replays older than this fail).
     webhook_tolerance_seconds: Annotated[int, Field(ge=1, le=86_400)] = 300
 
+    # Leaked keys (userpath_worker.keys.exposure): where GitHub publishes the public keys that sign
+    # its secret-scanning reports, and what a key found in public gets: revoked at once, or an hour's
+    # expiry for its owners to roll it first.
+    secret_scanning_keys_url: str = "https://api.github.com/meta/public_keys/secret_scanning"
+    exposed_key_action: Literal["revoke", "expire_in_1h"] = "revoke"
+
     # Events: how long they are kept (days from received_at) unless an organization has its own
     # (``userpath orgs set-retention``), and when beat applies it and makes partitions ahead.
     event_retention_days: Annotated[int, Field(ge=1, le=36_500)] = 395
@@ -150,7 +156,7 @@ class Settings(BaseSettings):
         parse_schedule(value)
         return value.strip()
 
-    @field_validator("reminder_webhook_url")
+    @field_validator("reminder_webhook_url", "secret_scanning_keys_url")
     @classmethod
     def _http_webhook(cls, value: str | None) -> str | None:
         if not value:

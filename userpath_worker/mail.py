@@ -15,7 +15,7 @@ import ssl
 from dataclasses import dataclass
 from email.message import EmailMessage
 
-from config.settings import SmtpServer
+from config.settings import Settings, SmtpServer
 
 TIMEOUT_SECONDS = 10.0
 
@@ -34,6 +34,19 @@ class Sent:
 
     accepted: list[str]
     refused: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class Mail:
+    """Owners are e-mailed through ``server``, from ``sender`` (USERPATH_SMTP_URL, USERPATH_SMTP_FROM)."""
+
+    server: SmtpServer
+    sender: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Mail | None:
+        server = settings.smtp_server
+        return cls(server, settings.smtp_from) if server else None
 
 
 # RFC 5322's limit of 998 characters a line, not the 78 it recommends: a subject naming a key and an

@@ -5,7 +5,7 @@ from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import Base
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
-from userpath_worker.keys.models import ApiKey
+from userpath_worker.keys.models import ApiKey, KeyHandoff
 from userpath_worker.organizations.models import Member, Organization
 from userpath_worker.rotation.models import Reminder, RotationPass
 from userpath_worker.webhooks.models import WebhookSecret
@@ -19,6 +19,7 @@ __all__ = [
     "DeadLetter",
     "Event",
     "Invitation",
+    "KeyHandoff",
     "Member",
     "Organization",
     "Reminder",

@@ -67,6 +67,17 @@ class Browser:
         sent = {"Origin": origin} if origin else {}
         return self.client.post(path, data=form, headers={**sent, **(headers or {})}, follow_redirects=follow_redirects)
 
+    def shown_once(self, response: TestResponse) -> TestResponse:
+        """The page a new key's POST redirected to (post-redirect-get), opened: it shows the key
+        once, kept by no cache; the key is in no URL."""
+        assert response.status_code == 303, response.get_data(as_text=True)
+        location = response.headers["Location"]
+        assert re.fullmatch(r"/orgs/\d+/settings/api-keys/\d+/new", location), location
+        shown = self.get(location)
+        assert shown.status_code == 200, shown.get_data(as_text=True)
+        assert shown.headers["Cache-Control"] == "no-store"
+        return shown
+
     def csrf_token(self) -> str:
         """A valid token of the current session, from a page that has a form (sign-in, or when
         signed in the sign-out button of any page)."""

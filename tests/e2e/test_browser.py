@@ -55,6 +55,7 @@ PASSWORD = "correct horse battery staple"
 KEY_NAME = "App X Production Server"
 SIGNING_SECRET = "whsec_browser_test_signing_secret_0042"
 KEYS_PAGE = re.compile(r"/orgs/(\d+)/settings/api-keys$")
+PHONE_WIDTH = 390  # CSS pixels: an iPhone 12 to 15
 
 
 @pytest.fixture
@@ -156,6 +157,31 @@ def shown_once(visit: Visit, name: str) -> str:
     return key
 
 
+def phone_screen(driver: WebDriver, visit: Visit, name: str) -> None:
+    """The page at a 390 px wide screen, screenshot as ``name``: each owner's Roll and Delete within it."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": PHONE_WIDTH, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    try:
+        # The last card's Roll and Delete in view, for the screenshot to show them.
+        driver.execute_script(
+            "arguments[0].scrollIntoView({block: 'end'})", element(driver, "tr:last-child td.actions")
+        )
+        visit.page(name)
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= PHONE_WIDTH
+        controls = driver.find_elements(By.CSS_SELECTOR, "td.actions a")
+        assert {control.text for control in controls} >= {"Roll", "Delete"}
+        for control in controls:
+            box = control.rect
+            assert control.is_displayed() and box["x"] >= 0 and box["x"] + box["width"] <= PHONE_WIDTH, (
+                control.text,
+                box,
+            )
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def send(key: str, event_id: str) -> None:
     with UserPath(key, broker_url=REDIS_URL) as client:
         client.track("Signed Up", user_id="user-1", properties={"plan": "pro"}, event_id=event_id)
@@ -194,6 +220,16 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         click_through(driver, "button#create-key", then="input#new-key")
         key = shown_once(visit, "key-created")
         assert key.startswith("up_live_")
+        assert "USERPATH_KEY" in page_text(driver) and "live" in element(driver, "#key-environment").text
+
+        # A refresh does not post the form again: the key is gone, and the list shows its row.
+        driver.refresh()
+        element(driver, "table#api-keys")
+        refreshed = visit.page("key-created-refreshed")
+        [refreshed_id] = key_ids(driver)
+        assert KEYS_PAGE.search(driver.current_url.split("#")[0])
+        assert driver.current_url.endswith(f"#key-{refreshed_id}")  # at its row
+        assert "already exists" not in refreshed and key not in driver.page_source
 
         visit.open(keys_page, "api-keys-one-key")
         [key_id] = key_ids(driver)
@@ -230,6 +266,11 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert row(driver, new_id)["name"] == KEY_NAME
         assert "active" in row(driver, new_id)["status"].lower()
         assert key not in driver.page_source and rolled not in driver.page_source
+        assert row(driver, key_id)["status"] == "expiring\nreplaced by " + row(driver, new_id)["display"]
+
+        # At a phone's width (390 px) every key is a card: Roll and Delete are on screen, nothing
+        # scrolls sideways.
+        phone_screen(driver, visit, "api-keys-phone")
 
         # Delete the new key: the confirmation names it; then it is gone or shown deleted.
         click_through(driver, f'tr[data-key-id="{new_id}"] a.delete', then="button#delete-key")
@@ -293,5 +334,5 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert secret not in web_log
         assert secret not in worker_log
     assert visit.console == []  # no script error or Content-Security-Policy violation on any page
-    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 20
+    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 22
     assert counts(engine) == (2, 1)

@@ -192,6 +192,8 @@ def key_as_dict(key: ApiKey, now: dt.datetime) -> dict[str, Any]:
         "replaced_by_id": key.replaced_by_id,
         "flagged_at": key.flagged_at.isoformat() if key.flagged_at else None,
         "flag_reasons": key.flag_reasons or [],
+        "exposed_at": key.exposed_at.isoformat() if key.exposed_at else None,  # reported leaked
+        "exposed_url": key.exposed_url,
     }
 
 

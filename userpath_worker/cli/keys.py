@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
 from typing import Any
 
 import click
 
+from userpath_worker.accounts.services import OPERATOR
 from userpath_worker.cli.common import (
     Duration,
     json_option,
@@ -15,6 +17,7 @@ from userpath_worker.cli.common import (
     print_json,
     print_new_key,
     print_table,
+    settings,
     transaction,
     utc,
     when,
@@ -23,7 +26,8 @@ from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
 from userpath_worker.keys import scopes
 from userpath_worker.keys.auth import LAST_USED_RESOLUTION
-from userpath_worker.keys.services import check_grace, check_lifetime
+from userpath_worker.keys.exposure import BY_HAND, ExposureService
+from userpath_worker.keys.services import check_grace, check_lifetime, configured_pepper
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
@@ -44,7 +48,7 @@ class Scope(click.ParamType):
 
 @click.group()
 def keys() -> None:
-    """API keys: create, list, show, roll, delete."""
+    """API keys: create, list, show, roll, delete, report a leak."""
 
 
 @keys.command("create")
@@ -81,21 +85,24 @@ def keys_create(
 
 @keys.command(
     "list",
-    help="List an organization's keys (never their secrets).\n\nLAST USED has a resolution of "
+    help="List an organization's keys (never their secrets): its current ones, as the pages list them; "
+    "--all adds the deleted ones, marked.\n\nLAST USED has a resolution of "
     f"{LAST_USED_RESOLUTION:g} seconds: a worker process writes it at most that often per key, so it can be "
     "that far behind the key's last use.",
 )
 @click.option("--org", required=True, help="Organization name.")
+@click.option("--all", "show_all", is_flag=True, help="Also the deleted keys, with when they were deleted.")
 @json_option
-def keys_list(org: str, as_json: bool) -> None:
+def keys_list(org: str, show_all: bool, as_json: bool) -> None:
     now = utcnow()
     with transaction() as session:
-        found = key_service(session).list(organizations.get_organization(session, org))
+        found = key_service(session).list(organizations.get_organization(session, org), include_deleted=show_all)
     if as_json:
         print_json([key_as_dict(key, now) for key in found])
         return
+    headers = ["ID", "NAME", "KEY", "ENV", "SCOPES", "STATUS", utc("CREATED"), utc("LAST USED"), utc("EXPIRES"), "FLAG"]
     print_table(
-        ["ID", "NAME", "KEY", "ENV", "SCOPES", "STATUS", utc("CREATED"), utc("LAST USED"), utc("EXPIRES"), "FLAG"],
+        [*headers, utc("DELETED")] if show_all else headers,
         [
             [
                 str(key.id),
@@ -108,6 +115,7 @@ def keys_list(org: str, as_json: bool) -> None:
                 when(key.last_used_at),
                 when(key.expires_at),
                 ",".join(key.flag_reasons or []) or "-",
+                *([when(key.deleted_at)] if show_all else []),
             ]
             for key in found
         ],
@@ -142,6 +150,7 @@ def keys_show(key_id: int, as_json: bool) -> None:
         (utc("DELETED"), when(key.deleted_at)),
         ("REPLACED BY", replaced_by),
         ("FLAG", ",".join(key.flag_reasons or []) or "-"),
+        (utc("EXPOSED"), f"{when(key.exposed_at)} at {key.exposed_url}" if key.exposed_url else when(key.exposed_at)),
     ):
         click.echo(f"{label + ':':<18}{value}")
 
@@ -183,6 +192,25 @@ def keys_delete(key_id: int, actor: str, as_json: bool) -> None:
         print_json(key_as_dict(key, utcnow()))
         return
     click.echo(f"Deleted key {key.id} ('{key.name}', {key.display}).")
+
+
+@keys.command("report-leak")
+@click.argument("key")
+@click.option("--url", help="Where the key was found in public (a commit, a paste, a log).")
+@json_option
+def keys_report_leak(key: str, url: str | None, as_json: bool) -> None:
+    """Report KEY found in public ("-": read it from standard input, out of the shell's history):
+    revoke it as a secret-scanning report would, audit where it was found, and tell the owners."""
+    plaintext = sys.stdin.readline().strip() if key == "-" else key.strip()
+    exposure = ExposureService(settings(), transaction, configured_pepper(settings())).report(
+        plaintext, url, BY_HAND, OPERATOR
+    )
+    if exposure is None:
+        raise UserError("this is none of this installation's keys: nothing was revoked")
+    if as_json:
+        print_json(exposure.webhook_body())
+        return
+    click.echo(exposure.text())
 
 
 @keys.command("stale")

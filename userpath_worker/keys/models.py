@@ -3,7 +3,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 
-from sqlalchemy import JSON, ForeignKey, Index, String, text
+from sqlalchemy import JSON, ForeignKey, Index, String, Text, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -61,6 +61,11 @@ class ApiKey(Base):
         JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
     )
 
+    # When the key was reported leaked (a secret-scanning report, or ``keys report-leak``), and the
+    # public place where it was found, if known (keys.exposure). Never cleared: it stays history.
+    exposed_at: Mapped[dt.datetime | None]
+    exposed_url: Mapped[str | None] = mapped_column(String(2000))
+
     def status(self, now: dt.datetime | None = None) -> KeyStatus:
         return key_status(self.deleted_at, self.expired_at, self.expires_at, self.rolled_at, now or utcnow())
 
@@ -80,3 +85,21 @@ def key_status(
     if rolled_at is not None:
         return KeyStatus.EXPIRING
     return KeyStatus.ACTIVE
+
+
+class KeyHandoff(Base):
+    """A new key on its way from the POST that made it to the one page that shows it (keys.handoff).
+
+    The key is kept encrypted under a key derived from the hand-off's token, and the token is not
+    kept (its digest is): neither this row nor the browser's cookie alone can give the key back.
+    The page that shows it deletes the row; an unclaimed one is useless after ``expires_at``.
+    """
+
+    __tablename__ = "key_handoffs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_digest: Mapped[str] = mapped_column(String(64), unique=True)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    account_id: Mapped[int] = mapped_column(ForeignKey("accounts.id", ondelete="CASCADE"), index=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    expires_at: Mapped[dt.datetime]

@@ -80,8 +80,21 @@ class KeyIdentity:
         return None
 
 
-def identity_of(key: ApiKey) -> KeyIdentity:
-    """Who ``key`` speaks for, as the authenticator caches it."""
+# What a lookup reads of a key: only what its identity needs (a key's other columns are the pages').
+IDENTITY_COLUMNS = (
+    ApiKey.id,
+    ApiKey.org_id,
+    ApiKey.environment,
+    ApiKey.display,
+    ApiKey.expires_at,
+    ApiKey.deleted_at,
+    ApiKey.scopes,
+    ApiKey.digest,
+)
+
+
+def identity_of(key: Row[Any]) -> KeyIdentity:
+    """Who ``key`` (a row of IDENTITY_COLUMNS) speaks for, as the authenticator caches it."""
     return KeyIdentity(
         key.id,
         key.org_id,
@@ -121,13 +134,18 @@ class KeyService:
         self._audit(key, actor, "key.created", environment=environment.value, scopes=key_scopes.listed(scopes))
         return key, plaintext
 
-    def list(self, organization: Organization) -> list[ApiKey]:
-        return list(self.session.scalars(select(ApiKey).where(ApiKey.org_id == organization.id).order_by(ApiKey.id)))
+    def list(self, organization: Organization, include_deleted: bool = False) -> list[ApiKey]:
+        """The organization's keys by id: the current ones, as the pages list them, or every one."""
+        query = select(ApiKey).where(ApiKey.org_id == organization.id)
+        if not include_deleted:
+            query = query.where(ApiKey.deleted_at.is_(None))
+        return list(self.session.scalars(query.order_by(ApiKey.id)))
 
     def listing(self, organization: Organization) -> list[Row[Any]]:
         """The organization's current keys (not the deleted ones) by id, as plain rows of what a list
         shows: id, name, display, environment, created_at, last_used_at, expires_at, rolled_at,
-        expired_at, flag_reasons, scopes. Half the time of whole keys: the web page lists a thousand.
+        expired_at, flag_reasons, scopes, replaced_by_id, exposed_at, exposed_url. Half the time of
+        whole keys: the web page lists a thousand.
         ``keys.models.key_status`` gives their status."""
         columns = (
             ApiKey.id,
@@ -141,6 +159,9 @@ class KeyService:
             ApiKey.expired_at,
             ApiKey.flag_reasons,
             ApiKey.scopes,
+            ApiKey.replaced_by_id,
+            ApiKey.exposed_at,
+            ApiKey.exposed_url,
         )
         query = select(*columns).where(ApiKey.org_id == organization.id, ApiKey.deleted_at.is_(None))
         return list(self.session.execute(query.order_by(ApiKey.id)))
@@ -202,7 +223,7 @@ class KeyService:
         if isinstance(parsed, AuthFailure):
             return parsed
         wanted = tokens.digest(parsed.secret, self.pepper)
-        key = self.session.scalar(select(ApiKey).where(ApiKey.digest == wanted))
+        key = self.session.execute(select(*IDENTITY_COLUMNS).where(ApiKey.digest == wanted)).first()
         if key is None or not hmac.compare_digest(key.digest, wanted):
             return AuthFailure.UNKNOWN
         return identity_of(key)

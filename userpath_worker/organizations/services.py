@@ -103,6 +103,17 @@ def require_owner(session: Session, organization: Organization, actor_email: str
     return member
 
 
+def owner_emails(session: Session, organization: Organization) -> list[str]:
+    """The e-mails of the organization's owners, in order: whom reminders and warnings go to."""
+    return list(
+        session.scalars(
+            select(Member.email)
+            .where(Member.org_id == organization.id, Member.role == Role.OWNER)
+            .order_by(Member.email)
+        )
+    )
+
+
 def members_of(session: Session, organization: Organization) -> list[Member]:
     """Everyone in the organization, owners first, then by e-mail."""
     order = {Role.OWNER: 0, Role.ADMIN: 1, Role.MEMBER: 2}

@@ -21,11 +21,8 @@ are not retried (that would e-mail the others again): the log and ``last_error``
 from __future__ import annotations
 
 import enum
-import http.client
 import json
 import logging
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from email.message import EmailMessage
@@ -34,12 +31,14 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from config.settings import Settings, SmtpServer
+from config.settings import Settings
 from userpath_worker import mail, web_links
 from userpath_worker.db import Transaction, utcnow
 from userpath_worker.keys.models import ApiKey
-from userpath_worker.organizations.models import Member, Organization, Role
+from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.models import Organization
 from userpath_worker.rotation.models import Reminder, StaleReason
+from userpath_worker.webhook_post import WebhookRefused, WebhookUnanswered, post_json
 
 logger = logging.getLogger("userpath.rotation")
 
@@ -118,30 +117,9 @@ class ReminderMessage:
 
 
 @dataclass(frozen=True, slots=True)
-class Mail:
-    """Owners are e-mailed through ``server``, from ``sender``."""
-
-    server: SmtpServer
-    sender: str
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Mail | None:
-        server = settings.smtp_server
-        return cls(server, settings.smtp_from) if server else None
-
-
-@dataclass(frozen=True, slots=True)
 class Claimed:
     message: ReminderMessage
     emailed: bool  # an earlier attempt e-mailed the owners already
-
-
-class WebhookRefused(Exception):
-    """The webhook certainly did not take the request."""
-
-
-class WebhookUnanswered(Exception):
-    """The request went out but no answer came: the webhook may have taken it."""
 
 
 def deliver_as_configured(transaction: Transaction, reminder_id: int, settings: Settings) -> DeliveryResult:
@@ -151,7 +129,7 @@ def deliver_as_configured(transaction: Transaction, reminder_id: int, settings: 
         reminder_id,
         settings.reminder_webhook_url,
         web_base_url=settings.web_base_url,
-        mail_to_owners=Mail.from_settings(settings),
+        mail_to_owners=mail.Mail.from_settings(settings),
     )
 
 
@@ -161,7 +139,7 @@ def deliver(
     webhook_url: str | None,
     *,
     web_base_url: str = DEFAULT_WEB_BASE_URL,
-    mail_to_owners: Mail | None = None,
+    mail_to_owners: mail.Mail | None = None,
 ) -> DeliveryResult:
     with transaction() as session:
         claimed = claim(session, reminder_id, web_base_url)
@@ -209,13 +187,11 @@ def claim(session: Session, reminder_id: int, web_base_url: str = DEFAULT_WEB_BA
         reminder.last_error = "not sent: the key was rolled, deleted or expired since"
         return DeliveryOutcome.OBSOLETE
     organization = session.get_one(Organization, reminder.org_id)
-    owners = session.scalars(
-        select(Member.email).where(Member.org_id == organization.id, Member.role == Role.OWNER).order_by(Member.email)
-    )
+    owners = organizations.owner_emails(session, organization)
     message = ReminderMessage(
         reminder_id=reminder.id,
         org=organization.name,
-        owners=list(owners),
+        owners=owners,
         key_id=key.id,
         key_name=key.name,
         display=key.display,
@@ -246,26 +222,6 @@ def unclaimed_reminders(transaction: Transaction, chunk: int = 1000) -> Iterator
         if len(ids) < chunk:
             return
         after_id = ids[-1]
-
-
-def post_json(url: str, body: dict[str, Any], timeout: float) -> None:
-    """POST ``body`` as JSON; the errors name neither the URL nor the body (a webhook URL is a secret)."""
-    request = urllib.request.Request(
-        url,
-        data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "User-Agent": "userpath-worker"},
-        method="POST",
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            response.read()
-    except urllib.error.HTTPError as error:
-        raise WebhookRefused(f"the webhook answered HTTP {error.code}") from None
-    except urllib.error.URLError as error:
-        # urllib raises URLError only while connecting and sending, before any answer.
-        raise WebhookRefused(f"the webhook is unreachable ({type(error.reason).__name__})") from None
-    except (OSError, http.client.HTTPException) as error:
-        raise WebhookUnanswered(f"no answer from the webhook ({type(error).__name__})") from None
 
 
 def _settle(session: Session, reminder_id: int, **values: Any) -> None:

@@ -13,9 +13,10 @@ from config.settings import Settings
 from userpath_worker.accounts.secret import web_secret
 from userpath_worker.db import make_engine, make_session_factory, writer
 from userpath_worker.errors import NotFound, PermissionDenied
+from userpath_worker.keys.exposure import ExposureService
 from userpath_worker.keys.services import configured_pepper
 from userpath_worker.rotation.services import RotationPolicy
-from userpath_worker.web import audit, auth, context, formatting, keys, members, security, webhooks
+from userpath_worker.web import audit, auth, context, formatting, keys, members, secret_scanning, security, webhooks
 
 SESSION_COOKIE = "userpath_session"
 MAX_FORM_BYTES = 64 * 1024  # our forms are a few short fields; waitress refuses a larger body too
@@ -38,17 +39,22 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
     )
-    configured_pepper(settings)  # before serving: a key made on these pages must pass the worker's check
+    pepper = configured_pepper(settings)  # before serving: a key made on these pages must pass the worker's check
     engine = engine or make_engine(settings.database_url, hide_parameters=True)
+    form_sessions = make_session_factory(writer(engine))
     app.extensions["userpath"] = context.Web(
         settings=settings,
         sessions=make_session_factory(engine),
-        form_sessions=make_session_factory(writer(engine)),
+        form_sessions=form_sessions,
         policy=RotationPolicy.from_settings(settings),
     )
+    # GitHub's leak reports write as a form does, each in a transaction of its own.
+    app.extensions["userpath.exposure"] = ExposureService(settings, form_sessions.begin, pepper)
 
-    CSRFProtect(app)
-    security.install(app, settings.web_base_url)  # the Origin check runs first, before CSRF
+    csrf = CSRFProtect(app)
+    csrf.exempt(secret_scanning.blueprint)  # GitHub's reports: signed, sent with no session
+    # The Origin check runs first, before CSRF; a machine's POST sends no Origin.
+    security.install(app, settings.web_base_url, machine_endpoints={secret_scanning.ENDPOINT})
     app.before_request(context.load_account)
     app.teardown_appcontext(context.close_db)
     app.context_processor(context.template_globals)
@@ -56,7 +62,14 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
     app.add_template_filter(formatting.relative)
     _register_errors(app)
 
-    for blueprint in (auth.blueprint, keys.blueprint, members.blueprint, webhooks.blueprint, audit.blueprint):
+    for blueprint in (
+        auth.blueprint,
+        keys.blueprint,
+        members.blueprint,
+        webhooks.blueprint,
+        audit.blueprint,
+        secret_scanning.blueprint,
+    ):
         app.register_blueprint(blueprint)
 
     @app.get("/healthz")

@@ -27,6 +27,7 @@ from userpath_worker.keys.services import KeyService, configured_pepper
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization, Role
 from userpath_worker.rotation.services import RotationPolicy
+from userpath_worker.web import secret_scanning
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -81,7 +82,7 @@ def load_account() -> None:
     """Who the session cookie says is signed in, if that session is still open (12 h idle at most,
     USERPATH_WEB_SESSION_LIFETIME_HOURS in all)."""
     g.account = None
-    if request.endpoint in ("static", "healthz"):
+    if request.endpoint in ("static", "healthz", secret_scanning.ENDPOINT):  # no browser, no session
         return
     token = session.get(SESSION_TOKEN)
     if not isinstance(token, str):

@@ -1,29 +1,44 @@
 """Settings → API Keys: the list, "+" (create), roll and delete.
 
 The list is every member's to read; the forms and their POSTs are for owners, which KeyService
-decides (``require_owner``), as it does for the CLI. A key's plaintext exists only in the response
-to the POST that made it: rendered there, never redirected to, marked ``no-store``.
+decides (``require_owner``), as it does for the CLI. A new key is shown once, after a redirect
+(post-redirect-get): the POST hands it off server-side (``keys.handoff``) and the page it redirects
+to takes it back, once, marked ``no-store``; the key is in no URL, and a refresh lists the keys.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import re
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from flask import Blueprint, flash, redirect, render_template, request, url_for
+from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from kombu.utils.url import maybe_sanitize_url
 from markupsafe import Markup
-from sqlalchemy import Row
+from sqlalchemy import Row, select
 
+from config.settings import Settings
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
-from userpath_worker.keys import scopes
-from userpath_worker.keys.models import ApiKey, KeyStatus, key_status
+from userpath_worker.keys import handoff, scopes
+from userpath_worker.keys.models import ApiKey, key_status
 from userpath_worker.keys.services import OWNERS_WORK, KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.rotation.services import RotationPolicy
-from userpath_worker.web.context import actor, db, form_status, membership, owner, page, shown_once, signed_in, web
+from userpath_worker.web.context import (
+    account,
+    actor,
+    db,
+    form_status,
+    membership,
+    owner,
+    page,
+    shown_once,
+    signed_in,
+    web,
+)
 from userpath_worker.web.formatting import flag_reason, relative, utc
 from userpath_worker.web_links import key_anchor
 
@@ -44,6 +59,7 @@ SCOPE_CHOICES = [
     (scopes.WEBHOOKS, "every provider's webhooks (userpath.webhooks)"),
 ]
 PROVIDER_LIST = re.compile(r"[\s,]+")
+HANDOFF = "key_handoff"  # the key, in the session, of the token that takes a new key back (keys.handoff)
 
 
 class KeyRow(NamedTuple):
@@ -56,7 +72,11 @@ class KeyRow(NamedTuple):
     environment: str
     scopes: str  # "all", or e.g. "track, webhooks:stripe"
     status: str
-    status_until: str  # for an expiring key: when it stops working
+    replaced_by: str  # the replacement's display form after a roll ("" when not rolled)
+    replaced_by_anchor: str  # its row's id; "" when it is not listed (deleted)
+    exposed: str  # when the key was reported leaked, relative; "" when never
+    exposed_utc: str
+    exposed_url: str  # where it was found, when the report said
     created: str
     last_used: str  # relative, or "never"
     last_used_utc: str
@@ -69,10 +89,26 @@ class KeyRow(NamedTuple):
 
 def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: dt.datetime) -> list[KeyRow]:
     """The rows of ``KeyService.listing``, as the page shows them; ``keys_url`` is the page's path."""
+    displays = {key[0]: key[2] for key in keys}  # a rolled key links to its replacement's row
     rows = []
     # Unpacked by position (the order ``listing`` documents): a Row's attributes are looked up by
     # name, which was half of this loop's time.
-    for key_id, name, display, environment, created, used, expires, rolled, expired, reasons, chosen in keys:
+    for (
+        key_id,
+        name,
+        display,
+        environment,
+        created,
+        used,
+        expires,
+        rolled,
+        expired,
+        reasons,
+        chosen,
+        replaced_by,
+        exposed,
+        exposed_url,
+    ) in keys:
         status = key_status(None, expired, expires, rolled, now)
         flag = "; ".join([flag_reason(reason, expires, policy, now) for reason in reasons]) if reasons else ""
         rows.append(
@@ -83,7 +119,11 @@ def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: d
                 environment.value,
                 scopes.described(chosen),
                 status.value,
-                utc(expires) if status is KeyStatus.EXPIRING else "",
+                displays.get(replaced_by, "a key since deleted") if replaced_by else "",
+                key_anchor(replaced_by) if replaced_by in displays else "",
+                relative(exposed, now) if exposed else "",
+                utc(exposed),
+                exposed_url or "",
                 utc(created),
                 relative(used, now),
                 utc(used),
@@ -104,8 +144,11 @@ def list_keys(org_id: int) -> Any:
     now = utcnow()
     found = web().keys(db()).listing(current.organization)
     keys_url = url_for("keys.list_keys", org_id=org_id)  # the rows' links start alike: one url_for
-    rows = render_template("_key_rows.html", rows=key_rows(found, keys_url, web().policy, now), owner=current.is_owner)
-    return page("keys.html", rows=Markup(rows), count=len(found))  # autoescaped by its own template
+    listed = key_rows(found, keys_url, web().policy, now)
+    # The Rotation column only when a key is flagged: an empty column explains nothing.
+    flagged = any(row.flag for row in listed)
+    rows = render_template("_key_rows.html", rows=listed, owner=current.is_owner, flagged=flagged)
+    return page("keys.html", rows=Markup(rows), count=len(found), flagged=flagged)  # autoescaped by its own template
 
 
 @blueprint.get("/orgs/<int:org_id>/settings/api-keys/new")
@@ -132,8 +175,7 @@ def create_key(org_id: int) -> Any:
         )
     except UserError as error:
         return _new_key_form(values, ticked, str(error), form_status(error))
-    db().commit()
-    return _key_shown(key, plaintext, replaced=None)
+    return _hand_off(org_id, key, plaintext)
 
 
 @blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/roll", methods=["GET", "POST"])
@@ -150,8 +192,31 @@ def roll_key(org_id: int, key_id: int) -> Any:
     except UserError as error:
         status = form_status(error)
         return page("roll.html", status, key=key, graces=GRACE_LABELS, grace=grace, error=str(error))
+    return _hand_off(org_id, new, plaintext)
+
+
+@blueprint.get("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/new")
+@signed_in
+def key_shown(org_id: int, key_id: int) -> Any:
+    """The new key, once; afterwards (a refresh, the back button) its row on the list."""
+    current = membership(org_id)
+    key = web().keys(db()).get_in(current.organization, key_id)
+    token = session.pop(HANDOFF, None)
+    plaintext = handoff.take(db(), token, key.id, account().id) if isinstance(token, str) else None
     db().commit()
-    return _key_shown(new, plaintext, replaced=key)
+    if plaintext is None:
+        return redirect(url_for("keys.list_keys", org_id=org_id, _anchor=key_anchor(key.id)), 303)
+    replaced = db().scalar(select(ApiKey).where(ApiKey.replaced_by_id == key.id))
+    rendered = page(
+        "key_shown.html",
+        key=key,
+        plaintext=plaintext,
+        replaced=replaced,
+        key_scopes=scopes.described(key.scopes),
+        setup=Setup.of(web().settings),
+        anchor=key_anchor(key.id),
+    )
+    return shown_once(rendered)
 
 
 @blueprint.route("/orgs/<int:org_id>/settings/api-keys/<int:key_id>/delete", methods=["GET", "POST"])
@@ -179,12 +244,30 @@ def _owned_key(org_id: int, key_id: int) -> tuple[KeyService, ApiKey]:
     return keys, key
 
 
-def _key_shown(key: ApiKey, plaintext: str, replaced: ApiKey | None) -> Any:
-    """The page that shows a new key, once (``replaced``: the key it rolled)."""
-    rendered = page(
-        "key_shown.html", 201, key=key, plaintext=plaintext, replaced=replaced, key_scopes=scopes.described(key.scopes)
-    )
-    return shown_once(rendered)
+def _hand_off(org_id: int, key: ApiKey, plaintext: str) -> Any:
+    """Commit the new key with its hand-off, and redirect to the page that shows it."""
+    session[HANDOFF] = handoff.hand_off(db(), key.id, account().id, plaintext)
+    db().commit()
+    return redirect(url_for("keys.key_shown", org_id=org_id, key_id=key.id), 303)
+
+
+@dataclass(frozen=True, slots=True)
+class Setup:
+    """This installation's addresses, for the snippets beside a new key."""
+
+    broker_url: str  # its password masked: producers get users of their own
+    embedded_broker: bool
+    edge_url: str | None  # where producers POST over HTTP, when this installation runs the edge
+
+    @classmethod
+    def of(cls, settings: Settings) -> Setup:
+        # The edge's base URL is the one setting the curl snippet needs: shown once it exists.
+        edge_base_url = getattr(settings, "edge_base_url", None)
+        return cls(
+            broker_url=maybe_sanitize_url(settings.broker_url),
+            embedded_broker=settings.broker_url.startswith("sqla+"),
+            edge_url=f"{edge_base_url.rstrip('/')}/v1/track" if edge_base_url else None,
+        )
 
 
 def _new_key_form(values: dict[str, str], ticked: list[str], error: str | None = None, status: int = 200) -> Any:

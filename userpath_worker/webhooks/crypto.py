@@ -9,13 +9,10 @@ stored signing secret: they must then be added again.
 
 from __future__ import annotations
 
-import base64
-
-from cryptography.fernet import Fernet, InvalidToken
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from cryptography.fernet import InvalidToken
 
 from config.settings import Settings
+from userpath_worker.encryption import derived_fernet
 from userpath_worker.errors import UserError
 from userpath_worker.secret_files import configured_or_kept
 
@@ -40,8 +37,7 @@ class SecretBox:
     """Encrypts and decrypts signing secrets with one deployment's secret key."""
 
     def __init__(self, key: str) -> None:
-        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=_PURPOSE).derive(key.encode())
-        self._fernet = Fernet(base64.urlsafe_b64encode(derived))
+        self._fernet = derived_fernet(key, _PURPOSE)
 
     def encrypt(self, secret: str) -> str:
         return self._fernet.encrypt(secret.encode()).decode()

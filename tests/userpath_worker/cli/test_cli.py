@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
@@ -74,7 +75,27 @@ def test_json_output_for_scripts(acme: str) -> None:
 
     ok("keys", "delete", str(rolled["id"]), "--as", "owner@acme.io")
     statuses = [k["status"] for k in json.loads(ok("keys", "list", "--org", acme, "--json").stdout)]
-    assert statuses == ["expiring", "deleted"]
+    assert statuses == ["expiring"]  # as the pages list them
+    every = json.loads(ok("keys", "list", "--org", acme, "--all", "--json").stdout)
+    assert [(k["status"], k["deleted_at"] is not None) for k in every] == [("expiring", False), ("deleted", True)]
+
+
+def test_list_hides_deleted_keys_and_all_shows_them_marked(acme: str) -> None:
+    kept = ok("keys", "create", "--org", acme, "--name", "Kept", "--as", "owner@acme.io").stdout.strip()
+    gone = json.loads(ok("keys", "create", "--org", acme, "--name", "Gone", "--as", "owner@acme.io", "--json").stdout)
+    ok("keys", "delete", str(gone["id"]), "--as", "owner@acme.io")
+
+    listing = ok("keys", "list", "--org", acme).stdout.splitlines()
+    assert "DELETED" not in listing[0]
+    assert [line.split()[1] for line in listing[1:]] == ["Kept"]
+
+    every = ok("keys", "list", "--org", acme, "--all").stdout.splitlines()
+    assert every[0].rstrip().endswith("DELETED (UTC)")
+    kept_line, gone_line = every[1:]
+    assert kept_line.split()[1] == "Kept" and tokens.display_form(kept) in kept_line
+    assert gone_line.split()[1] == "Gone" and " deleted " in gone_line
+    assert re.search(r" deleted .* \d{4}-\d\d-\d\d \d\d:\d\d$", gone_line)  # marked, with its deletion time
+    assert re.search(r" -\s+-$", kept_line)  # no flag, never deleted
 
 
 def test_members_who_are_not_owners_are_refused_with_one_line(acme: str) -> None:

@@ -65,13 +65,14 @@ def test_list_shows_every_key_with_its_status_and_never_a_secret(session: Sessio
     keys.delete(deleted.id, OWNER)
     replacement, _ = keys.roll(rolled.id, OWNER)
 
-    statuses = {key.id: key.status() for key in keys.list(organization)}
+    statuses = {key.id: key.status() for key in keys.list(organization, include_deleted=True)}
     assert statuses == {
         active.id: KeyStatus.ACTIVE,
         deleted.id: KeyStatus.DELETED,
         rolled.id: KeyStatus.EXPIRING,
         replacement.id: KeyStatus.ACTIVE,
     }
+    assert [key.id for key in keys.list(organization)] == [active.id, rolled.id, replacement.id]  # as the pages
     assert keys.list(make_organization(session)) == []
 
 

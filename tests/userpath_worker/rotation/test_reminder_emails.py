@@ -18,8 +18,9 @@ from tests.common.smtp import SmtpServer as LocalSmtpServer
 from tests.common.webhook import WebhookServer
 from userpath_worker import web_links
 from userpath_worker.keys.models import ApiKey
+from userpath_worker.mail import Mail
 from userpath_worker.rotation import delivery
-from userpath_worker.rotation.delivery import DeliveryOutcome, Mail
+from userpath_worker.rotation.delivery import DeliveryOutcome
 from userpath_worker.rotation.models import Reminder
 
 OWNERS = ["owner@example.com", "second-owner@example.com"]

@@ -13,6 +13,7 @@ from flask import Flask
 from sqlalchemy import Engine, text
 
 from tests.common.databases import truncate_all
+from tests.common.smtp import SmtpServer
 from tests.common.web import Browser, People, web_settings
 from userpath_worker.models import metadata
 from userpath_worker.web.app import create_app
@@ -44,6 +45,13 @@ def browser(app: Flask) -> Browser:
 def other_browser(app: Flask) -> Browser:
     """A second browser, with cookies of its own."""
     return Browser(app.test_client())
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpServer]:
+    server = SmtpServer()
+    yield server
+    server.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ an SMTP server links go to the invitee alone, and the pages say the same for eve
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -99,13 +98,6 @@ def test_an_owner_cannot_take_over_another_organizations_owner_through_an_invita
     assert bob.get(keys_page(org_b)).status_code == 200
     assert alice_as_bob.post(link, {"password": STOLEN, "password_confirmation": STOLEN}).status_code in (400, 401)
     assert alice_as_bob.get(keys_page(org_b)).status_code == 302
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture

@@ -30,9 +30,9 @@ def scopes_cell(html: str, key_id: int) -> str:
     return dict(CELLS.findall(match.group(1)))["scopes"]
 
 
-def identity_of(people: People, response: TestResponse) -> KeyIdentity:
-    html = response.get_data(as_text=True)
-    assert response.status_code == 201, html
+def identity_of(people: People, shown: TestResponse) -> KeyIdentity:
+    """The key on a page that shows a new key (``Browser.shown_once``)."""
+    html = shown.get_data(as_text=True)
     plaintext = re.search(r'<input id="new-key" type="text" value="([^"]+)" readonly', html).group(1)  # type: ignore[union-attr]
     with Session(people.engine) as session:
         identity = KeyService(session, TEST_KEY_PEPPER).authenticate(plaintext)
@@ -58,7 +58,9 @@ def test_an_owner_limits_a_key_and_the_pages_show_its_scopes(browser: Browser, p
     org_id = people.organization()
     unrestricted_id, _ = people.key(org_id, "Backend")
     browser.sign_in()
-    created = browser.post(keys_page(org_id), new_key_form("Receivers", scope=["track"], providers="stripe, github"))
+    created = browser.shown_once(
+        browser.post(keys_page(org_id), new_key_form("Receivers", scope=["track"], providers="stripe, github"))
+    )
     identity = identity_of(people, created)
     assert identity.scopes == frozenset({"track", "webhooks:stripe", "webhooks:github"})
     assert "scopes: <span" in created.get_data(as_text=True)
@@ -77,7 +79,7 @@ def test_an_owner_limits_a_key_and_the_pages_show_its_scopes(browser: Browser, p
 def test_every_box_ticked_is_a_key_that_may_send_everything(browser: Browser, people: People) -> None:
     org_id = people.organization()
     browser.sign_in()
-    assert identity_of(people, browser.post(keys_page(org_id), new_key_form("All"))).scopes is None
+    assert identity_of(people, browser.shown_once(browser.post(keys_page(org_id), new_key_form("All")))).scopes is None
 
 
 @pytest.mark.parametrize(
@@ -107,8 +109,8 @@ def test_scopes_that_cannot_be_are_refused_on_the_form_shown_again(
 def test_roll_keeps_the_scopes_and_says_so(browser: Browser, people: People) -> None:
     org_id = people.organization()
     browser.sign_in()
-    old = identity_of(people, browser.post(keys_page(org_id), new_key_form("Jobs", scope=["jobs"])))
-    rolled = browser.post(f"{keys_page(org_id)}/{old.key_id}/roll", {"grace": "0"})
+    old = identity_of(people, browser.shown_once(browser.post(keys_page(org_id), new_key_form("Jobs", scope=["jobs"]))))
+    rolled = browser.shown_once(browser.post(f"{keys_page(org_id)}/{old.key_id}/roll", {"grace": "0"}))
     assert identity_of(people, rolled).scopes == frozenset({"jobs"})
     assert 'The new key keeps its scopes: <span class="scopes">jobs</span>' in rolled.get_data(as_text=True)
 

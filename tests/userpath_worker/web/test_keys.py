@@ -3,11 +3,13 @@ admins and members may not do; and the keys created here never stored nor logged
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import re
 
 import pytest
 import time_machine
+from flask import Flask
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
@@ -20,7 +22,7 @@ from userpath_client.contract import KEY_PATTERN
 from userpath_worker import web_links
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import make_session_factory, utcnow
-from userpath_worker.keys.models import ApiKey
+from userpath_worker.keys.models import ApiKey, KeyHandoff
 from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.keys.tokens import AuthFailure, Environment
 from userpath_worker.organizations.models import Role
@@ -40,12 +42,9 @@ def create(
     return browser.post(keys_page(org_id), new_key_form(name, **fields))
 
 
-def shown_key(response: TestResponse) -> str:
-    """The key in the read-only copy field of a key-shown-once page, checked as the issue asks."""
-    html = response.get_data(as_text=True)
-    assert response.status_code == 201, html
-    assert "Location" not in response.headers  # rendered in the POST's response, never redirected to
-    assert response.headers["Cache-Control"] == "no-store"
+def shown_key(browser: Browser, response: TestResponse) -> str:
+    """The key in the read-only copy field of the page the POST redirected to, checked as the issue asks."""
+    html = browser.shown_once(response).get_data(as_text=True)
     match = NEW_KEY_FIELD.search(html)
     assert match, html
     assert 'id="copy-key"' in html
@@ -88,7 +87,7 @@ def test_the_list_shows_each_key_with_its_columns_and_never_a_secret(browser: Br
     assert live_row["created"].endswith("UTC")
     assert live_row["last-used"] == "never"
     assert live_row["expires"] == "never"
-    assert live_row["flag"] == ""
+    assert "flag" not in live_row and '<th scope="col">Rotation</th>' not in html  # nothing flagged: no column
     assert row(html, test_id)["environment"] == "test"
     assert live not in html and test not in html
     assert response.headers["Cache-Control"] == "no-store"
@@ -119,6 +118,7 @@ def test_the_rotation_flag_shows_its_reasons_in_words(browser: Browser, people: 
         browser.sign_in()
         html = browser.get(keys_page(org_id)).get_data(as_text=True)
     assert row(html, key_id)["flag"] == "rotate older than 90 days; unused for 30 days; expires in 5 days"
+    assert '<th scope="col">Rotation</th>' in html and 'id="rotation-hint"' in html  # and what to do about it
 
 
 def test_plus_opens_the_form_with_name_environment_and_expiry(browser: Browser, people: People) -> None:
@@ -137,7 +137,7 @@ def test_plus_opens_the_form_with_name_environment_and_expiry(browser: Browser, 
 def test_creating_a_key_shows_it_once_and_stores_it_as_the_cli_would(browser: Browser, people: People) -> None:
     org_id = people.organization()
     browser.sign_in()
-    key = shown_key(create(browser, org_id))
+    key = shown_key(browser, create(browser, org_id))
     identity = authenticate(people, key)
     assert isinstance(identity, KeyIdentity) and identity.org_id == org_id and identity.environment is Environment.LIVE
     with Session(people.engine) as session:
@@ -148,11 +148,84 @@ def test_creating_a_key_shows_it_once_and_stores_it_as_the_cli_would(browser: Br
         assert key not in browser.get(path).get_data(as_text=True)
 
 
+def test_a_refresh_after_the_key_was_shown_lists_the_keys_with_its_row(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    posted = create(browser, org_id)
+    key = shown_key(browser, posted)
+    assert key not in posted.headers["Location"] and key not in str(posted.headers.get("Set-Cookie"))
+    key_id = authenticate(people, key)
+    assert isinstance(key_id, KeyIdentity)
+    # The refresh (a GET of the same page): the key is gone; the list, with its row, instead.
+    again = browser.get(posted.headers["Location"])
+    assert again.status_code == 303
+    assert again.headers["Location"] == f"{keys_page(org_id)}#key-{key_id.key_id}"
+    listing = browser.get(keys_page(org_id)).get_data(as_text=True)
+    assert row(listing, key_id.key_id)["name"] == "App X Production Server" and key not in listing
+    with Session(people.engine) as session:
+        assert session.scalars(select(KeyHandoff)).all() == []  # taken: nothing of the key is left
+
+
+def test_another_browser_of_the_same_account_cannot_take_the_key(
+    browser: Browser, other_browser: Browser, people: People
+) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    other_browser.sign_in()
+    posted = create(browser, org_id)
+    assert other_browser.get(posted.headers["Location"]).status_code == 303  # no hand-off token in its session
+    shown_key(browser, posted)  # still there for the browser that made it
+
+
+def test_the_created_page_says_what_to_do_next_with_this_installations_urls(browser: Browser, people: People) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    html = browser.shown_once(create(browser, org_id, environment="test")).get_data(as_text=True)
+    assert "<code>USERPATH_KEY</code>" in html
+    assert "This is a <strong>test</strong> key" in html and "marked <code>test</code>" in html
+    environment = re.search(r'<pre class="snippet" id="snippet-env"><code>(.*?)</code>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert "export USERPATH_KEY=" in environment
+    assert f"export USERPATH_BROKER_URL='{Settings().broker_url}'" in environment  # this installation's broker
+    python = re.search(r'id="snippet-python"><code>(.*?)</code>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert 'UserPath(os.environ["USERPATH_KEY"], broker_url=os.environ["USERPATH_BROKER_URL"])' in python
+    live = browser.shown_once(create(browser, org_id, "Live one")).get_data(as_text=True)
+    assert "This is a <strong>live</strong> key" in live
+
+
+def test_the_broker_snippet_masks_the_brokers_password(app: Flask, browser: Browser, people: People) -> None:
+    settings = app.extensions["userpath"].settings
+    app.extensions["userpath"] = dataclasses.replace(
+        app.extensions["userpath"],
+        settings=settings.model_copy(update={"broker_url": "redis://worker:s3cret-pass@broker.internal:6379/0"}),
+    )
+    org_id = people.organization()
+    browser.sign_in()
+    html = browser.shown_once(create(browser, org_id)).get_data(as_text=True)
+    assert "s3cret-pass" not in html
+    assert "export USERPATH_BROKER_URL='redis://worker:**@broker.internal:6379/0'" in html
+    assert "userpath broker producer-user NAME" in html
+
+
+def test_the_curl_snippet_appears_once_the_installation_has_an_edge(
+    app: Flask, browser: Browser, people: People
+) -> None:
+    org_id = people.organization()
+    browser.sign_in()
+    without = browser.shown_once(create(browser, org_id, "Before")).get_data(as_text=True)
+    assert 'id="snippet-curl"' not in without  # no edge setting on this branch: no dead end shown
+    # USERPATH_EDGE_BASE_URL, once the edge's setting exists, is the only thing the snippet needs.
+    settings = app.extensions["userpath"].settings.model_copy(update={"edge_base_url": "https://edge.example.com/"})
+    app.extensions["userpath"] = dataclasses.replace(app.extensions["userpath"], settings=settings)
+    html = browser.shown_once(create(browser, org_id, "After")).get_data(as_text=True)
+    curl = re.search(r'id="snippet-curl"><code>(.*?)</code>', html, re.S).group(1)  # type: ignore[union-attr]
+    assert curl.startswith('curl -u "$USERPATH_KEY:" https://edge.example.com/v1/track')
+
+
 @pytest.mark.parametrize(("expiry", "days"), [("never", None), ("30", 30), ("90", 90), ("365", 365)])
 def test_the_expiry_choices(browser: Browser, people: People, expiry: str, days: int | None) -> None:
     org_id = people.organization()
     browser.sign_in()
-    key = shown_key(create(browser, org_id, expiry=expiry, environment="test"))
+    key = shown_key(browser, create(browser, org_id, expiry=expiry, environment="test"))
     identity = authenticate(people, key)
     assert isinstance(identity, KeyIdentity) and identity.environment is Environment.TEST
     if days is None:
@@ -213,17 +286,27 @@ def test_rolling_shows_the_new_key_once_and_lists_the_old_one_as_expiring(
     grace_select = re.search(r'<select name="grace".*?</select>', form, re.S).group(0)  # type: ignore[union-attr]
     assert re.findall(r'value="([^"]+)"', grace_select) == ["0", "1h", "24h", "7d"]
     assert 'id="roll-key"' in form
-    new = shown_key(browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": grace}))
+    new = shown_key(browser, browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": grace}))
     assert new != old
     html = browser.get(keys_page(org_id)).get_data(as_text=True)
     new_identity = authenticate(people, new)
     assert isinstance(new_identity, KeyIdentity)
     assert row(html, new_identity.key_id)["status"] == "active"
+    # The old row links to its replacement's; its expiry is shown once, in Expires.
+    assert re.search(
+        rf'<span class="replaced-by">replaced by <a href="#key-{new_identity.key_id}">{re.escape(new[:12])}\.\.\.', html
+    )
+    old_row = row(html, old_id)
+    assert "until" not in old_row["status"]
     if length:
-        assert row(html, old_id)["status"].startswith("expiring until ")
+        assert old_row["status"] == f"expiring replaced by {new[:12]}...{new[-4:]}"
+        assert old_row["expires"].startswith("in ")
+        expiry = re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", old_row["expires"]).group(0)  # type: ignore[union-attr]
+        old_html = re.search(rf'<tr id="key-{old_id}".*?</tr>', html, re.S).group(0)  # type: ignore[union-attr]
+        assert old_html.count(expiry) == 1
         assert isinstance(authenticate(people, old), KeyIdentity)  # still works within the grace
     else:
-        assert row(html, old_id)["status"] == "expired"
+        assert old_row["status"] == f"expired replaced by {new[:12]}...{new[-4:]}"
         assert authenticate(people, old) is AuthFailure.EXPIRED
     with Session(people.engine) as session:
         rolled = session.scalars(select(AuditEntry).where(AuditEntry.action == "key.rolled")).one()
@@ -234,7 +317,7 @@ def test_a_key_that_is_not_active_cannot_be_rolled(browser: Browser, people: Peo
     org_id = people.organization()
     old_id, _ = people.key(org_id)
     browser.sign_in()
-    shown_key(browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": "1h"}))
+    shown_key(browser, browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": "1h"}))
     again = browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": "1h"})
     assert again.status_code == 409 and "cannot be rolled" in again.get_data(as_text=True)
     assert browser.post(f"{keys_page(org_id)}/{old_id}/roll", {"grace": "30d"}).status_code == 400
@@ -299,10 +382,10 @@ def test_the_keys_made_through_the_pages_are_in_no_table_and_no_log(
 ) -> None:
     org_id = people.organization()
     browser.sign_in()
-    created = shown_key(create(browser, org_id))
+    created = shown_key(browser, create(browser, org_id))
     identity = authenticate(people, created)
     assert isinstance(identity, KeyIdentity)
-    rolled = shown_key(browser.post(f"{keys_page(org_id)}/{identity.key_id}/roll", {"grace": "1h"}))
+    rolled = shown_key(browser, browser.post(f"{keys_page(org_id)}/{identity.key_id}/roll", {"grace": "1h"}))
     invitation = browser.post(f"/orgs/{org_id}/settings/members", {"email": "friend@example.com", "role": "member"})
     token = re.search(r"/invitations/([A-Za-z0-9_-]+)", invitation.get_data(as_text=True)).group(1)  # type: ignore[union-attr]
     for path in (keys_page(org_id), f"/orgs/{org_id}/settings/audit"):
