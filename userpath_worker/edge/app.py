@@ -79,7 +79,7 @@ class EdgeApp:
 
     async def _answer(self, scope: Scope, receive: Receive) -> Answer:
         path, method = scope["path"], scope["method"]
-        if path == "/health":
+        if path == "/healthz":
             return _HEALTHY
         if not path.startswith("/v1/"):
             return _NOT_FOUND
