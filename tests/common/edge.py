@@ -5,26 +5,14 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.common.browser import USERPATH, free_port
-from tests.common.workers import REPOSITORY, stop, wait_for
-
-
-@dataclass(frozen=True)
-class EdgeServer:
-    url: str
-    log_path: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+from tests.common.browser import WebServer, free_port, running_server
 
 
 @dataclass(frozen=True)
@@ -45,39 +33,18 @@ def call(
     request = urllib.request.Request(url, data=data, headers=sent, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=30) as response:
-            return Reply(response.status, dict(response.headers), json.loads(response.read()))
+            return Reply(
+                response.status, {k.lower(): v for k, v in response.headers.items()}, json.loads(response.read())
+            )
     except urllib.error.HTTPError as error:
-        return Reply(error.code, dict(error.headers), json.loads(error.read()))
+        return Reply(error.code, {k.lower(): v for k, v in error.headers.items()}, json.loads(error.read()))
 
 
 @contextlib.contextmanager
-def running_edge(environment: dict[str, str], log_path: Path, *arguments: str) -> Iterator[EdgeServer]:
-    """``userpath edge`` on a free port, once ``/healthz`` answers; stopped (killed if need be) on exit."""
+def running_edge(environment: dict[str, str], log_path: Path, *arguments: str) -> Iterator[WebServer]:
+    """``userpath edge`` on a free port of 127.0.0.1, once it answers."""
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [USERPATH, "edge", "--port", str(port), *arguments],
-            env=environment,
-            cwd=REPOSITORY,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        wait_for(lambda: _healthy(url) or process.poll() is not None, 60, f"{url}/healthz to answer")
-        if process.poll() is not None:
-            raise AssertionError(
-                f"userpath edge exited at start ({process.returncode}):\n{log_path.read_text()[-3000:]}"
-            )
-        yield EdgeServer(url, log_path, process)
-    finally:
-        stop(process)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError):
-        return False
+    with running_server(
+        ["edge", "--port", str(port), *arguments], f"http://127.0.0.1:{port}", environment, log_path
+    ) as edge:
+        yield edge
