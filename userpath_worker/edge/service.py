@@ -81,7 +81,16 @@ class Publishers:
         publisher = getattr(self._local, "publisher", None)
         if publisher is None:
             publisher = self._local.publisher = Publisher(self._broker_url, self._timeout)
-        publisher.publish(queue, body, message)
+        reused = publisher.connected
+        try:
+            publisher.publish(queue, body, message)
+        except Exception:
+            if not reused:
+                raise
+            # A connection idle in this thread may have died meanwhile (a broker restart, a
+            # failover): once more on a new one before answering 503. A message RabbitMQ took
+            # without its confirm arriving is then sent twice: its events are stored once.
+            publisher.publish(queue, body, message)
 
 
 class Edge:

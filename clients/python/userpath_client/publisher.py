@@ -33,6 +33,11 @@ class Publisher:
         self._amqp = False  # RabbitMQ: publish to the queue's exchange, once it is known to exist
         self._queues_found: set[str] = set()  # on this connection
 
+    @property
+    def connected(self) -> bool:
+        """Whether a connection made earlier will be used (it may have died since)."""
+        return self._producer is not None
+
     def publish(self, queue: str, body: bytes, message: dict[str, Any]) -> None:
         """Publish ``body`` with ``message`` (``wire.Encoder.message``'s headers and properties)."""
         try:
