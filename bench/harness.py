@@ -29,6 +29,7 @@ POSTGRES_SERVER = "postgresql+psycopg://postgres@127.0.0.1:5432"
 DATABASE = "userpath_bench"
 DATABASE_URL = f"{POSTGRES_SERVER}/{DATABASE}"
 SECRET_KEY = "bench-secret-key-of-the-webhook-signing-secrets"  # the workers' USERPATH_SECRET_KEY
+KEY_PEPPER = "bench-pepper-of-the-api-key-digests"  # the workers' USERPATH_KEY_PEPPER
 STRIPE_SECRET = "whsec_bench_0123456789abcdefghijklmnopqrst"
 
 
@@ -54,7 +55,7 @@ def new_key(engine: Engine, stripe_secret: str | None = None) -> str:
     with Session(engine) as session, session.begin():
         name = "Bench, verified webhooks" if stripe_secret else "Bench"
         organization = create_organization(session, name, "bench@example.com")
-        _, plaintext = KeyService(session).create(organization, "bench", "bench@example.com")
+        _, plaintext = KeyService(session, KEY_PEPPER).create(organization, "bench", "bench@example.com")
         if stripe_secret:
             box = SecretBox(SECRET_KEY)
             webhook_secrets.add_secret(session, box, organization, "stripe", stripe_secret, "bench@example.com")
@@ -174,4 +175,5 @@ def product_environment(broker_url: str) -> dict[str, str]:
         "USERPATH_BROKER_URL": broker_url,
         "USERPATH_METRICS_PORT": "0",
         "USERPATH_SECRET_KEY": SECRET_KEY,
+        "USERPATH_KEY_PEPPER": KEY_PEPPER,
     }

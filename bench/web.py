@@ -39,6 +39,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, text, update
 from sqlalchemy.orm import Session
 
+from bench.harness import KEY_PEPPER
 from config.settings import Settings
 from userpath_worker import schema
 from userpath_worker.accounts import passwords
@@ -87,7 +88,7 @@ def populate(engine: Engine, count: int) -> int:
     with Session(engine) as session, session.begin():
         organization = create_organization(session, "Bench", OWNER)
         accounts.accept_invitation(session, accounts.invite(session, organization, OWNER, Role.OWNER, OWNER), PASSWORD)
-        service = KeyService(session)
+        service = KeyService(session, KEY_PEPPER)
         ids = []
         for n in range(count):
             environment = Environment.TEST if n % 4 == 0 else Environment.LIVE
@@ -112,7 +113,12 @@ def populate(engine: Engine, count: int) -> int:
 
 def time_page(engine: Engine, org_id: int, requests: int) -> tuple[list[float], int, int]:
     """Server time (ms) of each GET of the keys page; the rows it listed and its size in bytes."""
-    settings = Settings(database_url=str(engine.url), web_secret="bench-web-secret-0123456789", web_base_url=BASE_URL)
+    settings = Settings(
+        database_url=str(engine.url),
+        web_secret="bench-web-secret-0123456789",
+        web_base_url=BASE_URL,
+        key_pepper=KEY_PEPPER,
+    )
     app = create_app(settings, engine)
     client = app.test_client()
     page = client.get("/sign-in").get_data(as_text=True)
@@ -139,7 +145,12 @@ def time_page(engine: Engine, org_id: int, requests: int) -> tuple[list[float], 
 
 def time_failed_sign_ins(engine: Engine, org_id: int, rounds: int) -> tuple[list[float], list[float]]:
     """Server time (ms) of a wrong password for a member's e-mail and for an unknown one, alternated."""
-    settings = Settings(database_url=str(engine.url), web_secret="bench-web-secret-0123456789", web_base_url=BASE_URL)
+    settings = Settings(
+        database_url=str(engine.url),
+        web_secret="bench-web-secret-0123456789",
+        web_base_url=BASE_URL,
+        key_pepper=KEY_PEPPER,
+    )
     members = [f"member{n}@bench.example" for n in range(rounds // (accounts.MAX_ACCOUNT_FAILURES - 1) + 1)]
     with Session(engine) as session, session.begin():
         organization = session.get_one(Organization, org_id)

@@ -15,6 +15,7 @@ from config.celery import celery_config
 from config.settings import SettingsError, get_settings
 from userpath_worker import logs, metrics, runtime, schema, status
 from userpath_worker.errors import UserError
+from userpath_worker.keys.services import configured_pepper
 from userpath_worker.webhooks.crypto import secret_key
 
 try:
@@ -59,11 +60,12 @@ def _celery_default(option: str) -> bool:
 @signals.worker_init.connect
 def _prepare(**_: Any) -> None:
     """Migrate the embedded SQLite database; refuse to start on a PostgreSQL schema that is behind or
-    without USERPATH_SECRET_KEY; serve the metrics."""
+    without USERPATH_SECRET_KEY or USERPATH_KEY_PEPPER; serve the metrics."""
     try:
         schema.prepare(runtime.engine())
         if not settings.uses_embedded_database:
             secret_key(settings)  # it decrypts the webhook signing secrets: every worker must have it
+            configured_pepper(settings)  # digests made without it could never be peppered later
     except UserError as error:
         raise SystemExit(f"userpath: {error}") from None
     runtime.engine().dispose()  # the pool children open their own connections

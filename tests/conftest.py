@@ -7,6 +7,7 @@ and the same services must behave identically on the embedded default and in pro
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -15,9 +16,14 @@ from sqlalchemy.orm import Session
 
 from config.settings import get_settings
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database
+from tests.common.signing import TEST_KEY_PEPPER
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.keys.services import KeyService
+
+# Every process of the tests (the CLI and pages in this one, workers and servers it starts) makes
+# and checks key digests with the same pepper, as a PostgreSQL installation must.
+os.environ["USERPATH_KEY_PEPPER"] = TEST_KEY_PEPPER
 
 
 @pytest.fixture(scope="session")

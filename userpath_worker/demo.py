@@ -38,7 +38,7 @@ from userpath_worker.errors import NotFound, UserError
 from userpath_worker.events.models import Event
 from userpath_worker.events.schemas import summarize_arguments
 from userpath_worker.keys import tokens
-from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.services import KeyService, configured_pepper
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Role
@@ -110,7 +110,7 @@ def _demo_keys(started_at: dt.datetime, say: Callable[[str], None]) -> _Keys:
         except NotFound:
             organization = organizations.create_organization(session, DEMO_ORG, DEMO_OWNER)
             made = "created now"
-        service = KeyService(session, get_settings().key_pepper)
+        service = KeyService(session, configured_pepper(get_settings()))
         stamp = started_at.strftime("%Y-%m-%d %H:%M:%S UTC")  # a run takes seconds: unique enough
         server, key = service.create(organization, f"{DEMO_KEY_NAME} {stamp}", DEMO_OWNER)
         deleted, deleted_key = service.create(organization, f"Demo deleted {stamp}", DEMO_OWNER)
@@ -125,7 +125,7 @@ def _demo_keys(started_at: dt.datetime, say: Callable[[str], None]) -> _Keys:
 def _delete_earlier_demo_keys(kept_id: int) -> None:
     """Delete the current demo keys other than this run's, so that one stays active."""
     with runtime.session_factory().begin() as session:
-        service = KeyService(session, get_settings().key_pepper)
+        service = KeyService(session, configured_pepper(get_settings()))
         for key in service.list(organizations.get_organization(session, DEMO_ORG)):
             if key.deleted_at is None and key.name.startswith(f"{DEMO_KEY_NAME} ") and key.id != kept_id:
                 service.delete(key.id, DEMO_OWNER)

@@ -18,8 +18,9 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tasks.ingestion.decoder import Transported
+from tasks.ingestion.decoder import Oversized, Transported
 from tasks.ingestion.redis_transport import Taken
+from userpath_worker.events.services import Refused
 
 logger = logging.getLogger("userpath.worker")
 
@@ -32,7 +33,7 @@ WINDOW_BYTES = 32 * 1024 * 1024
 ASSUMED_MESSAGE_BYTES = 32 * 1024  # until the first batch tells: a large envelope
 
 # (queue, body, content type, content encoding, headers): what the pool job needs of a delivery.
-Delivered = tuple[str, bytes, Any, Any, Any]
+Delivered = tuple[str, "bytes | Oversized", Any, Any, Any]
 
 
 class AmqpBatches:
@@ -62,19 +63,21 @@ class AmqpBatches:
         tag = message.delivery_info["delivery_tag"]
         if not self.gathered:
             self.first_arrival = time.monotonic()
+        # An oversized body never travels on to a pool process: its dead letter needs only this.
+        body = Oversized.of(message.body) or message.body
         self.gathered.append(
             (
                 tag,
                 (
                     queue,
-                    message.body,
+                    body,
                     properties.get("content_type"),
                     properties.get("content_encoding"),
                     properties.get("application_headers"),
                 ),
             )
         )
-        self.gathered_bytes += len(message.body)
+        self.gathered_bytes += _size(body)
         self.unsettled.append(tag)
         if len(self.gathered) >= self.batch_messages and not self.resizing:
             self.on_full()
@@ -91,7 +94,7 @@ class AmqpBatches:
             tag, delivered = self.gathered.popleft()
             tags.append(tag)
             items.append(delivered)
-            size += len(delivered[1])
+            size += _size(delivered[1])
         self.gathered_bytes -= size
         self.first_arrival = time.monotonic()
         self._resize(size / len(items))
@@ -139,6 +142,12 @@ class AmqpBatches:
             self.channel.close()
 
 
-def transported(item: Delivered) -> Transported:
+def _size(body: bytes | Oversized) -> int:
+    return 0 if isinstance(body, Oversized) else len(body)
+
+
+def transported(item: Delivered) -> Transported | Refused:
     queue, body, content_type, content_encoding, headers = item
+    if isinstance(body, Oversized):
+        return body.refused(queue)
     return Transported(headers, body, content_type, content_encoding, queue)

@@ -20,13 +20,14 @@ import orjson
 from kombu.serialization import loads
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from userpath_client.contract import CONTENT_ENCODING, CONTENT_TYPE, TRACK_TASK, WEBHOOK_TASK
+from userpath_client.contract import CONTENT_ENCODING, CONTENT_TYPE, MAX_ENVELOPE_BYTES, TRACK_TASK, WEBHOOK_TASK
 from userpath_client.schemas import describe
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Delivery, Rejection, without_key
 from userpath_worker.events.models import Source
+from userpath_worker.events.schemas import TOO_DEEP
 from userpath_worker.events.services import Incoming, Refused
 
 logger = logging.getLogger("userpath.worker")
@@ -38,6 +39,11 @@ MAX_ETA_AHEAD = dt.timedelta(seconds=120)
 _UTF8 = frozenset({CONTENT_ENCODING, "utf8"})
 # Refused, but a key in them is plain text, which the scrubber finds: kept as a preview.
 _TEXT_SERIALIZERS = frozenset({"application/x-python-serialize", "application/x-yaml", "application/yaml"})
+# The longest delivery the boundary reads: the contract's body limit in base64 (as on Redis), with
+# room for kombu's headers and properties. A longer one is refused by its length alone, before any
+# decoding or parsing: a 40 MB message must cost a pool process no more than a small one.
+MAX_RAW_BYTES = MAX_ENVELOPE_BYTES * 4 // 3 + 64 * 1024
+_FINGERPRINT_BYTES = 64 * 1024  # of each end of an oversized delivery: its identity in constant time
 
 
 def _printable(value: str) -> str:
@@ -114,6 +120,34 @@ def decode(message: Transported) -> Incoming | Refused:
     except Exception as error:  # noqa: BLE001 - a message must never stop the consumer
         logger.exception("a message could not be decoded; it is dead-lettered")
         return refused(message, *invalid_message(type(error).__name__), keep_body=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Oversized:
+    """What is kept of a delivery longer than ``MAX_RAW_BYTES``: its length and a fingerprint of
+    its ends (kombu's Redis form puts the task id in the headers, after the body)."""
+
+    size: int
+    fingerprint: str
+
+    @classmethod
+    def of(cls, raw: bytes | str) -> Oversized | None:
+        if len(raw) <= MAX_RAW_BYTES:
+            return None
+        data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogatepass")
+        ends = data[:_FINGERPRINT_BYTES] + data[-_FINGERPRINT_BYTES:]
+        return cls(len(raw), hashlib.sha256(ends).hexdigest())
+
+    def refused(self, queue: Any) -> Refused:
+        """Its dead letter: the size and the limit, nothing of its content."""
+        detail = f"the message is {self.size} bytes; the limit is {MAX_ENVELOPE_BYTES} bytes of body (docs/contract.md)"
+        delivery = Delivery(
+            task=None,
+            queue=queue if isinstance(queue, str) else None,
+            received_at=utcnow(),
+            message_id=f"oversized:{self.size}:{self.fingerprint}",
+        )
+        return Refused(Rejection(Reason.TOO_LARGE, detail, None), delivery)
 
 
 def refused(message: Transported, reason: Reason, detail: str, keep_body: bool = True) -> Refused:
@@ -210,6 +244,8 @@ def _decode(message: Transported) -> Incoming | Refused:
     task = message.headers["task"]
     try:
         payload = _json(message.body)
+    except TooDeepToParse:
+        return refused(message, *too_deep(), keep_body=False)
     except Exception as error:  # noqa: BLE001 - kombu raises DecodeError, RecursionError, UnicodeError...
         return refused(message, *undecodable(error))
     if not (
@@ -232,9 +268,22 @@ def _json(body: bytes | str) -> Any:
     if ("__type__" if isinstance(body, str) else b"__type__") not in body:
         try:
             return orjson.loads(body)
-        except orjson.JSONDecodeError:
-            pass  # kombu decides, and says what is wrong
+        except orjson.JSONDecodeError as error:
+            if error.msg == _ORJSON_TOO_DEEP:  # kombu's decoder would recurse into it
+                raise TooDeepToParse from None
+            # otherwise kombu decides, and says what is wrong
     return loads(body, CONTENT_TYPE, CONTENT_ENCODING, accept={CONTENT_TYPE})
+
+
+_ORJSON_TOO_DEEP = "depth limit exceeded"  # orjson's reason past 1024 levels, far beyond the contract's
+
+
+class TooDeepToParse(ValueError):
+    """A body nested past what any decoder here parses."""
+
+
+def too_deep() -> tuple[Reason, str]:
+    return Reason.INVALID_EVENT, TOO_DEEP
 
 
 def _delivery(message: Transported, task: str) -> Delivery:

@@ -13,8 +13,11 @@ import functools
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import redis
 
 from config.settings import get_settings
 from tasks.ingestion import amqp_transport, redis_transport
@@ -26,16 +29,37 @@ from userpath_worker.deadletter.reporting import REPORTER
 from userpath_worker.deadletter.services import Rejection
 from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome, Refused
 from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.services import configured_pepper
 from userpath_worker.webhooks.crypto import secret_key
 from userpath_worker.webhooks.services import SigningKeys
 
 logger = logging.getLogger("userpath.worker")
 
-# How each transport's deliveries become a Transported (or, when even that fails, a dead letter).
-_UNWRAP: dict[str, Callable[[Any], Transported | Refused]] = {
-    redis_transport.NAME: redis_transport.transported,
-    amqp_transport.NAME: amqp_transport.transported,
-}
+
+@dataclass(frozen=True, slots=True)
+class Handoff:
+    """A batch as the step hands it to a pool process: on Redis the handles the messages are held
+    under (the pool process reads them itself), on RabbitMQ the deliveries. Celery logs a pool
+    job's arguments at DEBUG ("TaskPool: Apply ..."): this repr is all that line shows, never a
+    message, whose key may be base64-encoded or escaped where no scrubber sees it."""
+
+    transport: str
+    items: Sequence[Any]
+
+    def __repr__(self) -> str:
+        return f"<{len(self.items)} {self.transport} deliveries>"
+
+    def unwrapped(self) -> list[Transported | Refused]:
+        """Each delivery as a Transported (or, when even that fails, its dead letter)."""
+        if self.transport == redis_transport.NAME:
+            return [redis_transport.transported(item) for item in redis_transport.held(_broker(), self.items)]
+        return [amqp_transport.transported(item) for item in self.items]
+
+
+@functools.cache
+def _broker() -> redis.Redis:
+    """One per pool process: the Redis the step holds its batches' messages in."""
+    return redis.Redis.from_url(get_settings().broker_url)
 
 
 @functools.cache
@@ -44,7 +68,7 @@ def ingestor() -> Ingestor:
     settings = get_settings()
     return Ingestor(
         runtime.session_factory(),
-        KeyAuthenticator(settings.key_pepper, settings.auth_cache_seconds),
+        KeyAuthenticator(configured_pepper(settings), settings.auth_cache_seconds),
         SigningKeys(lambda: secret_key(settings), settings.auth_cache_seconds),
         dt.timedelta(seconds=settings.webhook_tolerance_seconds),
     )
@@ -54,16 +78,12 @@ class DatabaseUnavailable(Exception):
     """The batch met a database outage: keep it and try again later."""
 
 
-def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
+def ingest_batch(handoff: Handoff) -> dict[str, int]:
     """In a pool process: judge each delivery and store the batch."""
     started = time.perf_counter()
     authenticator = ingestor().authenticator
     hits, misses = authenticator.hits, authenticator.misses
-    unwrap = _UNWRAP[transport]
-    messages = []
-    for item in items:
-        transported = unwrap(item)
-        messages.append(decode(transported) if isinstance(transported, Transported) else transported)
+    messages = [decode(item) if isinstance(item, Transported) else item for item in handoff.unwrapped()]
     outcomes = _store(messages)
     seconds = time.perf_counter() - started
     by_source: dict[str, dict[str, Any]] = {}  # counted per batch: a counter call per message cost a tenth
@@ -95,7 +115,7 @@ def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
     for result, count in (("hit", authenticator.hits - hits), ("miss", authenticator.misses - misses)):
         metrics.AUTH_CACHE.labels(result).inc(count)
     totals = {
-        "messages": len(items),
+        "messages": len(messages),
         "stored": sum(outcome.stored for outcome in outcomes),
         "duplicates": sum(outcome.duplicates for outcome in outcomes),
         "dead_lettered": sum(outcome.dead_lettered for outcome in outcomes),
@@ -105,13 +125,11 @@ def ingest_batch(transport: str, items: Sequence[Any]) -> dict[str, int]:
     return totals
 
 
-def record_unprocessable(transport: str, items: Sequence[Any], why: str) -> dict[str, int]:
+def record_unprocessable(handoff: Handoff, why: str) -> dict[str, int]:
     """In a pool process: the last resort for deliveries whose job failed on its own (its pool
     process died, or it ran out of time): a dead letter with the reason and no payload each."""
-    unwrap = _UNWRAP[transport]
     letters = []
-    for item in items:
-        transported = unwrap(item)
+    for transported in handoff.unwrapped():
         if isinstance(transported, Refused):
             letters.append(transported)
         else:
@@ -119,7 +137,7 @@ def record_unprocessable(transport: str, items: Sequence[Any], why: str) -> dict
             letters.append(refused(transported, Reason.INTERNAL_ERROR, detail, keep_body=False))
     _store(letters)
     logger.error("recorded %s message(s) that could not be processed (%s)", len(letters), why)
-    return {"messages": len(items), "stored": 0, "duplicates": 0, "dead_lettered": len(letters)}
+    return {"messages": len(letters), "stored": 0, "duplicates": 0, "dead_lettered": len(letters)}
 
 
 def _store(messages: Sequence[Incoming | Refused]) -> list[IngestOutcome]:

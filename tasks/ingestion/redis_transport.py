@@ -21,7 +21,7 @@ from typing import Any
 import orjson
 import redis
 
-from tasks.ingestion.decoder import Transported, invalid_message, refused, undecodable
+from tasks.ingestion.decoder import Oversized, Transported, invalid_message, refused, undecodable
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.events.services import Refused
 
@@ -32,18 +32,19 @@ _PRIORITY_SEPARATOR, _PRIORITIES = "\x06\x16", (3, 6, 9)
 RESTORE_AT_ONCE = 1000  # entries one restore call moves at most
 
 # Moves up to ARGV[1] messages (and about ARGV[2] bytes) from the queue's lists into the
-# unacked hash and index, under tags "<number>|<queue>". Returns tag, message, tag, message...
+# unacked hash and index, under tags "<number>|<queue>". Returns the tags: the pool process that
+# handles the batch reads the messages by them, so they never pass through the worker's main
+# process, nor through the pool's arguments, which Celery logs at DEBUG.
 _TAKE = """
 local taken, size = {}, 0
 for i = 4, #KEYS do
-  while #taken < 2 * tonumber(ARGV[1]) and size < tonumber(ARGV[2]) do
+  while #taken < tonumber(ARGV[1]) and size < tonumber(ARGV[2]) do
     local message = redis.call('RPOP', KEYS[i])
     if not message then break end
     local tag = redis.call('INCR', KEYS[3]) .. '|' .. ARGV[4]
     redis.call('HSET', KEYS[1], tag, message)
     redis.call('ZADD', KEYS[2], ARGV[3], tag)
     taken[#taken + 1] = tag
-    taken[#taken + 1] = message
     size = size + #message
   end
 end
@@ -72,7 +73,7 @@ class Taken:
     """A batch as a transport took it: what settles it, and what the pool job gets."""
 
     tags: list[Any]
-    items: list[Any]
+    items: list[Any]  # Redis: the tags again, handles the pool reads the messages by
 
 
 class RedisBatches:
@@ -89,10 +90,10 @@ class RedisBatches:
     def take(self, queue: str, messages: int, max_bytes: int) -> Taken:
         """Up to ``messages`` messages (and about ``max_bytes``), oldest first."""
         lists = [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{priority}" for priority in _PRIORITIES]
-        taken = self._take(
+        tags = self._take(
             keys=[UNACKED, UNACKED_INDEX, TAG_COUNTER, *lists], args=[messages, max_bytes, time.time(), queue]
         )
-        return Taken(taken[0::2], [(queue, item) for item in taken[1::2]])
+        return Taken(tags, tags)
 
     def next_batch(self, messages: int, max_bytes: int) -> Taken | None:
         """A batch from the next queue that has messages, the queues taken in turn."""
@@ -123,9 +124,22 @@ class RedisBatches:
         return int(self._restore(keys=[UNACKED, UNACKED_INDEX], args=[time.time() - seconds, RESTORE_AT_ONCE]))
 
 
+def held(client: redis.Redis, tags: Sequence[bytes]) -> list[tuple[str, bytes]]:
+    """In a pool process: the messages of ``tags`` as (queue, message). One that is no longer held
+    (restored after the visibility timeout, and taken by another worker) is left out."""
+    return [
+        (tag.decode().split("|", 1)[1], message)
+        for tag, message in zip(tags, client.hmget(UNACKED, list(tags)), strict=True)
+        if message is not None
+    ]
+
+
 def transported(item: tuple[str, bytes]) -> Transported | Refused:
     """A list item in kombu's Redis form (docs/contract.md, "(a) Redis"), unwrapped."""
     queue, raw = item
+    oversized = Oversized.of(raw)
+    if oversized is not None:
+        return oversized.refused(queue)
     try:
         document = orjson.loads(raw)
     except orjson.JSONDecodeError:

@@ -31,7 +31,7 @@ from celery import bootsteps
 from config.settings import get_settings
 from tasks.backoff import backoff_seconds
 from tasks.ingestion import amqp_transport, redis_transport
-from tasks.ingestion.job import DatabaseUnavailable, ingest_batch, record_unprocessable
+from tasks.ingestion.job import DatabaseUnavailable, Handoff, ingest_batch, record_unprocessable
 from userpath_client.contract import INGESTION_QUEUES
 from userpath_worker import metrics
 
@@ -173,10 +173,11 @@ class BatchedIngestion(bootsteps.StartStopStep):
     def _dispatch(self, batch: Batch) -> None:
         self.in_flight[batch.number] = batch
         name = batch.transport.name
+        handoff = Handoff(name, batch.items)
         if batch.unprocessable:
-            job, args = record_unprocessable, (name, batch.items, batch.unprocessable)
+            job, args = record_unprocessable, (handoff, batch.unprocessable)
         else:
-            job, args = ingest_batch, (name, batch.items)
+            job, args = ingest_batch, (handoff,)
         self.pool.apply_async(
             job,
             args=args,

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
+from tests.common.signing import TEST_KEY_PEPPER
 from userpath_worker.accounts import services as accounts
 from userpath_worker.accounts.models import Account
 from userpath_worker.keys.services import KeyService
@@ -43,7 +44,9 @@ def new_key(engine: Engine, environment: Environment = Environment.LIVE) -> tupl
     """(org id, key id, plaintext) of a fresh key, committed."""
     with Session(engine) as session, session.begin():
         organization = organizations.create_organization(session, f"Org {uuid.uuid4().hex[:8]}", OWNER)
-        key, plaintext = KeyService(session).create(organization, "App X Production Server", OWNER, environment)
+        key, plaintext = KeyService(session, TEST_KEY_PEPPER).create(
+            organization, "App X Production Server", OWNER, environment
+        )
         return organization.id, key.id, plaintext
 
 

@@ -10,6 +10,9 @@ import hmac
 
 # USERPATH_SECRET_KEY of the tests' workers and services.
 TEST_SECRET_KEY = "test-secret-key-of-the-webhook-signing-secrets"
+# USERPATH_KEY_PEPPER of every process of the tests (tests/conftest.py sets it), as in production
+# against PostgreSQL; services made in a test without a pepper make and check plain digests.
+TEST_KEY_PEPPER = "test-pepper-of-the-api-key-digests"
 STRIPE_SECRET = "whsec_test_0123456789abcdefghijklmnopqrstuv"
 GITHUB_SECRET = "github-webhook-secret-0123456789"
 

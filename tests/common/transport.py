@@ -315,8 +315,9 @@ def secret_in(text: str, secret: str, depth: int = 2) -> str | None:
         return None
     for run in _BASE64_RUN.findall(_LINE_BREAK.sub("", text)):
         for shift in range(4):
-            aligned = run[shift:][: (len(run) - shift) // 4 * 4]
-            decoded = base64.b64decode(aligned).decode("latin-1")
+            aligned = run[shift:]
+            aligned = aligned[: len(aligned) - 1] if len(aligned) % 4 == 1 else aligned + "=" * (-len(aligned) % 4)
+            decoded = base64.b64decode(aligned).decode("latin-1")  # the last partial quantum too
             if secret_in(decoded, secret, depth - 1):
                 return "in base64"
     return None

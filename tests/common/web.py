@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
 from config.settings import Settings
+from tests.common.signing import TEST_KEY_PEPPER
 from userpath_worker.accounts import services as accounts
 from userpath_worker.keys.services import KeyService
 from userpath_worker.organizations import services as organizations
@@ -118,7 +119,7 @@ class People:
         with Session(self.engine) as session, session.begin():
             organization = session.get_one(Organization, org_id)
             owner = organizations.members_of(session, organization)[0].email
-            key, plaintext = KeyService(session).create(organization, name, owner, **options)
+            key, plaintext = KeyService(session, TEST_KEY_PEPPER).create(organization, name, owner, **options)
             return key.id, plaintext
 
     @staticmethod

@@ -20,7 +20,7 @@ from sqlalchemy import Engine, func, select
 
 from config.celery import QUEUES
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, truncate_all
-from tests.common.signing import TEST_SECRET_KEY
+from tests.common.signing import TEST_KEY_PEPPER, TEST_SECRET_KEY
 from userpath_client.contract import exchange_of
 from userpath_worker import schema
 from userpath_worker.db import make_engine
@@ -85,6 +85,7 @@ def worker_environment(database_url: str, broker_url: str, **extra: str) -> dict
         USERPATH_BROKER_URL=broker_url,
         USERPATH_METRICS_PORT="0",
         USERPATH_SECRET_KEY=TEST_SECRET_KEY,  # required against PostgreSQL
+        USERPATH_KEY_PEPPER=TEST_KEY_PEPPER,  # required against PostgreSQL
     )
     environment.update(extra)
     return environment

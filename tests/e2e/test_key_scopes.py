@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from tests.common.cli import ok
 from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.factories import OWNER
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.workers import (
     FAULTS_RABBITMQ_VHOST,
     FAULTS_REDIS_URL,
@@ -53,7 +54,7 @@ def test_a_key_sends_only_what_its_scopes_permit_and_a_rolled_key_keeps_them(
     with Session(engine) as session, session.begin():
         organization = organizations.create_organization(session, "Scoped Inc", OWNER)
         org_id = organization.id
-        keys = KeyService(session)
+        keys = KeyService(session, TEST_KEY_PEPPER)
         _, stripe_only = keys.create(organization, "Stripe webhook URL", OWNER, scopes=frozenset({"webhooks:stripe"}))
         track_only, _ = keys.create(organization, "Backend", OWNER, scopes=frozenset({"track"}))
         _, rolled = keys.roll(track_only.id, OWNER, dt.timedelta(0))  # the old plaintext stops now

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from config.celery import QUEUES
 from tests.common.databases import TEST_DATABASE_PREFIX, flushed_redis
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.workers import (
     counts,
     database_fixtures,
@@ -125,7 +126,7 @@ def new_key(engine: Engine) -> str:
     """The plaintext of a fresh live key of a new organization, committed."""
     with Session(engine) as session, session.begin():
         organization = create_organization(session, f"Org {uuid.uuid4().hex[:8]}", "owner@example.com")
-        _, plaintext = KeyService(session).create(organization, "Scale-out test", "owner@example.com")
+        _, plaintext = KeyService(session, TEST_KEY_PEPPER).create(organization, "Scale-out test", "owner@example.com")
         return plaintext
 
 

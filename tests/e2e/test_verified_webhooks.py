@@ -122,9 +122,14 @@ def test_forged_webhooks_are_dead_lettered_and_genuine_ones_stored_as_verified(
 
 
 @pytest.mark.slow
-def test_against_postgresql_the_worker_refuses_to_start_without_the_secret_key(database: tuple[str, Engine]) -> None:
+@pytest.mark.parametrize("variable", ["USERPATH_SECRET_KEY", "USERPATH_KEY_PEPPER"])
+def test_against_postgresql_the_worker_refuses_to_start_without_its_secrets(
+    database: tuple[str, Engine], variable: str
+) -> None:
+    """Seen: without a pepper a worker ran for months on plain digests, and then no pepper could be
+    added without invalidating every key."""
     environment = worker_environment(database[0], REDIS_URL)
-    del environment["USERPATH_SECRET_KEY"]
+    del environment[variable]
     finished = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "tasks.app", "worker", "--loglevel=INFO"],
         env=environment,
@@ -134,6 +139,4 @@ def test_against_postgresql_the_worker_refuses_to_start_without_the_secret_key(d
         timeout=60,
     )
     assert finished.returncode != 0
-    assert (
-        "userpath: USERPATH_SECRET_KEY is not set; set it to a long random value" in finished.stdout + finished.stderr
-    )
+    assert f"userpath: {variable} is not set;" in finished.stdout + finished.stderr

@@ -24,7 +24,7 @@ from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
 from userpath_worker.keys import scopes
 from userpath_worker.keys.models import ApiKey
-from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.services import KeyService, configured_pepper
 
 
 class UserPathGroup(click.Group):
@@ -75,7 +75,7 @@ def _prepare_schema_once() -> None:
 
 
 def key_service(session: Session) -> KeyService:
-    return KeyService(session, pepper=settings().key_pepper)
+    return KeyService(session, pepper=configured_pepper(settings()))
 
 
 class Duration(click.ParamType):

@@ -22,6 +22,7 @@ from userpath_worker.keys import tokens
 from userpath_worker.organizations.models import Organization
 
 PAYLOAD_PREVIEW_CHARS = 64 * 1024  # what is kept of a payload too large or too odd to store whole
+_KEY_MARGIN = 256  # longer than a key, in base64 within base64 too
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +74,14 @@ def without_key(value: Any) -> Any:
 
 
 def text_preview(raw: str | bytes, encoded: bytes | None = None) -> dict[str, Any]:
-    text = raw.decode("utf-8", "backslashreplace") if isinstance(raw, bytes) else raw
+    """A bounded, scrubbed preview of ``raw``: only the part kept is looked at, whatever its size."""
     size = len(encoded) if encoded is not None else len(raw)
-    if tokens.hides_key(raw):
+    # Cut a little past the preview first, so that a key across the cut is still whole to the
+    # scrubber; then scrubbed, then cut to size.
+    head = raw[: PAYLOAD_PREVIEW_CHARS + _KEY_MARGIN]
+    if tokens.hides_key(head):
         return {"preview": None, "withheld": "the text holds an API key in base64", "bytes": size}
-    # Scrubbed whole, then cut: a cut first could leave the start of a key at the end.
+    text = head.decode("utf-8", "backslashreplace") if isinstance(head, bytes) else head
     return {"preview": tokens.scrub_text(_storable_text(text))[:PAYLOAD_PREVIEW_CHARS], "bytes": size}
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import orjson
 
+from userpath_client.contract import MAX_NESTING
+from userpath_client.schemas import nested_deeper_than
 from userpath_worker.keys.tokens import redact
 
 # What a message's size is judged by when parts of it are not JSON (a repr stands in for them).
@@ -19,11 +21,21 @@ _LENIENT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=r
 
 def encoded_size(value: Any) -> int:
     """The size of ``value`` as compact UTF-8 JSON, even when parts of it are not storable, so
-    a message's size is judged before its events are (each then gets its own verdict)."""
+    a message's size is judged before its events are (each then gets its own verdict). Raises
+    ``TooDeep`` for more than ``MAX_NESTING`` levels, which no encoder here should recurse into."""
     try:
         return len(orjson.dumps(value))
     except orjson.JSONEncodeError:
+        if nested_deeper_than(value, MAX_NESTING):
+            raise TooDeep from None
         return len(_LENIENT.encode(value).encode("utf-8", "surrogatepass"))
+
+
+class TooDeep(ValueError):
+    """A message nested more than the contract's ``MAX_NESTING`` levels."""
+
+
+TOO_DEEP = f"the message is nested more than {MAX_NESTING} levels deep; flatten its properties"
 
 
 def summarize_arguments(args: Any) -> str:

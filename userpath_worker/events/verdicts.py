@@ -7,6 +7,7 @@ rows are written by ``events.storage``.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import uuid
 from collections.abc import Sequence
@@ -15,13 +16,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from userpath_client.contract import MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES, PERSON_ID_MAX
+from userpath_client.contract import DELIVERY_ID_MAX, MAX_ENVELOPE_BYTES, MAX_EVENT_BYTES
 from userpath_client.schemas import EnvelopeIn, EventIn, WebhookIn, canonical_json, describe, has_nul
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Delivery, Rejection, without_key
 from userpath_worker.events import normalizers
 from userpath_worker.events.models import Source
-from userpath_worker.events.schemas import encoded_size
+from userpath_worker.events.schemas import TOO_DEEP, TooDeep, encoded_size
 from userpath_worker.keys import scopes, tokens
 from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.keys.tokens import AuthFailure
@@ -86,8 +87,9 @@ def size_refusal(message: dict[str, Any]) -> Rejection | None:
     """Why a message is refused for its size or depth before its key is looked at, if it is."""
     try:
         size = encoded_size(message)
-    except RecursionError:
-        return Rejection(Reason.INVALID_ENVELOPE, "the message is nested too deeply", without_key(message))
+    except TooDeep:
+        # Not kept: every way of keeping it (scrubbing, encoding) would recurse as deep.
+        return Rejection(Reason.INVALID_EVENT, TOO_DEEP, None)
     if size > MAX_ENVELOPE_BYTES:
         detail = f"message is {size} bytes; the limit is {MAX_ENVELOPE_BYTES}"
         return Rejection(Reason.TOO_LARGE, detail, without_key(message))
@@ -241,23 +243,30 @@ def webhook_verdicts(
             return refused(Reason.UNSIGNED_WEBHOOK if refusal.unsigned else Reason.BAD_SIGNATURE, refusal.detail)
     try:
         body: Any = json.loads(webhook.body)
-    except ValueError:
-        body = webhook.body  # not JSON: kept as text
+    except (ValueError, RecursionError):
+        body = webhook.body  # not JSON, or nested past any limit: kept as text
     try:
         unstorable = has_nul(canonical_json([body, webhook.headers]))
-    except ValueError:  # a lone surrogate in a header
+    except UnicodeError:
         return refused(Reason.INVALID_EVENT, "the webhook is not storable JSON (a lone surrogate)")
+    except ValueError as error:  # NaN, nesting past the contract's limit
+        return refused(Reason.INVALID_EVENT, f"the webhook is not storable JSON ({error})")
     if unstorable:
         return refused(Reason.INVALID_EVENT, "the webhook contains a NUL character")
     body = tokens.scrub(body)
     normalized = normalizers.normalize(webhook.provider, webhook.headers, body)
     not_kept = _CREDENTIAL_HEADERS | signatures.signature_headers()
     kept = {name: value for name, value in webhook.headers.items() if name.lower() not in not_kept}
-    delivery_id = _signed_delivery_id(webhook.provider, headers) or webhook.delivery_id
+    signed_id = _signed_delivery_id(webhook.provider, headers, body) if verified else None
+    delivery_id = signed_id or tokens.scrub_text(webhook.delivery_id)
+    if verified and signed_id is None:  # the provider signs the body alone: the body is the delivery
+        replay_identity = "sha256:" + hashlib.sha256(webhook.body.encode("utf-8", "surrogatepass")).hexdigest()
+    else:
+        replay_identity = delivery_id
     row = _event_row(
         identity,
         Source.WEBHOOK,
-        event_id=derived_event_id("webhook", webhook.provider, delivery_id),
+        event_id=derived_event_id("webhook", webhook.provider, replay_identity),
         name=f"{webhook.provider}.{normalized.type}"[:200],
         user_id=(normalized.user_id or f"webhook:{webhook.provider}")[:200],
         anonymous_id=None,
@@ -296,11 +305,16 @@ def _signature_refusal(
     return scheme.verify(signatures.Signed(headers, body, keys, received_at, tolerance))
 
 
-def _signed_delivery_id(provider: str, headers: dict[str, str]) -> str | None:
-    """The delivery id a provider's signature covers (Standard Webhooks' ``webhook-id``), if any."""
+def _signed_delivery_id(provider: str, headers: dict[str, str], body: Any) -> str | None:
+    """The delivery id a verified delivery's signature covers, if the provider puts one there: a
+    header (Standard Webhooks' ``webhook-id``) or the body's own id (Stripe's ``evt_...``)."""
     scheme = signatures.scheme(provider)
-    value = headers.get(scheme.delivery_id_header) if scheme and scheme.delivery_id_header else None
-    return value if value and len(value) <= PERSON_ID_MAX else None
+    if scheme is None:
+        return None
+    value = headers.get(scheme.delivery_id_header) if scheme.delivery_id_header else None
+    if value is None and scheme.body_id_field and isinstance(body, dict):
+        value = body.get(scheme.body_id_field)
+    return value if isinstance(value, str) and 0 < len(value) <= DELIVERY_ID_MAX else None
 
 
 def _event_row(

@@ -15,6 +15,7 @@ from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from config.settings import Settings
 from userpath_worker.audit import services as audit
 from userpath_worker.db import utcnow
 from userpath_worker.emails import normalize_email
@@ -30,6 +31,20 @@ from userpath_worker.organizations.services import require_owner
 OWNERS_WORK = "create, roll or delete keys"  # what only owners may do, as refusals say it
 DEFAULT_ROLL_GRACE = dt.timedelta(hours=24)
 MAX_ROLL_GRACE = dt.timedelta(days=7)  # Stripe's ceiling for keeping a rolled key alive
+
+
+def configured_pepper(settings: Settings) -> str | None:
+    """USERPATH_KEY_PEPPER, which every process that makes or checks key digests must share.
+
+    Required against PostgreSQL: an installation that ran without one could not add one later
+    without invalidating every key. The embedded default keeps plain SHA-256 digests.
+    """
+    if settings.key_pepper or settings.uses_embedded_database:
+        return settings.key_pepper
+    raise UserError(
+        "USERPATH_KEY_PEPPER is not set; against PostgreSQL set it to a long random value, the same for every "
+        'worker, CLI and web process (python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
+    )
 
 
 def check_lifetime(expires_in: dt.timedelta) -> None:

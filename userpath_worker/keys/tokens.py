@@ -94,11 +94,17 @@ def hides_key(data: str | bytes, depth: int = 2) -> bool:
     for run in _BASE64_RUN.finditer(raw):
         text = re.sub(rb"[\r\n]", b"", run.group()).replace(b"-", b"+").replace(b"_", b"/").rstrip(b"=")
         for start in range(4):  # the run may begin mid-way through a base64 quantum
-            piece = text[start:]
-            decoded = base64.b64decode(piece[: len(piece) - len(piece) % 4])
+            decoded = base64.b64decode(_padded(text[start:]))
             if BYTES_KEY_PATTERN.search(decoded) or (depth > 1 and hides_key(decoded, depth - 1)):
                 return True
     return False
+
+
+def _padded(run: bytes) -> bytes:
+    """A base64 run whose padding is missing or was stripped, ready to decode to its last byte: a
+    key at the very end of a body must not be cut off by rounding the run down."""
+    remainder = len(run) % 4
+    return run[:-1] if remainder == 1 else run + b"=" * (-len(run) % 4)
 
 
 def scrub(value: Any) -> Any:

@@ -13,6 +13,7 @@ from config.settings import Settings
 from userpath_worker.accounts.secret import web_secret
 from userpath_worker.db import make_engine, make_session_factory, writer
 from userpath_worker.errors import NotFound, PermissionDenied
+from userpath_worker.keys.services import configured_pepper
 from userpath_worker.rotation.services import RotationPolicy
 from userpath_worker.web import audit, auth, context, formatting, keys, members, security, webhooks
 
@@ -37,6 +38,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
         WTF_CSRF_TIME_LIMIT=None,
         MAX_CONTENT_LENGTH=MAX_FORM_BYTES,
     )
+    configured_pepper(settings)  # before serving: a key made on these pages must pass the worker's check
     engine = engine or make_engine(settings.database_url, hide_parameters=True)
     app.extensions["userpath"] = context.Web(
         settings=settings,

@@ -23,7 +23,7 @@ from config.settings import Settings
 from userpath_worker.accounts import services as accounts
 from userpath_worker.accounts.models import Account
 from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserError
-from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.services import KeyService, configured_pepper
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization, Role
 from userpath_worker.rotation.services import RotationPolicy
@@ -43,7 +43,7 @@ class Web:
     policy: RotationPolicy
 
     def keys(self, database: Session) -> KeyService:
-        return KeyService(database, pepper=self.settings.key_pepper)
+        return KeyService(database, pepper=configured_pepper(self.settings))
 
     @property
     def session_lifetime(self) -> dt.timedelta:

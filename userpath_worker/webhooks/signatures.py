@@ -57,8 +57,12 @@ class Scheme:
     headers: tuple[str, ...]
     # A signing secret as the provider shows it -> the HMAC key; ValueError when it is malformed.
     key: Callable[[str], bytes]
-    # A header the signature covers that identifies the delivery, which becomes its delivery id.
+    # What identifies a delivery among what the signature covers, so that a replay, within the
+    # tolerance or (for a provider that signs no time) at any time, is a duplicate: a header
+    # (Standard Webhooks' webhook-id), else a field of the JSON body (Stripe's event id), else a
+    # digest of the body. Never the receiver's delivery id, which anyone can change.
     delivery_id_header: str | None = None
+    body_id_field: str | None = None
 
 
 _registry: dict[str, Scheme] = {}
@@ -77,10 +81,13 @@ def register(
     headers: Sequence[str],
     key: Callable[[str], bytes] = _utf8,
     delivery_id_header: str | None = None,
+    body_id_field: str | None = None,
 ) -> Callable[[Verifier], Verifier]:
     def decorator(verifier: Verifier) -> Verifier:
         global _signature_headers
-        _registry[provider] = Scheme(verifier, tuple(name.lower() for name in headers), key, delivery_id_header)
+        _registry[provider] = Scheme(
+            verifier, tuple(name.lower() for name in headers), key, delivery_id_header, body_id_field
+        )
         _signature_headers = frozenset(name for registered in _registry.values() for name in registered.headers)
         return verifier
 
@@ -142,7 +149,7 @@ def timestamp_refusal(text: str, header: str, delivery: Signed) -> Refusal | Non
     return None
 
 
-@register("stripe", headers=("stripe-signature",))
+@register("stripe", headers=("stripe-signature",), body_id_field="id")
 def stripe(delivery: Signed) -> Refusal | None:
     """``Stripe-Signature: t=...,v1=...[,v1=...]``: hex HMAC-SHA256 of ``{t}.{body}``; any ``v1`` may
     match (Stripe signs with every active secret while one is rolled)."""
@@ -229,7 +236,7 @@ for _provider in ("standard-webhooks", "svix"):
     )(standard_webhooks)
 
 
-@register("slack", headers=("x-slack-signature",))
+@register("slack", headers=("x-slack-signature",), body_id_field="event_id")
 def slack(delivery: Signed) -> Refusal | None:
     """``X-Slack-Signature: v0=<hex HMAC-SHA256 of v0:{X-Slack-Request-Timestamp}:{body}>``."""
     header = delivery.headers.get("x-slack-signature")

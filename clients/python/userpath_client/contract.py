@@ -54,6 +54,7 @@ def queue_arguments(queue_type: QueueType | str) -> dict[str, str] | None:
 MAX_ENVELOPE_BYTES = 1024 * 1024  # a message's body; Segment allows 500 KB per batch
 MAX_EVENT_BYTES = 32 * 1024  # one event as compact JSON, as Segment
 MAX_BATCH_EVENTS = 1000  # events in one envelope
+MAX_NESTING = 254  # levels of arrays and objects in a message body: orjson's own limit
 
 # The HTTP edge (``userpath edge``) speaks Segment's Tracking API with Segment's own limits.
 HTTP_MAX_CALL_BYTES = 32 * 1024  # the body of one call (/v1/track, /v1/identify...)

@@ -20,6 +20,7 @@ from userpath_client.contract import (
     EVENT_ID_MAX,
     EVENT_NAME_MAX,
     MAX_BATCH_EVENTS,
+    MAX_NESTING,
     PERSON_ID_MAX,
     PROVIDER_PATTERN,
 )
@@ -45,11 +46,12 @@ def canonical_json(value: Any) -> bytes:
 
     Datetimes, dates, times and UUIDs (kombu's decoder makes them from {"__type__": ...,
     "__value__": ...} objects) become ISO-8601 and UUID text. Raises ValueError for what no
-    database can store as JSON: NaN or infinite numbers, lone surrogates, other objects.
+    database can store as JSON: NaN or infinite numbers, lone surrogates, other objects, more
+    than ``MAX_NESTING`` levels.
 
     orjson encodes ten times faster than the standard library. Where it cannot (integers beyond
-    64 bits, lone surrogates, more than 254 levels) the standard encoder decides; orjson writes
-    NaN as null, so output with a null in it is checked by the standard encoder too.
+    64 bits, lone surrogates, more than ``MAX_NESTING`` levels) the standard encoder decides;
+    orjson writes NaN as null, so output with a null in it is checked by the standard encoder too.
     """
     try:
         encoded = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
@@ -61,10 +63,27 @@ def canonical_json(value: Any) -> bytes:
 
 
 def _standard_canonical_json(value: Any) -> bytes:
+    if nested_deeper_than(value, MAX_NESTING):  # before the standard encoder's own recursion
+        raise ValueError(f"nested more than {MAX_NESTING} levels deep")
     try:
         return _CANONICAL.encode(value).encode()
     except TypeError as error:
         raise ValueError(f"not JSON: {error}") from None
+
+
+def nested_deeper_than(value: Any, levels: int) -> bool:
+    """Whether ``value`` has more than ``levels`` levels of arrays and objects. It walks without
+    recursing, so no depth makes it fail, and stops at the first branch past the limit."""
+    stack = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list | tuple) else None
+        if children is None:
+            continue
+        if depth > levels:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+    return False
 
 
 # A JSON-escaped NUL (an odd number of backslashes, then u0000): PostgreSQL refuses it in text

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert
 
+from config.settings import get_settings
 from tests.common.cli import ok, run
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, table_dump
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
@@ -139,6 +140,22 @@ def test_a_postgres_schema_behind_the_code_is_refused(monkeypatch: pytest.Monkey
     assert "run `userpath db upgrade` first" in result.output
     ok("db", "upgrade")
     assert run("keys", "list", "--org", "Acme").output.startswith("Error: organization 'Acme' not found")
+
+
+def test_against_postgresql_keys_are_not_made_without_the_pepper(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Digests made without a pepper could never be peppered later without invalidating every key."""
+    url = fresh_postgres_database(f"{TEST_DATABASE_PREFIX}_no_pepper")
+    monkeypatch.setenv("USERPATH_DATABASE_URL", url)
+    ok("db", "upgrade")
+    ok("orgs", "create", "Acme", "--owner", "owner@acme.example")
+    monkeypatch.delenv("USERPATH_KEY_PEPPER")
+    get_settings.cache_clear()
+    result = run("keys", "create", "--org", "Acme", "--name", "App X Production Server", "--as", "owner@acme.example")
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines() == [
+        "Error: USERPATH_KEY_PEPPER is not set; against PostgreSQL set it to a long random value, the same for every "
+        'worker, CLI and web process (python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
+    ]
 
 
 def test_a_command_checks_the_schema_once_however_many_transactions_it_opens(

@@ -75,19 +75,32 @@ def test_userpath_web_serves_the_pages_on_the_embedded_default(tmp_path: Path) -
     assert f"Serving the web pages on http://127.0.0.1:{port}" in log.read_text()
 
 
-def test_userpath_web_needs_a_secret_against_postgresql(postgres_url: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("settings", "missing"),
+    [
+        ({}, "USERPATH_WEB_SECRET is not set; set it to a long random value, the same for every web process"),
+        (
+            {"USERPATH_WEB_SECRET": "w" * 32},
+            # Keys made without it would be refused by a peppered worker, or could never be peppered.
+            "USERPATH_KEY_PEPPER is not set; against PostgreSQL set it to a long random value, the same for every "
+            "worker, CLI and web process",
+        ),
+    ],
+)
+def test_userpath_web_needs_its_secrets_against_postgresql(
+    postgres_url: str, tmp_path: Path, settings: dict[str, str], missing: str
+) -> None:
     completed = subprocess.run(
         [USERPATH, "web", "--port", str(free_port())],
         cwd=tmp_path,
-        env=environment(USERPATH_DATABASE_URL=postgres_url),
+        env=environment(USERPATH_DATABASE_URL=postgres_url, **settings),
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert completed.returncode == 1
     assert completed.stderr.strip().splitlines() == [
-        "Error: USERPATH_WEB_SECRET is not set; set it to a long random value, the same for every web process "
-        '(python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
+        f'Error: {missing} (python3 -c "import secrets; print(secrets.token_urlsafe(32))")'
     ]
 
 

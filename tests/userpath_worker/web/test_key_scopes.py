@@ -10,6 +10,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.web import Browser, People, new_key_form
 from userpath_worker.audit.models import AuditEntry
 from userpath_worker.keys.models import ApiKey
@@ -34,7 +35,7 @@ def identity_of(people: People, response: TestResponse) -> KeyIdentity:
     assert response.status_code == 201, html
     plaintext = re.search(r'<input id="new-key" type="text" value="([^"]+)" readonly', html).group(1)  # type: ignore[union-attr]
     with Session(people.engine) as session:
-        identity = KeyService(session).authenticate(plaintext)
+        identity = KeyService(session, TEST_KEY_PEPPER).authenticate(plaintext)
     assert isinstance(identity, KeyIdentity)
     return identity
 

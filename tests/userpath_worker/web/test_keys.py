@@ -14,6 +14,7 @@ from werkzeug.test import TestResponse
 
 from config.settings import Settings
 from tests.common.databases import table_dump
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.web import BASE_URL, OWNER, Browser, People, new_key_form
 from userpath_client.contract import KEY_PATTERN
 from userpath_worker import web_links
@@ -64,7 +65,7 @@ def row(html: str, key_id: int) -> dict[str, str]:
 
 def authenticate(people: People, plaintext: str) -> KeyIdentity | AuthFailure:
     with Session(people.engine) as session:
-        return KeyService(session).authenticate(plaintext)
+        return KeyService(session, TEST_KEY_PEPPER).authenticate(plaintext)
 
 
 def test_the_list_shows_each_key_with_its_columns_and_never_a_secret(browser: Browser, people: People) -> None:
@@ -73,7 +74,7 @@ def test_the_list_shows_each_key_with_its_columns_and_never_a_secret(browser: Br
     test_id, test = people.key(org_id, "App Y Webhook Handler", environment=Environment.TEST)
     gone_id, _ = people.key(org_id, "Deleted")
     with Session(people.engine) as session, session.begin():
-        KeyService(session).delete(gone_id, OWNER)
+        KeyService(session, TEST_KEY_PEPPER).delete(gone_id, OWNER)
     browser.sign_in()
     response = browser.get(keys_page(org_id))
     html = response.get_data(as_text=True)

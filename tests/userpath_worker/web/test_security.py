@@ -13,6 +13,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from werkzeug.test import TestResponse
 
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.web import BASE_URL, CSRF_FIELD, OWNER, PASSWORD, Browser, People, new_key_form, web_settings
 from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.web.app import SESSION_COOKIE, create_app
@@ -144,7 +145,7 @@ def test_another_organizations_key_id_answers_404(browser: Browser, people: Peop
     assert browser.post(f"{keys_page(theirs)}/{their_key}/delete").status_code == 404
     # Nothing was done to it: it authenticates as before.
     with Session(people.engine) as session:
-        assert isinstance(KeyService(session).authenticate(plaintext), KeyIdentity)
+        assert isinstance(KeyService(session, TEST_KEY_PEPPER).authenticate(plaintext), KeyIdentity)
 
 
 def test_the_404_for_another_organizations_key_is_the_one_for_an_unknown_id(browser: Browser, people: People) -> None:

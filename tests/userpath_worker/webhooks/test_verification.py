@@ -83,9 +83,9 @@ def dead(session: Session) -> list[tuple[str, str]]:
 
 
 def stripe(api_key: str, secrets: list[str], delivery_id: str = "evt_1", **changes: object) -> dict[str, object]:
-    message = webhook_message(
-        api_key, "stripe", INVOICE, stripe_headers(secrets, INVOICE, RECEIVED), RECEIVED, delivery_id
-    )
+    """A Stripe delivery of event ``delivery_id``: Stripe puts its event id in the body it signs."""
+    body = INVOICE.replace('"evt_1"', f'"{delivery_id}"')
+    message = webhook_message(api_key, "stripe", body, stripe_headers(secrets, body, RECEIVED), RECEIVED, delivery_id)
     return message | changes
 
 
@@ -272,3 +272,41 @@ def test_a_header_no_database_can_store_is_an_invalid_event_not_an_error(
     message["headers"] = {**message["headers"], "X-Note": "\ud800"}  # type: ignore[dict-item]
     assert send(ingestor, message) == IngestOutcome(0, 1)
     assert dead(session) == [("invalid_event", "the webhook is not storable JSON (a lone surrogate)")]
+
+
+def test_a_github_delivery_replayed_a_year_later_with_a_new_delivery_id_is_a_duplicate(
+    session: Session, ingestor: Ingestor, acme: Organization, api_key: str
+) -> None:
+    """Seen: GitHub signs the body alone, and X-GitHub-Delivery (which no signature covers) made a
+    year-old delivery sent again a second verified event. The body is the delivery's identity."""
+    add_secret(session, acme, "github", GITHUB_SECRET)
+    assert send(ingestor, github(api_key, GITHUB_SECRET, "gh-1")) == IngestOutcome(1, 0)
+    a_year_later = RECEIVED + dt.timedelta(days=365)
+    replayed = github(api_key, GITHUB_SECRET, "gh-forged-new-id", received_at=a_year_later.isoformat())
+    assert send(ingestor, replayed, worker_clock=a_year_later) == IngestOutcome(0, 0, duplicates=1)
+    [event] = stored(session)
+    assert event.context["webhook"]["delivery_id"] == "gh-1"
+
+
+def test_a_stripe_delivery_replayed_within_the_tolerance_with_another_delivery_id_is_a_duplicate(
+    session: Session, ingestor: Ingestor, acme: Organization, api_key: str
+) -> None:
+    """Stripe's event id is in the body it signs: that, not the receiver's delivery id, is the event id."""
+    add_secret(session, acme, "stripe", STRIPE_SECRET)
+    assert send(ingestor, stripe(api_key, [STRIPE_SECRET], "evt_real")) == IngestOutcome(1, 0)
+    replayed = stripe(api_key, [STRIPE_SECRET], "evt_real") | {"delivery_id": "another-id"}
+    assert send(ingestor, replayed) == IngestOutcome(0, 0, duplicates=1)
+    [event] = stored(session)
+    assert (event.event_id, event.context["webhook"]["delivery_id"]) == (
+        derived_event_id("webhook", "stripe", "evt_real"),
+        "evt_real",
+    )
+
+
+def test_a_key_in_a_webhook_s_delivery_id_is_stored_in_its_display_form(
+    session: Session, engine: Engine, ingestor: Ingestor, api_key: str
+) -> None:
+    assert send(ingestor, webhook_message(api_key, "acme", "{}", {}, RECEIVED, f"x-{api_key}")) == IngestOutcome(1, 0)
+    assert api_key not in table_dump(session, engine)
+    [event] = stored(session)
+    assert event.context["webhook"]["delivery_id"].startswith("x-up_live_")
