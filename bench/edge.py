@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.brokers import BROKERS
-from bench.harness import REPOSITORY, BenchError, load_average, new_key, stop, wait_until
+from bench.harness import KEY_PEPPER, REPOSITORY, BenchError, load_average, new_key, stop, wait_until
 from userpath_client.contract import INGESTION_QUEUES
 from userpath_worker import schema
 from userpath_worker.db import make_engine
@@ -92,6 +92,7 @@ def measure(broker_name: str, database_url: str, key: str, folder: Path, seconds
         **{name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")},
         "USERPATH_DATABASE_URL": database_url,
         "USERPATH_BROKER_URL": broker.url,
+        "USERPATH_KEY_PEPPER": KEY_PEPPER,  # the key was made with it (harness.new_key)
         "USERPATH_LOG_LEVEL": "WARNING",  # no access log line a request
     }
     authorization = "Basic " + base64.b64encode(f"{key}:".encode()).decode()

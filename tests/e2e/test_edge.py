@@ -25,7 +25,7 @@ from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.edge import call, running_edge
 from tests.common.factories import OWNER
 from tests.common.proxy import FaultyProxy
-from tests.common.signing import STRIPE_SECRET, stripe_headers
+from tests.common.signing import STRIPE_SECRET, TEST_KEY_PEPPER, stripe_headers
 from tests.common.workers import (
     FAULTS_REDIS_URL,
     database_fixtures,
@@ -60,7 +60,7 @@ def broker(request: pytest.FixtureRequest) -> str:
 def new_key(engine: Engine, scopes: frozenset[str] | None = None) -> tuple[int, str]:
     with Session(engine) as session, session.begin():
         organization = organizations.create_organization(session, "Edge Inc", OWNER)
-        _, plaintext = KeyService(session).create(organization, "Backend", OWNER, scopes=scopes)
+        _, plaintext = KeyService(session, TEST_KEY_PEPPER).create(organization, "Backend", OWNER, scopes=scopes)
         return organization.id, plaintext
 
 

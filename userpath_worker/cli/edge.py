@@ -6,6 +6,7 @@ import click
 
 from userpath_worker import logs
 from userpath_worker.cli.common import settings
+from userpath_worker.keys.services import configured_pepper
 
 
 @click.command()
@@ -22,6 +23,7 @@ def edge(host: str, port: int, workers: int) -> None:
     from userpath_worker.edge.server import serve
 
     configured = settings()
+    configured_pepper(configured)  # against PostgreSQL a missing pepper stops it here, with one line
     logs.configure(configured.log_level)
     click.echo(f"Serving the edge on http://{host}:{port} with {workers} process(es). Ctrl+C stops.")
     serve(host, port, workers)

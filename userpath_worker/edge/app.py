@@ -27,6 +27,7 @@ from userpath_worker.edge import segment
 from userpath_worker.edge.http import WEBHOOK_PREFIX, Answer, Refused, credentials, inflate, refusal, shown, too_large
 from userpath_worker.edge.service import Edge, Publishers
 from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.services import configured_pepper
 
 access_log = logging.getLogger("userpath.edge.access")
 logger = logging.getLogger("userpath.edge")
@@ -154,7 +155,7 @@ def build(settings: Settings | None = None) -> EdgeApp:
     sessions = runtime.session_factory()
     edge = Edge(
         sessions,
-        KeyAuthenticator(settings.key_pepper, settings.auth_cache_seconds),
+        KeyAuthenticator(configured_pepper(settings), settings.auth_cache_seconds),
         Publishers(settings.broker_url, settings.edge_broker_timeout_seconds),
     )
     return EdgeApp(edge, settings.edge_threads)
