@@ -9,6 +9,9 @@ import datetime as dt
 import gzip
 import http.client
 import json
+import os
+import signal
+import threading
 import urllib.parse
 from pathlib import Path
 from typing import Any
@@ -28,12 +31,14 @@ from tests.common.proxy import FaultyProxy
 from tests.common.signing import STRIPE_SECRET, TEST_KEY_PEPPER, stripe_headers
 from tests.common.workers import (
     FAULTS_REDIS_URL,
+    counts,
     database_fixtures,
     empty_queues,
     queue_depth,
     rabbitmq_vhost,
     running_worker,
     settle_at,
+    wait_for,
     worker_environment,
 )
 from userpath_client.contract import EVENTS_QUEUE, key_display_form
@@ -198,6 +203,40 @@ def test_a_providers_signed_webhook_reaches_the_worker_through_its_source_url(
     log = (tmp_path / "edge.log").read_text()
     assert source_key not in log and mistyped(source_key) not in log
     assert f"/v1/webhooks/stripe/{key_display_form(source_key)}" in log  # the access log's form of the URL
+
+
+def test_every_event_answered_200_is_stored_when_the_edge_is_killed_under_load(
+    clean_database: tuple[str, Engine], tmp_path: Path
+) -> None:
+    database_url, engine = clean_database
+    _, key = new_key(engine)
+    empty_queues(FAULTS_REDIS_URL)
+    environment = worker_environment(database_url, FAULTS_REDIS_URL)
+    answered: list[str] = []
+    with running_edge(environment, tmp_path / "edge.log", "--workers", "2") as edge:
+
+        def send(sender: int) -> None:
+            for number in range(100_000):
+                event_id = f"{sender}-{number}"
+                try:
+                    reply = call(f"{edge.url}/v1/track", {"event": "Load", "userId": "u", "messageId": event_id}, key)
+                except OSError:
+                    return  # the edge is gone
+                if reply.status == 200:
+                    answered.append(event_id)
+
+        senders = [threading.Thread(target=send, args=(sender,)) for sender in range(4)]
+        for sender in senders:
+            sender.start()
+        wait_for(lambda: len(answered) >= 300, 60, "300 events answered 200")
+        os.killpg(edge.process.pid, signal.SIGKILL)  # the edge and its server processes, mid-request
+        for sender in senders:
+            sender.join(60)
+    with running_worker(environment, tmp_path / "worker.log", "--concurrency=1"):
+        wait_for(lambda: counts(engine)[0] >= len(answered), 60, "every answered event to be stored")
+    with Session(engine) as session:
+        stored = set(session.scalars(select(Event.event_id)))
+    assert set(answered) <= stored  # 200 meant the broker had it; what was never answered may be there too
 
 
 _JSON = st.recursive(
