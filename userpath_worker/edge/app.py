@@ -12,20 +12,17 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from config.settings import Settings, get_settings
-from userpath_client.contract import (
-    HTTP_MAX_BATCH_BYTES,
-    HTTP_MAX_CALL_BYTES,
-    HTTP_MAX_WEBHOOK_BYTES,
-)
+from userpath_client.contract import HTTP_MAX_BATCH_BYTES, HTTP_MAX_CALL_BYTES, HTTP_MAX_WEBHOOK_BYTES, MAX_BATCH_EVENTS
 from userpath_worker import runtime
 from userpath_worker.edge import segment
 from userpath_worker.edge.http import WEBHOOK_PREFIX, Answer, Refused, credentials, inflate, refusal, shown, too_large
-from userpath_worker.edge.service import Edge, Publishers
+from userpath_worker.edge.service import Edge, Publishers, unavailable
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.services import configured_pepper
 
@@ -47,6 +44,7 @@ class EdgeApp:
     def __init__(self, edge: Edge, threads: int) -> None:
         self.edge = edge
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
+        self._coalescer = Coalescer(lambda *arguments: self._run(edge.publish_events, *arguments))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -101,7 +99,14 @@ class EdgeApp:
         key = credentials(headers.get("authorization"))
         if key is None:
             key = document.get("writeKey")
-        return await self._run(self.edge.track, key, document, route_type)
+        decided = await self._run(self.edge.judge_track, key, document, route_type)
+        if isinstance(decided, Answer):
+            return decided
+        try:
+            await self._coalescer.send(decided.key, decided.sent_at, decided.events)
+        except Exception as error:  # any broker or network failure: the caller sends again
+            return unavailable(error)
+        return decided.answer
 
     async def _webhook(self, rest: str, headers: dict[str, str], receive: Receive) -> Answer:
         provider, _, token = rest.partition("/")
@@ -111,6 +116,54 @@ class EdgeApp:
 
     async def _run(self, function: Callable[..., Answer], *arguments: Any) -> Answer:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *arguments)
+
+
+@dataclass
+class _Envelope:
+    sent: asyncio.Future[None]
+    events: list[bytes] = field(default_factory=list)
+
+
+class Coalescer:
+    """Calls of one key with one ``sentAt`` that arrive within ``WINDOW_SECONDS`` travel together
+    (issue 21 allows it): one publish for many requests, which is most of a request's cost. Each
+    request is answered only once the broker has every event that travelled with it."""
+
+    WINDOW_SECONDS = 0.002
+
+    def __init__(self, publish: Callable[[str, list[bytes], str | None], Awaitable[None]]) -> None:
+        self._publish = publish
+        self._open: dict[tuple[str, str | None], _Envelope] = {}
+
+    async def send(self, key: str, sent_at: str | None, events: list[bytes]) -> None:
+        if not events:
+            return
+        slot = (key, sent_at)
+        envelope = self._open.get(slot)
+        if envelope is None:
+            loop = asyncio.get_running_loop()
+            envelope = self._open[slot] = _Envelope(loop.create_future())
+            loop.call_later(self.WINDOW_SECONDS, self._close, slot, envelope)
+        envelope.events.extend(events)
+        if len(envelope.events) >= MAX_BATCH_EVENTS:
+            self._close(slot, envelope)
+        await asyncio.shield(envelope.sent)  # a caller that goes away does not cancel the others'
+
+    def _close(self, slot: tuple[str, str | None], envelope: _Envelope) -> None:
+        if self._open.get(slot) is not envelope:
+            return  # closed already, when it filled up
+        del self._open[slot]
+        published = asyncio.ensure_future(self._publish(slot[0], envelope.events, slot[1]))
+        published.add_done_callback(lambda done: _settle(envelope.sent, done))
+
+
+def _settle(sent: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    error = done.exception()
+    if error is None:
+        sent.set_result(None)
+    else:
+        sent.set_exception(error)
+        sent.exception()  # marked as retrieved: a future whose callers all went away is not an error
 
 
 async def _read(receive: Receive, limit: int) -> bytes:

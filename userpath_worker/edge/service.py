@@ -12,6 +12,7 @@ import logging
 import re
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import orjson
@@ -69,6 +70,17 @@ class Unlimited:
         return None
 
 
+@dataclass(frozen=True)
+class Accepted:
+    """A track request's events to send on (empty when every call was refused and none can travel)
+    and its answer once the broker has them."""
+
+    key: str
+    sent_at: str | None
+    events: list[bytes]
+    answer: Answer
+
+
 class Publishers:
     """A ``Publisher`` per thread of the pool (kombu's connections are not shared between threads)."""
 
@@ -107,7 +119,18 @@ class Edge:
         self._rate_limit = rate_limit or Unlimited()
 
     def track(self, key: object, body: dict[str, Any], route_type: str | None) -> Answer:
-        """One Segment call (``route_type`` its type) or a /v1/batch (None)."""
+        """One Segment call (``route_type`` its type) or a /v1/batch (None), decided and published."""
+        decided = self.judge_track(key, body, route_type)
+        if isinstance(decided, Answer):
+            return decided
+        try:
+            self.publish_events(decided.key, decided.events, decided.sent_at)
+        except Exception as error:  # any broker or network failure: the caller sends again
+            return unavailable(error)
+        return decided.answer
+
+    def judge_track(self, key: object, body: dict[str, Any], route_type: str | None) -> Accepted | Answer:
+        """What to send on and the answer once the broker has it, or the refusal to answer now."""
         try:
             identity = self._permitted(key, Source.SERVER)
             calls = _calls(body, route_type)
@@ -119,18 +142,20 @@ class Edge:
         except segment.UnusableBody as error:
             return refusal(400, "invalid_body", str(error))
         assert isinstance(key, str)  # _permitted said so
-        encoder = Encoder(key)
-        try:
-            for chunk in _envelopes(judged.events, encoder.envelope_overhead):
-                self._publishers.publish(EVENTS_QUEUE, *encoder.message(EVENTS_QUEUE, chunk, sent_at))
-        except Exception as error:  # any broker or network failure: the caller sends again
-            return _unavailable(error)
         if not judged.refusals:
-            return SUCCESS
-        if judged.accepted:
-            return Answer(200, {"success": True, "refused": judged.refusals})
-        message = judged.refusals[0]["reason"] if len(calls) == 1 else "every call was refused"
-        return Answer(400, {**refusal(400, "invalid_events", message).document, "refused": judged.refusals})
+            answer = SUCCESS
+        elif judged.accepted:
+            answer = Answer(200, {"success": True, "refused": judged.refusals})
+        else:
+            message = judged.refusals[0]["reason"] if len(calls) == 1 else "every call was refused"
+            answer = Answer(400, {**refusal(400, "invalid_events", message).document, "refused": judged.refusals})
+        return Accepted(key, sent_at, judged.events, answer)
+
+    def publish_events(self, key: str, events: list[bytes], sent_at: str | None) -> None:
+        """``events`` of ``key`` in envelopes on the events queue; returns once the broker has them all."""
+        encoder = Encoder(key)
+        for chunk in _envelopes(events, encoder.envelope_overhead):
+            self._publishers.publish(EVENTS_QUEUE, *encoder.message(EVENTS_QUEUE, chunk, sent_at))
 
     def webhook(self, key: object, provider: str, headers: Mapping[str, str], body: bytes) -> Answer:
         """A provider's delivery, as received, wrapped into one ``userpath.webhook`` message."""
@@ -151,7 +176,7 @@ class Edge:
         try:
             self._publishers.publish(WEBHOOKS_QUEUE, *encoder.message(WEBHOOKS_QUEUE, [data]))
         except Exception as error:  # the provider retries on anything but 2xx
-            return _unavailable(error)
+            return unavailable(error)
         return SUCCESS
 
     def _permitted(self, key: object, source: Source, provider: str | None = None) -> KeyIdentity:
@@ -209,7 +234,7 @@ def _envelopes(events: list[bytes], overhead: int) -> list[list[bytes]]:
     return envelopes
 
 
-def _unavailable(error: Exception) -> Answer:
+def unavailable(error: Exception) -> Answer:
     logger.warning("the broker did not take a request's messages (%s: %s); answered 503", type(error).__name__, error)
     return broker_unavailable()
 
