@@ -3,7 +3,9 @@ HTTP edge under ``wrk``, publishing to Redis and to RabbitMQ with no worker drai
 
 For each broker, ``userpath edge --workers 2`` (one process a core of the 2-core reference machine)
 is driven by ``wrk`` (Debian's package: ``apt-get install wrk``) on keep-alive connections:
-``POST /v1/track`` (one event), ``POST /v1/batch`` (100 events), and beside them, in the same run,
+``POST /v1/track`` (one event; all with one ``sentAt``, so calls arriving within 2 ms travel
+together, and again each with a ``sentAt`` of its own, as Segment's libraries send single calls),
+``POST /v1/batch`` (100 events), and beside them, in the same run,
 the same server stack answering ``GET /healthz`` (no decision, no broker: the stack's ceiling) and
 Flask on waitress (16 threads, 2 processes would need a balancer: 1 process) making the same
 decisions for ``/v1/track``, the baseline the stack was chosen against. Printed: requests and events
@@ -99,13 +101,20 @@ def measure(broker_name: str, database_url: str, key: str, folder: Path, seconds
     track = script(folder / "track.lua", "POST", track_body(), authorization)
     batch = script(folder / "batch.lua", "POST", {"batch": [track_call(n) for n in range(BATCH_EVENTS)]}, authorization)
     health = script(folder / "health.lua", "GET", None, authorization)
+    # As Segment's libraries send single calls: each with a sentAt of its own, so none travel together.
+    distinct = script(folder / "distinct.lua", "POST", track_body(), authorization, distinct_sent_at=True)
     runs = []
     fresh_queues(broker_name)
     port = free_port()
     edge = [USERPATH, "edge", "--port", str(port), "--workers", str(EDGE_PROCESSES)]
     with serving(edge, port, environment, folder / f"edge-{broker_name}.log"):
-        for path, lua, events in (("/healthz", health, 0), ("/v1/track", track, 1), ("/v1/batch", batch, BATCH_EVENTS)):
-            route = f"GET {path} (no-op)" if events == 0 else f"POST {path}"
+        routes = (
+            ("GET /healthz (no-op)", "/healthz", health, 0),
+            ("POST /v1/track", "/v1/track", track, 1),
+            ("POST /v1/track, a sentAt each", "/v1/track", distinct, 1),
+            ("POST /v1/batch", "/v1/batch", batch, BATCH_EVENTS),
+        )
+        for route, path, lua, events in routes:
             url = f"http://127.0.0.1:{port}{path}"
             runs.append(wrk(route, "uvicorn + uvloop + httptools", url, lua, events, seconds, connections))
             fresh_queues(broker_name)  # no worker drains them: keep the broker's memory flat
@@ -141,10 +150,24 @@ def track_body() -> dict[str, Any]:
     return {**track_call(0), "sentAt": "2026-12-05T07:00:01.000Z"}
 
 
-def script(path: Path, method: str, body: dict[str, Any] | None, authorization: str) -> Path:
+def script(
+    path: Path, method: str, body: dict[str, Any] | None, authorization: str, distinct_sent_at: bool = False
+) -> Path:
     lines = [f'wrk.method = "{method}"', f'wrk.headers["Authorization"] = "{authorization}"']
     if body is not None:
         lines += ['wrk.headers["Content-Type"] = "application/json"', f"wrk.body = [[{json.dumps(body)}]]"]
+    if distinct_sent_at:
+        # wrk.body with its sentAt's microseconds counted up, request by request.
+        template = (
+            json.dumps({**body, "sentAt": "SENT_AT"}).replace("%", "%%").replace("SENT_AT", "2026-12-05T07:00:01.%06dZ")
+        )
+        lines += [
+            "local sent = 0",
+            "request = function()",
+            "  sent = sent + 1",
+            f"  return wrk.format(nil, nil, nil, string.format([[{template}]], sent % 1000000))",
+            "end",
+        ]
     path.write_text("\n".join(lines) + "\n")
     return path
 
