@@ -132,6 +132,13 @@ class Settings(BaseSettings):
     smtp_url: str | None = Field(default=None, repr=False)  # may carry a password
     smtp_from: str = "userpath@localhost"  # the sender of those e-mails
 
+    # The HTTP edge (``userpath edge``): the address providers and producers reach it at (webhook
+    # source URLs start with it), the requests it decides at once per process, and how long it
+    # waits for the broker before answering 503.
+    edge_base_url: str = "http://127.0.0.1:8080"
+    edge_threads: Annotated[int, Field(ge=1, le=256)] = 16
+    edge_broker_timeout_seconds: Annotated[float, Field(gt=0, le=60)] = 5.0
+
     # Encrypts the webhook signing secrets at rest: required against PostgreSQL (the same for every
     # worker and CLI), generated beside the embedded SQLite database otherwise.
     secret_key: str | None = Field(default=None, repr=False)
@@ -166,7 +173,7 @@ class Settings(BaseSettings):
             raise ValueError("must be an http:// or https:// URL")
         return value
 
-    @field_validator("web_base_url")
+    @field_validator("web_base_url", "edge_base_url")
     @classmethod
     def _http_base_url(cls, value: str) -> str:
         value = value.strip()

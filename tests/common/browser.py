@@ -209,20 +209,35 @@ class WebServer:
 
 @contextlib.contextmanager
 def running_web(environment: dict[str, str], log_path: Path, ready_within: float = 60.0) -> Iterator[WebServer]:
-    """``userpath web --host 127.0.0.1 --port P`` (P from ``USERPATH_WEB_BASE_URL``), once ``/healthz``
-    answers 200 "ok"; stopped (and killed if need be) on exit. Its output goes to ``log_path``."""
+    """``userpath web --host 127.0.0.1 --port P`` (P from ``USERPATH_WEB_BASE_URL``)."""
     url = environment["USERPATH_WEB_BASE_URL"]
     port = url.rsplit(":", 1)[1]
-    command = [USERPATH, "web", "--host", "127.0.0.1", "--port", port]
+    with running_server(
+        ["web", "--host", "127.0.0.1", "--port", port], url, environment, log_path, ready_within
+    ) as web:
+        yield web
+
+
+@contextlib.contextmanager
+def running_server(
+    arguments: list[str], url: str, environment: dict[str, str], log_path: Path, ready_within: float = 60.0
+) -> Iterator[WebServer]:
+    """``userpath ARGUMENTS`` serving ``url``, once its ``/healthz`` answers 200; stopped (and killed
+    if need be) on exit. Its output goes to ``log_path``."""
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            command, env=environment, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            [USERPATH, *arguments],
+            env=environment,
+            cwd=REPOSITORY,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     try:
         wait_for(lambda: _healthy(url) or process.poll() is not None, ready_within, f"{url}/healthz to answer")
         if process.poll() is not None:
             raise AssertionError(
-                f"userpath web exited at start ({process.returncode}):\n{log_path.read_text()[-3000:]}"
+                f"userpath {arguments[0]} exited at start ({process.returncode}):\n{log_path.read_text()[-3000:]}"
             )
         yield WebServer(url, log_path, process)
     finally:
@@ -232,6 +247,6 @@ def running_web(environment: dict[str, str], log_path: Path, ready_within: float
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-            return response.status == 200 and response.read().strip() == b"ok"
+            return response.status == 200
     except (urllib.error.URLError, OSError):
         return False

@@ -52,3 +52,27 @@ def test_the_smoke_benchmark_writes_every_figure_of_both_brokers(tmp_path: Path)
     # With both brokers every target is measured, the cross-broker ones included.
     assert {"rabbitmq_envelopes_100_share_of_redis", "rabbitmq_envelopes_1_share_of_redis"} <= set(results["targets"])
     assert None not in results["targets"].values()
+
+
+def test_the_edge_benchmark_at_smoke_size_prints_its_table_with_every_answer_200(tmp_path: Path) -> None:
+    output = tmp_path / "edge.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench.edge", "--size", "smoke", "--broker", "both", "--output", str(output)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    assert "| Redis | POST /v1/batch |" in completed.stdout and "| RabbitMQ | POST /v1/track |" in completed.stdout
+    runs = json.loads(output.read_text())["runs"]
+    for broker in BROKERS:
+        assert [(run["route"], run["stack"]) for run in runs[broker]] == [
+            ("GET /healthz (no-op)", "uvicorn + uvloop + httptools"),
+            ("POST /v1/track", "uvicorn + uvloop + httptools"),
+            ("POST /v1/track, a sentAt each", "uvicorn + uvloop + httptools"),
+            ("POST /v1/batch", "uvicorn + uvloop + httptools"),
+            ("POST /v1/track", "Flask on waitress"),
+        ]
+        assert all(run["requests_per_second"] > 0 and run["not_200"] == 0 for run in runs[broker])
+        assert runs[broker][3]["events_per_second"] == 100 * runs[broker][3]["requests_per_second"]

@@ -432,7 +432,7 @@ def test_events_queued_while_the_broker_is_down_are_sent_once_it_is_back(api_key
     with pytest.raises(NotSent):
         userpath.flush(timeout=0.3)
     # The broker "comes back": the next connection the sender makes goes to the real Redis.
-    userpath._sender._broker_url = REDIS_URL
+    userpath._sender._publisher._broker_url = REDIS_URL
     userpath.flush(timeout=15)
     userpath.close()
     assert batch_names(read_messages(REDIS_URL, EVENTS_QUEUE, 1)) == ["Waited"]

@@ -11,6 +11,7 @@ from userpath_worker.cli import (
     audit,
     broker,
     db,
+    edge,
     events,
     keys,
     members,
@@ -48,6 +49,7 @@ for command in (
     operations.status,
     operations.health,
     web.web,
+    edge.edge,
     webhooks.webhooks,
     broker.broker,
 ):

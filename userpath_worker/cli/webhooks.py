@@ -7,13 +7,23 @@ from typing import Any
 
 import click
 
-from userpath_worker.cli.common import json_option, print_json, print_table, settings, transaction, utc, when
+from userpath_worker.cli.common import (
+    json_option,
+    key_service,
+    print_json,
+    print_table,
+    settings,
+    transaction,
+    utc,
+    when,
+)
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
 from userpath_worker.webhooks import services as webhook_secrets
 from userpath_worker.webhooks import signatures
 from userpath_worker.webhooks.crypto import SecretBox, secret_key
 from userpath_worker.webhooks.models import WebhookSecret
+from userpath_worker.webhooks.sources import create_source
 
 
 @click.group()
@@ -90,3 +100,32 @@ def secrets_remove(secret_id: int, actor: str, as_json: bool) -> None:
         return
     then = "its webhooks must still verify" if left else "its webhooks are now stored unverified"
     click.echo(f"Removed {removed.provider} secret {removed.id} ({removed.display}); {left} left, {then}.")
+
+
+@webhooks.group("sources")
+def sources() -> None:
+    """Webhook sources: a URL on the HTTP edge (USERPATH_EDGE_BASE_URL) to paste into a provider."""
+
+
+@sources.command("create")
+@click.option("--org", required=True, help="Organization name.")
+@click.option(
+    "--provider", required=True, help="The provider, e.g. stripe or github (its signing secret: secrets add)."
+)
+@click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
+@json_option
+def sources_create(org: str, provider: str, actor: str, as_json: bool) -> None:
+    """Make a key limited to PROVIDER's webhooks and print, once, the URL that carries it."""
+    configured = settings()
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        key, url = create_source(key_service(session), organization, provider, actor, configured.edge_base_url)
+    if as_json:
+        print_json({"url": url, "key_id": key.id, "provider": provider})
+        return
+    click.echo(url)
+    click.echo(
+        f"Paste this URL into {provider}'s webhook settings now: it will not be shown again. It carries key "
+        f"{key.id} ({key.display}), which may send only {provider} webhooks; deleting the key retires the URL.",
+        err=True,
+    )

@@ -56,6 +56,12 @@ MAX_EVENT_BYTES = 32 * 1024  # one event as compact JSON, as Segment
 MAX_BATCH_EVENTS = 1000  # events in one envelope
 MAX_NESTING = 254  # levels of arrays and objects in a message body: orjson's own limit
 
+# The HTTP edge (``userpath edge``) speaks Segment's Tracking API with Segment's own limits.
+HTTP_MAX_CALL_BYTES = 32 * 1024  # the body of one call (/v1/track, /v1/identify...)
+HTTP_MAX_BATCH_BYTES = 500 * 1024  # the body of /v1/batch, after gzip is undone
+HTTP_MAX_BATCH_EVENTS = 2500  # calls in one /v1/batch (sent on as envelopes of MAX_BATCH_EVENTS)
+HTTP_MAX_WEBHOOK_BYTES = 512 * 1024  # a provider's delivery to /v1/webhooks/...
+
 EVENT_NAME_MAX = 200
 PERSON_ID_MAX = 200  # user_id and anonymous_id
 EVENT_ID_MAX = 100

@@ -13,18 +13,12 @@ import threading
 import time
 from collections import deque
 
-from kombu import Connection, Producer
+from kombu import Connection
 
-from userpath_client.contract import (
-    DEFAULT_EXCHANGE,
-    EVENTS_QUEUE,
-    JOBS_QUEUE,
-    MAX_ENVELOPE_BYTES,
-    WEBHOOKS_QUEUE,
-    exchange_of,
-)
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, MAX_ENVELOPE_BYTES, WEBHOOKS_QUEUE
 from userpath_client.errors import ClientClosed, NotSent, QueueFull
-from userpath_client.wire import Encoder, transport_options
+from userpath_client.publisher import Publisher
+from userpath_client.wire import Encoder
 
 logger = logging.getLogger("userpath.client")
 
@@ -47,7 +41,6 @@ class Sender:
         # Import the transport now: its first import registers a threading exit hook, which
         # fails if it happens in the sender thread while the interpreter exits.
         Connection(broker_url).get_transport_cls()
-        self._broker_url = broker_url
         self._encoder = encoder
         self._batch_size = batch_size
         self._flush_interval = flush_interval
@@ -64,10 +57,7 @@ class Sender:
         self._closed = False  # no new events
         self._stopping = False  # the thread is to end
         self._thread: threading.Thread | None = None
-        self._connection: Connection | None = None
-        self._producer: Producer | None = None
-        self._amqp = False  # RabbitMQ: publish to the queue's exchange, once it is known to exist
-        self._queues_found: set[str] = set()  # on this connection
+        self._publisher = Publisher(broker_url, broker_timeout)
 
     @property
     def pending(self) -> int:
@@ -134,7 +124,7 @@ class Sender:
             given_up, self._count = self._count, 0
             for pending in self._pending.values():
                 pending.clear()
-        self._drop_connection()
+        self._publisher.close()
         if given_up:
             raise NotSent(f"{given_up} events could not be sent before close() gave up", given_up)
 
@@ -193,7 +183,7 @@ class Sender:
             try:
                 self._publish(queue, chunk)
             except Exception as error:  # any broker or network failure: keep the events, retry
-                self._drop_connection()
+                self._publisher.close()
                 with self._changed:
                     for failed_queue, failed in reversed(chunks[index:]):
                         self._pending[failed_queue].extendleft(reversed(failed))
@@ -213,42 +203,7 @@ class Sender:
 
     def _publish(self, queue: str, chunk: list[bytes]) -> None:
         body, message = self._encoder.message(queue, chunk)
-        producer = self._ensure_producer()
-        if self._amqp and queue not in self._queues_found:
-            # Never declared, so that a producer user needs no permission but to write to the
-            # queue's exchange: a passive declare (which needs none) fails while no worker has
-            # made the queue, and the events wait here instead of being dropped unroutable.
-            producer.channel.queue_declare(queue=queue, passive=True)
-            self._queues_found.add(queue)
-        producer.publish(
-            body,
-            exchange=exchange_of(queue) if self._amqp else DEFAULT_EXCHANGE,
-            routing_key=queue,
-            retry=False,  # we retry ourselves, keeping the events and backing off
-            **message,
-        )
-
-    def _ensure_producer(self) -> Producer:
-        if self._producer is None:
-            scheme = self._broker_url.partition("://")[0]
-            self._connection = Connection(
-                self._broker_url,
-                connect_timeout=self._broker_timeout,
-                transport_options=transport_options(scheme, self._broker_timeout),
-            )
-            # One connection attempt (kombu's default_channel would retry for connect_timeout):
-            # the thread's own loop retries, with backoff and a warning.
-            self._connection.connect()
-            self._producer = Producer(self._connection.channel())
-            self._amqp = self._connection.transport.driver_type == "amqp"
-            self._queues_found.clear()
-        return self._producer
-
-    def _drop_connection(self) -> None:
-        if self._connection is not None:
-            with contextlib.suppress(Exception):
-                self._connection.close()
-        self._connection = self._producer = None
+        self._publisher.publish(queue, body, message)
 
 
 def _backoff(failures: int) -> float:

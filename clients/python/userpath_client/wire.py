@@ -35,16 +35,17 @@ class Encoder:
         # Envelope bytes other than its events; each event then costs its size plus a comma.
         self.envelope_overhead = len(self.envelope_body([], now_iso()))
 
-    def message(self, queue: str, chunk: list[bytes]) -> tuple[bytes, dict[str, Any]]:
+    def message(self, queue: str, chunk: list[bytes], sent_at: str | None = None) -> tuple[bytes, dict[str, Any]]:
         """The body of the message carrying ``chunk`` to ``queue``, and its headers and properties
-        as keyword arguments of kombu's ``Producer.publish``."""
+        as keyword arguments of kombu's ``Producer.publish``. ``sent_at``: the producer's clock when
+        it sent the events (ISO-8601 with offset; the HTTP edge passes its caller's), else now."""
         if queue == WEBHOOKS_QUEUE:
             (webhook,) = chunk
             task = WEBHOOK_TASK
             argsrepr = f"({{'api_key': {self._key_display!r}, 'webhook': <{len(webhook)} bytes>}},)"
             body = webhook_body(webhook)
         else:
-            sent_at = now_iso()
+            sent_at = sent_at or now_iso()
             task = TRACK_TASK
             argsrepr = (
                 f"({{'api_key': {self._key_display!r}, 'sent_at': {sent_at!r}, 'batch': <{len(chunk)} events>}},)"

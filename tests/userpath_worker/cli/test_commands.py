@@ -58,7 +58,7 @@ def test_dash_h_is_help_on_every_command(command: list[str]) -> None:
 
 # Commands that run until stopped or only answer with an exit status, and the dead-letter commands
 # whose options issue 14 item 6 changes.
-WITHOUT_JSON = [["worker"], ["beat"], ["web"], ["health"], ["demo"]]
+WITHOUT_JSON = [["worker"], ["beat"], ["web"], ["edge"], ["health"], ["demo"]]
 
 
 def test_every_command_has_json_but_the_servers() -> None:

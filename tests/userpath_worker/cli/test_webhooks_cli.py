@@ -11,6 +11,7 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
+from config.settings import get_settings
 from tests.common.cli import ok, run
 from tests.common.databases import table_dump
 from tests.common.signing import GITHUB_SECRET, STRIPE_SECRET, TEST_SECRET_KEY
@@ -176,3 +177,26 @@ def test_on_the_embedded_database_the_secret_key_is_generated_once_beside_it(
             GITHUB_SECRET,
         ]
     engine.dispose()
+
+
+def test_a_webhook_source_prints_its_url_once_with_a_key_limited_to_the_provider(
+    acme: str, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("USERPATH_EDGE_BASE_URL", "https://events.acme.io")
+    get_settings.cache_clear()  # read again, with the edge's address
+    created = json.loads(
+        ok("webhooks", "sources", "create", "--org", "Acme", "--provider", "stripe", "--as", OWNER, "--json").output
+    )
+    url = created["url"]
+    assert url.startswith("https://events.acme.io/v1/webhooks/stripe/up_live_")
+    key = url.rsplit("/", 1)[1]
+    shown = json.loads(ok("keys", "show", str(created["key_id"]), "--json").output)
+    assert shown["scopes"] == ["webhooks:stripe"]
+    assert key not in json.dumps(shown)  # the URL's key is shown once, as any key
+    text = ok("webhooks", "sources", "create", "--org", "Acme", "--provider", "github", "--as", OWNER).output
+    assert "/v1/webhooks/github/up_live_" in text and "may send only github webhooks" in text
+
+    refused = run("webhooks", "sources", "create", "--org", "Acme", "--provider", "Not A Provider", "--as", OWNER)
+    assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
+    denied = run("webhooks", "sources", "create", "--org", "Acme", "--provider", "stripe", "--as", "admin@acme.io")
+    assert denied.exit_code == 1  # an admin may not make keys: owners only

@@ -1,0 +1,255 @@
+"""``python -m bench.edge [--size full|smoke] [--broker redis|rabbitmq|both] [--output FILE]``: the
+HTTP edge under ``wrk``, publishing to Redis and to RabbitMQ with no worker draining them.
+
+For each broker, ``userpath edge --workers 2`` (one process a core of the 2-core reference machine)
+is driven by ``wrk`` (Debian's package: ``apt-get install wrk``) on keep-alive connections:
+``POST /v1/track`` (one event; all with one ``sentAt``, so calls arriving within 2 ms travel
+together, and again each with a ``sentAt`` of its own, as Segment's libraries send single calls),
+``POST /v1/batch`` (100 events), and beside them, in the same run,
+the same server stack answering ``GET /healthz`` (no decision, no broker: the stack's ceiling) and
+Flask on waitress (16 threads, 2 processes would need a balancer: 1 process) making the same
+decisions for ``/v1/track``, the baseline the stack was chosen against. Printed: requests and events
+a second, p50 and p99 latency, and how many answers were not 200 (any is a failure).
+
+The database is a SQLite file in a temporary folder: the key is looked up once, then cached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.brokers import BROKERS
+from bench.harness import KEY_PEPPER, REPOSITORY, BenchError, load_average, new_key, stop, wait_until
+from userpath_client.contract import INGESTION_QUEUES
+from userpath_worker import schema
+from userpath_worker.db import make_engine
+
+SIZES = {"full": {"seconds": 10, "connections": 64}, "smoke": {"seconds": 2, "connections": 8}}
+EDGE_PROCESSES = 2
+BATCH_EVENTS = 100
+USERPATH = str(Path(sys.executable).with_name("userpath"))
+_LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
+_UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass(frozen=True)
+class Run:
+    route: str
+    stack: str
+    requests_per_second: float
+    events_per_second: float
+    p50_ms: float
+    p99_ms: float
+    not_200: int
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.edge", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="full")
+    parser.add_argument("--broker", choices=["redis", "rabbitmq", "both"], default="both")
+    parser.add_argument("--output", type=Path, help="Also write the figures as JSON here.")
+    parser.add_argument("--serve-flask", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the baseline's process
+    arguments = parser.parse_args()
+    if arguments.serve_flask:
+        serve_flask(arguments.serve_flask)
+        return
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk (Debian's package), then run again")
+    size = SIZES[arguments.size]
+    brokers = list(BROKERS) if arguments.broker == "both" else [arguments.broker]
+    with tempfile.TemporaryDirectory(prefix="bench-edge-") as folder:
+        database_url = f"sqlite:///{folder}/edge.db"
+        engine = make_engine(database_url)
+        schema.upgrade(engine)
+        key = new_key(engine)
+        engine.dispose()
+        results = {name: measure(name, database_url, key, Path(folder), **size) for name in brokers}
+    print_table(results)
+    if arguments.output:
+        machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average": load_average()}
+        runs = {broker: [asdict(run) for run in broker_runs] for broker, broker_runs in results.items()}
+        document = {"machine": machine, "size": arguments.size, "runs": runs}
+        arguments.output.write_text(json.dumps(document, indent=2))
+
+
+def measure(broker_name: str, database_url: str, key: str, folder: Path, seconds: int, connections: int) -> list[Run]:
+    broker = BROKERS[broker_name]
+    environment = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")},
+        "USERPATH_DATABASE_URL": database_url,
+        "USERPATH_BROKER_URL": broker.url,
+        "USERPATH_KEY_PEPPER": KEY_PEPPER,  # the key was made with it (harness.new_key)
+        "USERPATH_LOG_LEVEL": "WARNING",  # no access log line a request
+    }
+    authorization = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    track = script(folder / "track.lua", "POST", track_body(), authorization)
+    batch = script(folder / "batch.lua", "POST", {"batch": [track_call(n) for n in range(BATCH_EVENTS)]}, authorization)
+    health = script(folder / "health.lua", "GET", None, authorization)
+    # As Segment's libraries send single calls: each with a sentAt of its own, so none travel together.
+    distinct = script(folder / "distinct.lua", "POST", track_body(), authorization, distinct_sent_at=True)
+    runs = []
+    fresh_queues(broker_name)
+    port = free_port()
+    edge = [USERPATH, "edge", "--port", str(port), "--workers", str(EDGE_PROCESSES)]
+    with serving(edge, port, environment, folder / f"edge-{broker_name}.log"):
+        routes = (
+            ("GET /healthz (no-op)", "/healthz", health, 0),
+            ("POST /v1/track", "/v1/track", track, 1),
+            ("POST /v1/track, a sentAt each", "/v1/track", distinct, 1),
+            ("POST /v1/batch", "/v1/batch", batch, BATCH_EVENTS),
+        )
+        for route, path, lua, events in routes:
+            url = f"http://127.0.0.1:{port}{path}"
+            runs.append(wrk(route, "uvicorn + uvloop + httptools", url, lua, events, seconds, connections))
+            fresh_queues(broker_name)  # no worker drains them: keep the broker's memory flat
+    port = free_port()
+    flask = [sys.executable, "-m", "bench.edge", "--serve-flask", str(port)]
+    with serving(flask, port, environment, folder / f"flask-{broker_name}.log"):
+        url = f"http://127.0.0.1:{port}/v1/track"
+        runs.append(wrk("POST /v1/track", "Flask on waitress", url, track, 1, seconds, connections))
+    fresh_queues(broker_name)
+    return runs
+
+
+def fresh_queues(broker_name: str) -> None:
+    """Empty, with the ingestion queues made as the worker makes them (the edge declares nothing)."""
+    broker = BROKERS[broker_name]
+    broker.empty()
+    for queue in INGESTION_QUEUES:
+        broker.preload(queue, [])
+
+
+def track_call(number: int) -> dict[str, Any]:
+    return {
+        "type": "track",
+        "event": "Order Completed",
+        "userId": f"user-{number}",
+        "timestamp": "2026-12-05T07:00:00.000Z",
+        "properties": {"order_id": f"o-{number}", "revenue": 42.5, "currency": "EUR", "items": 3},
+        "context": {"library": {"name": "analytics-python", "version": "2.4.0"}, "ip": "203.0.113.9"},
+    }
+
+
+def track_body() -> dict[str, Any]:
+    return {**track_call(0), "sentAt": "2026-12-05T07:00:01.000Z"}
+
+
+def script(
+    path: Path, method: str, body: dict[str, Any] | None, authorization: str, distinct_sent_at: bool = False
+) -> Path:
+    lines = [f'wrk.method = "{method}"', f'wrk.headers["Authorization"] = "{authorization}"']
+    if body is not None:
+        lines += ['wrk.headers["Content-Type"] = "application/json"', f"wrk.body = [[{json.dumps(body)}]]"]
+    if distinct_sent_at:
+        # wrk.body with its sentAt's microseconds counted up, request by request.
+        template = (
+            json.dumps({**body, "sentAt": "SENT_AT"}).replace("%", "%%").replace("SENT_AT", "2026-12-05T07:00:01.%06dZ")
+        )
+        lines += [
+            "local sent = 0",
+            "request = function()",
+            "  sent = sent + 1",
+            f"  return wrk.format(nil, nil, nil, string.format([[{template}]], sent % 1000000))",
+            "end",
+        ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wrk(route: str, stack: str, url: str, lua: Path, events: int, seconds: int, connections: int) -> Run:
+    completed = subprocess.run(
+        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    )
+    if completed.returncode != 0:
+        raise BenchError(f"wrk failed on {url}: {completed.stderr.strip()}")
+    output = completed.stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    latency = {percent: float(value) * _UNIT_MS[unit] for percent, value, unit in _LATENCY.findall(output)}
+    failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    errors = re.search(r"Socket errors:.*", output)
+    not_200 = int(failed.group(1)) if failed else 0
+    if errors:
+        print(f"  {route} ({stack}): {errors.group(0).strip()}", file=sys.stderr)
+    return Run(route, stack, rate, rate * events, latency["50"], latency["99"], not_200)
+
+
+def print_table(results: dict[str, list[Run]]) -> None:
+    print(f"\nuserpath edge under wrk ({os.cpu_count()} CPUs, load {load_average()}), no worker draining\n")
+    print("| broker | route | server stack | requests/s | events/s | p50 ms | p99 ms | not 200 |")
+    print("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    for broker, runs in results.items():
+        for run in runs:
+            print(
+                f"| {BROKERS[broker].label} | {run.route} | {run.stack} | {run.requests_per_second:,.0f} | "
+                f"{run.events_per_second:,.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.not_200} |"
+            )
+
+
+@contextlib.contextmanager
+def serving(command: list[str], port: int, environment: dict[str, str], log_path: Path) -> Iterator[None]:
+    """A server process on ``port``, once it accepts connections; stopped on exit."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            command, env=environment, cwd=REPOSITORY, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    try:
+        wait_until(lambda: _accepting(port) or process.poll() is not None, 60, f"port {port} to listen")
+        if process.poll() is not None:
+            raise BenchError(f"{' '.join(command)} exited: {log_path.read_text()[-2000:]}")
+        time.sleep(0.5)  # every process of the server up, not only the first
+        yield
+    finally:
+        stop(process)
+
+
+def _accepting(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) == 0
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def serve_flask(port: int) -> None:
+    """The baseline: Flask on waitress, making the edge's own decisions for /v1/track."""
+    from flask import Flask, Response, request
+    from waitress import serve
+
+    from userpath_worker.edge.app import build
+    from userpath_worker.edge.http import credentials
+
+    edge = build().edge
+    app = Flask("bench-edge-baseline")
+
+    @app.post("/v1/track")
+    def track() -> Response:
+        answer = edge.track(credentials(request.headers.get("Authorization")), request.get_json(), "track")
+        return Response(answer.body, answer.status, content_type="application/json")
+
+    serve(app, host="127.0.0.1", port=port, threads=16, _quiet=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,214 @@
+"""The edge as a bare ASGI application: routing, reading bodies within their limits, the access log.
+
+A framework would add nothing the edge needs and cost a share of every request. Decisions that
+touch the database or the broker (``service.Edge``) run on a thread pool, so the event loop only
+reads and writes sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from config.settings import Settings, get_settings
+from userpath_client.contract import HTTP_MAX_BATCH_BYTES, HTTP_MAX_CALL_BYTES, HTTP_MAX_WEBHOOK_BYTES, MAX_BATCH_EVENTS
+from userpath_worker import runtime
+from userpath_worker.edge import segment
+from userpath_worker.edge.http import WEBHOOK_PREFIX, Answer, Refused, credentials, inflate, refusal, shown, too_large
+from userpath_worker.edge.service import Edge, Publishers, unavailable
+from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.services import configured_pepper
+
+access_log = logging.getLogger("userpath.edge.access")
+logger = logging.getLogger("userpath.edge")
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_HEALTHY = Answer(200, {"status": "ok"})
+_NOT_FOUND = refusal(404, "not_found", "no such route: POST /v1/batch, /v1/<call type> or /v1/webhooks/<provider>")
+_METHOD = refusal(405, "method_not_allowed", "use POST")
+# A compressed body may be a little larger than the same body inflated (incompressible data).
+_COMPRESSION_SLACK = 1024
+
+
+class EdgeApp:
+    def __init__(self, edge: Edge, threads: int) -> None:
+        self.edge = edge
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
+        self._coalescer = Coalescer(lambda *arguments: self._run(edge.publish_events, *arguments))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        started = time.perf_counter()
+        try:
+            answer = await self._answer(scope, receive)
+        except Refused as refused:
+            answer = refused.answer
+        except Exception as error:  # never a traceback that could carry a body or a key
+            logger.error("request failed: %s: %s", type(error).__name__, shown(str(error)))
+            answer = refusal(500, "internal_error", "the edge failed; send again")
+        body = answer.body
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        headers.extend((name.encode(), value.encode()) for name, value in answer.headers)
+        await send({"type": "http.response.start", "status": answer.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        if access_log.isEnabledFor(logging.INFO):
+            client = (scope.get("client") or ("-",))[0]
+            access_log.info(
+                '%s "%s %s" %d %.1fms',
+                client,
+                scope["method"],
+                shown(scope["path"]),
+                answer.status,
+                (time.perf_counter() - started) * 1000,
+            )
+
+    async def _answer(self, scope: Scope, receive: Receive) -> Answer:
+        path, method = scope["path"], scope["method"]
+        if path == "/healthz":
+            return _HEALTHY
+        if not path.startswith("/v1/"):
+            return _NOT_FOUND
+        if method != "POST":
+            return _METHOD
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+        if path.startswith(WEBHOOK_PREFIX):
+            return await self._webhook(path[len(WEBHOOK_PREFIX) :], headers, receive)
+        route = path[len("/v1/") :]
+        if route in ("batch", "import"):
+            route_type, limit = None, HTTP_MAX_BATCH_BYTES
+        elif route in segment.CALL_TYPES:
+            route_type, limit = route, HTTP_MAX_CALL_BYTES
+        else:
+            return _NOT_FOUND
+        raw = await _read(receive, limit + _COMPRESSION_SLACK)
+        document = _json_object(inflate(raw, headers.get("content-encoding"), limit))
+        key = credentials(headers.get("authorization"))
+        if key is None:
+            key = document.get("writeKey")
+        decided = await self._run(self.edge.judge_track, key, document, route_type)
+        if isinstance(decided, Answer):
+            return decided
+        try:
+            await self._coalescer.send(decided.key, decided.sent_at, decided.events)
+        except Exception as error:  # any broker or network failure: the caller sends again
+            return unavailable(error)
+        return decided.answer
+
+    async def _webhook(self, rest: str, headers: dict[str, str], receive: Receive) -> Answer:
+        provider, _, token = rest.partition("/")
+        key = token or credentials(headers.get("authorization"))
+        body = await _read(receive, HTTP_MAX_WEBHOOK_BYTES)
+        return await self._run(self.edge.webhook, key, provider, headers, body)
+
+    async def _run(self, function: Callable[..., Answer], *arguments: Any) -> Answer:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, function, *arguments)
+
+
+@dataclass
+class _Envelope:
+    sent: asyncio.Future[None]
+    events: list[bytes] = field(default_factory=list)
+
+
+class Coalescer:
+    """Calls of one key with one ``sentAt`` that arrive within ``WINDOW_SECONDS`` travel together
+    (issue 21 allows it): one publish for many requests, which is most of a request's cost. Each
+    request is answered only once the broker has every event that travelled with it."""
+
+    WINDOW_SECONDS = 0.002
+
+    def __init__(self, publish: Callable[[str, list[bytes], str | None], Awaitable[None]]) -> None:
+        self._publish = publish
+        self._open: dict[tuple[str, str | None], _Envelope] = {}
+
+    async def send(self, key: str, sent_at: str | None, events: list[bytes]) -> None:
+        if not events:
+            return
+        slot = (key, sent_at)
+        envelope = self._open.get(slot)
+        if envelope is None:
+            loop = asyncio.get_running_loop()
+            envelope = self._open[slot] = _Envelope(loop.create_future())
+            loop.call_later(self.WINDOW_SECONDS, self._close, slot, envelope)
+        envelope.events.extend(events)
+        if len(envelope.events) >= MAX_BATCH_EVENTS:
+            self._close(slot, envelope)
+        await asyncio.shield(envelope.sent)  # a caller that goes away does not cancel the others'
+
+    def _close(self, slot: tuple[str, str | None], envelope: _Envelope) -> None:
+        if self._open.get(slot) is not envelope:
+            return  # closed already, when it filled up
+        del self._open[slot]
+        published = asyncio.ensure_future(self._publish(slot[0], envelope.events, slot[1]))
+        published.add_done_callback(lambda done: _settle(envelope.sent, done))
+
+
+def _settle(sent: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    error = done.exception()
+    if error is None:
+        sent.set_result(None)
+    else:
+        sent.set_exception(error)
+        sent.exception()  # marked as retrieved: a future whose callers all went away is not an error
+
+
+async def _read(receive: Receive, limit: int) -> bytes:
+    """The request's body; 413 as soon as it is over ``limit`` (the rest is never read)."""
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise Refused(refusal(400, "invalid_body", "the client went away"))
+        part = message.get("body", b"")
+        size += len(part)
+        if size > limit:
+            raise Refused(too_large(f"the body is over {limit} bytes"))
+        parts.append(part)
+        if not message.get("more_body"):
+            return b"".join(parts)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise Refused(refusal(400, "invalid_json", f"the body is not JSON: {error}")) from None
+    if not isinstance(document, dict):
+        raise Refused(refusal(400, "invalid_body", "the body is a JSON object"))
+    return document
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def build(settings: Settings | None = None) -> EdgeApp:
+    """The application of one server process, from the settings."""
+    settings = settings or get_settings()
+    sessions = runtime.session_factory()
+    edge = Edge(
+        sessions,
+        KeyAuthenticator(configured_pepper(settings), settings.auth_cache_seconds),
+        Publishers(settings.broker_url, settings.edge_broker_timeout_seconds),
+    )
+    return EdgeApp(edge, settings.edge_threads)

@@ -1,0 +1,257 @@
+"""The edge's decisions for one request, synchronous (run on the server's thread pool): who the key
+is (the worker's cached authenticator), whether its scopes permit the call, what the events are
+(the contract's models), and whether the broker took them (the client's publishing rule).
+
+The answer tells the truth: 200 only once the broker has every message of the request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+from sqlalchemy.orm import Session
+
+from userpath_client.contract import (
+    EVENTS_QUEUE,
+    HTTP_MAX_BATCH_EVENTS,
+    MAX_BATCH_EVENTS,
+    MAX_ENVELOPE_BYTES,
+    PERSON_ID_MAX,
+    PROVIDER_PATTERN,
+    WEBHOOKS_QUEUE,
+)
+from userpath_client.errors import InvalidEvent
+from userpath_client.publisher import Publisher
+from userpath_client.validation import webhook_json
+from userpath_client.wire import Encoder
+from userpath_worker.db import utcnow
+from userpath_worker.edge import segment
+from userpath_worker.edge.http import SUCCESS, Answer, Refused, broker_unavailable, refusal, too_large
+from userpath_worker.events.models import Source
+from userpath_worker.keys import scopes
+from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.services import KeyIdentity
+from userpath_worker.keys.tokens import AuthFailure
+
+logger = logging.getLogger("userpath.edge")
+
+# What each refused key is told; the code is the dead-letter reason the worker would give it.
+_AUTH_ANSWERS = {
+    AuthFailure.MALFORMED: ("malformed_key", "the key is not up_live_ or up_test_ followed by 38 letters and digits"),
+    AuthFailure.BAD_CHECKSUM: ("bad_checksum", "the key's checksum is wrong: it was mistyped or cut"),
+    AuthFailure.UNKNOWN: ("unknown_key", "no such key"),
+    AuthFailure.DELETED: ("deleted_key", "the key was deleted"),
+    AuthFailure.EXPIRED: ("expired_key", "the key has expired"),
+}
+# Headers of a delivery that are never sent on: they carry the caller's credentials.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization", "x-api-key"})
+# Where providers put the id of a delivery, which a retry of it repeats (the worker prefers a
+# delivery id the signature covers, such as Standard Webhooks' webhook-id).
+_DELIVERY_ID_HEADERS = ("x-github-delivery", "x-shopify-webhook-id", "webhook-id", "svix-id", "x-request-id")
+_PROVIDER = re.compile(PROVIDER_PATTERN)
+
+
+class RateLimit(Protocol):
+    """The seam for per-organization rate limits (issue 21, item 5): seconds to wait before
+    ``events`` more of organization ``org_id`` are taken, or None to take them now."""
+
+    def retry_after(self, org_id: int, events: int) -> float | None: ...
+
+
+class Unlimited:
+    def retry_after(self, org_id: int, events: int) -> float | None:
+        return None
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """A track request's events to send on (empty when every call was refused and none can travel)
+    and its answer once the broker has them."""
+
+    key: str
+    sent_at: str | None
+    events: list[bytes]
+    answer: Answer
+
+
+class Publishers:
+    """A ``Publisher`` per thread of the pool (kombu's connections are not shared between threads)."""
+
+    def __init__(self, broker_url: str, timeout: float) -> None:
+        self._broker_url = broker_url
+        self._timeout = timeout
+        self._local = threading.local()
+
+    def publish(self, queue: str, body: bytes, message: dict[str, Any]) -> None:
+        publisher = getattr(self._local, "publisher", None)
+        if publisher is None:
+            publisher = self._local.publisher = Publisher(self._broker_url, self._timeout)
+        reused = publisher.connected
+        try:
+            publisher.publish(queue, body, message)
+        except Exception:
+            if not reused:
+                raise
+            # A connection idle in this thread may have died meanwhile (a broker restart, a
+            # failover): once more on a new one before answering 503. A message RabbitMQ took
+            # without its confirm arriving is then sent twice: its events are stored once.
+            publisher.publish(queue, body, message)
+
+
+class Edge:
+    def __init__(
+        self,
+        sessions: Callable[[], Session],
+        authenticator: KeyAuthenticator,
+        publishers: Publishers,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        self._sessions = sessions
+        self._authenticator = authenticator
+        self._publishers = publishers
+        self._rate_limit = rate_limit or Unlimited()
+
+    def track(self, key: object, body: dict[str, Any], route_type: str | None) -> Answer:
+        """One Segment call (``route_type`` its type) or a /v1/batch (None), decided and published."""
+        decided = self.judge_track(key, body, route_type)
+        if isinstance(decided, Answer):
+            return decided
+        try:
+            self.publish_events(decided.key, decided.events, decided.sent_at)
+        except Exception as error:  # any broker or network failure: the caller sends again
+            return unavailable(error)
+        return decided.answer
+
+    def judge_track(self, key: object, body: dict[str, Any], route_type: str | None) -> Accepted | Answer:
+        """What to send on and the answer once the broker has it, or the refusal to answer now."""
+        try:
+            identity = self._permitted(key, Source.SERVER)
+            calls = _calls(body, route_type)
+            sent_at = segment.sent_at(body)
+            judged = segment.judge(calls, route_type, {"context": body.get("context"), "timestamp": sent_at})
+            self._admit(identity, len(calls))
+        except Refused as refused:
+            return refused.answer
+        except segment.UnusableBody as error:
+            return refusal(400, "invalid_body", str(error))
+        assert isinstance(key, str)  # _permitted said so
+        if not judged.refusals:
+            answer = SUCCESS
+        elif judged.accepted:
+            answer = Answer(200, {"success": True, "refused": judged.refusals})
+        else:
+            message = judged.refusals[0]["reason"] if len(calls) == 1 else "every call was refused"
+            answer = Answer(400, {**refusal(400, "invalid_events", message).document, "refused": judged.refusals})
+        return Accepted(key, sent_at, judged.events, answer)
+
+    def publish_events(self, key: str, events: list[bytes], sent_at: str | None) -> None:
+        """``events`` of ``key`` in envelopes on the events queue; returns once the broker has them all."""
+        encoder = Encoder(key)
+        for chunk in _envelopes(events, encoder.envelope_overhead):
+            self._publishers.publish(EVENTS_QUEUE, *encoder.message(EVENTS_QUEUE, chunk, sent_at))
+
+    def webhook(self, key: object, provider: str, headers: Mapping[str, str], body: bytes) -> Answer:
+        """A provider's delivery, as received, wrapped into one ``userpath.webhook`` message."""
+        try:
+            if not _PROVIDER.fullmatch(provider):
+                raise Refused(refusal(404, "unknown_provider", "a provider is 1 to 50 of a-z, 0-9, - and _"))
+            identity = self._permitted(key, Source.WEBHOOK, provider)
+            self._admit(identity, 1)
+        except Refused as refused:
+            return refused.answer
+        assert isinstance(key, str)
+        forwarded = {name: value for name, value in headers.items() if name not in _CREDENTIAL_HEADERS}
+        try:
+            data = webhook_json(key, provider, delivery_id(headers, body), forwarded, body)
+        except InvalidEvent as error:
+            return refusal(400, "invalid_webhook", str(error))
+        encoder = Encoder(key)
+        try:
+            self._publishers.publish(WEBHOOKS_QUEUE, *encoder.message(WEBHOOKS_QUEUE, [data]))
+        except Exception as error:  # the provider retries on anything but 2xx
+            return unavailable(error)
+        return SUCCESS
+
+    def _permitted(self, key: object, source: Source, provider: str | None = None) -> KeyIdentity:
+        """The key's identity, or ``Refused``: 401 for a key that cannot be used, 403 for a call its
+        scopes do not cover."""
+        if key is None:
+            raise Refused(refusal(401, "missing_key", "send the key as Basic user name, Bearer token or writeKey"))
+        with self._sessions() as session:
+            found = self._authenticator.authenticate(session, key)
+        failure = found if isinstance(found, AuthFailure) else found.refusal(utcnow())
+        if failure is not None:
+            raise Refused(refusal(401, *_AUTH_ANSWERS[failure]))
+        assert isinstance(found, KeyIdentity)
+        if not scopes.permits(found.scopes, source, provider):
+            what = f"{provider} webhooks" if source == Source.WEBHOOK else "track calls"
+            raise Refused(
+                refusal(
+                    403,
+                    "scope_denied",
+                    f"this key may not send {what}: its scopes are {scopes.described(found.scopes)}",
+                )
+            )
+        return found
+
+    def _admit(self, identity: KeyIdentity, events: int) -> None:
+        wait = self._rate_limit.retry_after(identity.org_id, events)
+        if wait is not None:
+            raise Refused(refusal(429, "rate_limited", "over the organization's rate", ("retry-after", f"{wait:.0f}")))
+
+
+def _calls(body: dict[str, Any], route_type: str | None) -> list[Any]:
+    if route_type is not None:
+        return [body]
+    batch = body.get("batch")
+    if not isinstance(batch, list) or not batch:
+        raise segment.UnusableBody("batch: a list of 1 or more calls")
+    if len(batch) > HTTP_MAX_BATCH_EVENTS:
+        raise Refused(too_large(f"batch: {len(batch)} calls; at most {HTTP_MAX_BATCH_EVENTS}"))
+    return batch
+
+
+def _envelopes(events: list[bytes], overhead: int) -> list[list[bytes]]:
+    """``events`` cut into envelopes within the contract's limits, in order."""
+    envelopes: list[list[bytes]] = []
+    chunk: list[bytes] = []
+    size = overhead
+    for event in events:
+        if chunk and (len(chunk) == MAX_BATCH_EVENTS or size + len(event) + 1 > MAX_ENVELOPE_BYTES):
+            envelopes.append(chunk)
+            chunk, size = [], overhead
+        chunk.append(event)
+        size += len(event) + 1
+    if chunk:
+        envelopes.append(chunk)
+    return envelopes
+
+
+def unavailable(error: Exception) -> Answer:
+    logger.warning("the broker did not take a request's messages (%s: %s); answered 503", type(error).__name__, error)
+    return broker_unavailable()
+
+
+def delivery_id(headers: Mapping[str, str], body: bytes) -> str:
+    """The provider's id of a delivery: a header that names it, else the body's ``id`` (Stripe's
+    event id), else the body's digest. Each is the same when the provider retries the delivery,
+    so the worker stores it once."""
+    for name in _DELIVERY_ID_HEADERS:
+        value = headers.get(name)
+        if value and len(value) <= PERSON_ID_MAX:
+            return value
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        document = None
+    found = document.get("id") if isinstance(document, dict) else None
+    if isinstance(found, str) and 0 < len(found) <= PERSON_ID_MAX:
+        return found
+    return "sha256:" + hashlib.sha256(body).hexdigest()
