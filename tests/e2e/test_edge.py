@@ -28,6 +28,7 @@ from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.edge import call, running_edge
 from tests.common.factories import OWNER
 from tests.common.proxy import FaultyProxy
+from tests.common.secret_scanning import GithubKeys, report
 from tests.common.signing import STRIPE_SECRET, TEST_KEY_PEPPER, stripe_headers
 from tests.common.workers import (
     FAULTS_REDIS_URL,
@@ -45,6 +46,7 @@ from userpath_client.contract import EVENTS_QUEUE, key_display_form
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.edge.segment import CALL_TYPES
 from userpath_worker.events.models import Event
+from userpath_worker.keys.exposure import GITHUB_REPORTS_PATH
 from userpath_worker.keys.services import KeyService
 from userpath_worker.organizations import services as organizations
 
@@ -203,6 +205,42 @@ def test_a_providers_signed_webhook_reaches_the_worker_through_its_source_url(
     log = (tmp_path / "edge.log").read_text()
     assert source_key not in log and mistyped(source_key) not in log
     assert f"/v1/webhooks/stripe/{key_display_form(source_key)}" in log  # the access log's form of the URL
+
+
+def test_a_key_github_reports_through_the_edge_is_refused_by_the_edge_and_the_worker(
+    clean_database: tuple[str, Engine], tmp_path: Path
+) -> None:
+    """GitHub's secret scanning posts to the edge (the address providers can reach); within a
+    second the key is refused at the door, and a message already queued with it is dead-lettered."""
+    database_url, engine = clean_database
+    _, key = new_key(engine)
+    empty_queues(FAULTS_REDIS_URL)
+    github = GithubKeys()
+    environment = worker_environment(database_url, FAULTS_REDIS_URL, USERPATH_SECRET_SCANNING_KEYS_URL=github.url)
+    try:
+        with running_edge(environment, tmp_path / "edge.log") as edge:
+            assert call(f"{edge.url}/v1/track", {"event": "Before", "userId": "u1"}, key).status == 200
+            unsigned = call(f"{edge.url}{GITHUB_REPORTS_PATH}", report(key))
+            assert unsigned.status == 404
+            body = report(key)
+            reported = call(f"{edge.url}{GITHUB_REPORTS_PATH}", body, headers=github.signed(body))
+            assert reported.status == 200 and [answer["label"] for answer in reported.document] == ["true_positive"]
+            answers = []  # within the edge's key cache (2 s) a call may still be taken
+
+            def refused() -> bool:
+                answers.append(call(f"{edge.url}/v1/track", {"event": "After", "userId": "u1"}, key).status)
+                return answers[-1] == 401
+
+            wait_for(refused, 5, "the edge to refuse the reported key")
+            assert set(answers) <= {200, 401}
+        with running_worker(environment, tmp_path / "worker.log", "--concurrency=1"):
+            # Everything queued with it, "Before" included, is refused now: revoked is expired.
+            settle_at(engine, (0, 1 + answers.count(200)), timeout=60)
+        with Session(engine) as session:
+            assert set(session.scalars(select(DeadLetter.reason))) == {"expired_key"}
+    finally:
+        github.close()
+    assert key not in (tmp_path / "edge.log").read_text()
 
 
 def test_every_event_answered_200_is_stored_when_the_edge_is_killed_under_load(

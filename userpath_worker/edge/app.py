@@ -13,7 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 
@@ -24,25 +24,31 @@ from userpath_worker.edge import segment
 from userpath_worker.edge.http import WEBHOOK_PREFIX, Answer, Refused, credentials, inflate, refusal, shown, too_large
 from userpath_worker.edge.service import Edge, Publishers, unavailable
 from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.exposure import GITHUB_REPORTS_PATH, ExposureService
 from userpath_worker.keys.services import configured_pepper
 
 access_log = logging.getLogger("userpath.edge.access")
 logger = logging.getLogger("userpath.edge")
 
 Scope = dict[str, Any]
+Result = TypeVar("Result")
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 _HEALTHY = Answer(200, {"status": "ok"})
-_NOT_FOUND = refusal(404, "not_found", "no such route: POST /v1/batch, /v1/<call type> or /v1/webhooks/<provider>")
+_NOT_FOUND = refusal(
+    404,
+    "not_found",
+    f"no such route: POST /v1/batch, /v1/<call type>, /v1/webhooks/<provider> or {GITHUB_REPORTS_PATH}",
+)
 _METHOD = refusal(405, "method_not_allowed", "use POST")
 # A compressed body may be a little larger than the same body inflated (incompressible data).
 _COMPRESSION_SLACK = 1024
 
 
 class EdgeApp:
-    def __init__(self, edge: Edge, threads: int) -> None:
-        self.edge = edge
+    def __init__(self, edge: Edge, reports: ExposureService, threads: int) -> None:
+        self.edge, self.reports = edge, reports
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
         self._coalescer = Coalescer(lambda *arguments: self._run(edge.publish_events, *arguments))
 
@@ -87,6 +93,10 @@ class EdgeApp:
         headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
         if path.startswith(WEBHOOK_PREFIX):
             return await self._webhook(path[len(WEBHOOK_PREFIX) :], headers, receive)
+        if path == GITHUB_REPORTS_PATH:  # leaked keys reported by GitHub's secret scanning
+            body = await _read(receive, HTTP_MAX_WEBHOOK_BYTES)
+            status, document = await self._run(self.reports.github_report, headers, body)
+            return Answer(status, document)
         route = path[len("/v1/") :]
         if route in ("batch", "import"):
             route_type, limit = None, HTTP_MAX_BATCH_BYTES
@@ -114,7 +124,7 @@ class EdgeApp:
         body = await _read(receive, HTTP_MAX_WEBHOOK_BYTES)
         return await self._run(self.edge.webhook, key, provider, headers, body)
 
-    async def _run(self, function: Callable[..., Answer], *arguments: Any) -> Answer:
+    async def _run(self, function: Callable[..., Result], *arguments: Any) -> Result:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *arguments)
 
 
@@ -206,9 +216,10 @@ def build(settings: Settings | None = None) -> EdgeApp:
     """The application of one server process, from the settings."""
     settings = settings or get_settings()
     sessions = runtime.session_factory()
+    pepper = configured_pepper(settings)
     edge = Edge(
         sessions,
-        KeyAuthenticator(configured_pepper(settings), settings.auth_cache_seconds),
+        KeyAuthenticator(pepper, settings.auth_cache_seconds),
         Publishers(settings.broker_url, settings.edge_broker_timeout_seconds),
     )
-    return EdgeApp(edge, settings.edge_threads)
+    return EdgeApp(edge, ExposureService(settings, sessions.begin, pepper), settings.edge_threads)

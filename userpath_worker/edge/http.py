@@ -20,7 +20,7 @@ class Answer:
     """An HTTP answer: its status, its JSON document and any extra headers."""
 
     status: int
-    document: dict[str, object]
+    document: dict[str, object] | list[object]  # a list: the answers to a secret-scanning report
     headers: tuple[tuple[str, str], ...] = field(default=())
 
     @property

@@ -67,6 +67,9 @@ NOTIFY_TIMEOUT_SECONDS = 10.0
 MAX_URL = 2000  # ApiKey.exposed_url's length
 
 
+GITHUB_REPORTS_PATH = "/v1/secret-scanning/github"  # where GitHub posts its reports: the web pages and the edge
+
+
 class PublicKeysUnavailable(Exception):
     """GitHub's public keys could not be fetched (GitHub retries a report answered 503)."""
 

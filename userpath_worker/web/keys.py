@@ -257,16 +257,14 @@ class Setup:
 
     broker_url: str  # its password masked: producers get users of their own
     embedded_broker: bool
-    edge_url: str | None  # where producers POST over HTTP, when this installation runs the edge
+    edge_url: str  # where producers POST over HTTP: `userpath edge` at USERPATH_EDGE_BASE_URL
 
     @classmethod
     def of(cls, settings: Settings) -> Setup:
-        # The edge's base URL is the one setting the curl snippet needs: shown once it exists.
-        edge_base_url = getattr(settings, "edge_base_url", None)
         return cls(
             broker_url=maybe_sanitize_url(settings.broker_url),
             embedded_broker=settings.broker_url.startswith("sqla+"),
-            edge_url=f"{edge_base_url.rstrip('/')}/v1/track" if edge_base_url else None,
+            edge_url=f"{settings.edge_base_url.rstrip('/')}/v1/track",
         )
 
 

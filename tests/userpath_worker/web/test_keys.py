@@ -206,14 +206,10 @@ def test_the_broker_snippet_masks_the_brokers_password(app: Flask, browser: Brow
     assert "userpath broker producer-user NAME" in html
 
 
-def test_the_curl_snippet_appears_once_the_installation_has_an_edge(
-    app: Flask, browser: Browser, people: People
-) -> None:
+def test_the_curl_snippet_sends_to_this_installation_s_edge(app: Flask, browser: Browser, people: People) -> None:
     org_id = people.organization()
     browser.sign_in()
-    without = browser.shown_once(create(browser, org_id, "Before")).get_data(as_text=True)
-    assert 'id="snippet-curl"' not in without  # no edge setting on this branch: no dead end shown
-    # USERPATH_EDGE_BASE_URL, once the edge's setting exists, is the only thing the snippet needs.
+    # USERPATH_EDGE_BASE_URL is the only thing the snippet needs.
     settings = app.extensions["userpath"].settings.model_copy(update={"edge_base_url": "https://edge.example.com/"})
     app.extensions["userpath"] = dataclasses.replace(app.extensions["userpath"], settings=settings)
     html = browser.shown_once(create(browser, org_id, "After")).get_data(as_text=True)
