@@ -29,7 +29,7 @@ from sqlalchemy import func, select
 
 from config.settings import Settings, get_settings
 from userpath_client import UserPath
-from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
+from userpath_client.contract import BROKER_URL_VARIABLE, EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import runtime, schema
 from userpath_worker.accounts import services as accounts
 from userpath_worker.db import utcnow
@@ -139,7 +139,7 @@ def snippet(key: str) -> str:
 import os
 from userpath_client import UserPath
 
-broker_url = os.environ.get("USERPATH_BROKER_URL", "{default_broker}")
+broker_url = os.environ.get("{BROKER_URL_VARIABLE}", "{default_broker}")
 with UserPath("{key}", broker_url=broker_url) as userpath:
     userpath.track("Snippet Sent", user_id="user-1", properties={{"from": "the demo's snippet"}})
 EOF"""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from userpath_client.contract import KEY_VARIABLE
+from userpath_client.contract import BROKER_URL_VARIABLE, KEY_VARIABLE
 
 CONTRACT = Path(__file__).resolve().parents[2] / "docs" / "contract.md"
 NODE_EXAMPLE = re.compile(r"<!-- example: node-redis -->\n```js\n(.*?)\n```", re.DOTALL)
@@ -35,7 +35,7 @@ def contract_node_producer(directory: Path) -> Path:
 
 
 def run_node(script: Path, key: str, redis_url: str) -> subprocess.CompletedProcess[str]:
-    environment = {**os.environ, KEY_VARIABLE: key, "REDIS_URL": redis_url}
+    environment = {**os.environ, KEY_VARIABLE: key, BROKER_URL_VARIABLE: redis_url}
     return subprocess.run(
         ["node", script.name], cwd=script.parent, env=environment, capture_output=True, text=True, timeout=60
     )

@@ -52,6 +52,7 @@ from types import FrameType
 from typing import Any
 
 from userpath_client.contract import (
+    BROKER_URL_VARIABLE,
     EVENTS_QUEUE,
     JOBS_QUEUE,
     KEY_SHAPE,
@@ -66,9 +67,6 @@ from userpath_client.validation import event_json, job_context, webhook_json
 from userpath_client.wire import Encoder
 
 logger = logging.getLogger("userpath.client")
-
-# The worker's own setting of the same name, so one environment configures both.
-BROKER_URL_VARIABLE = "USERPATH_BROKER_URL"
 
 
 class UserPath:

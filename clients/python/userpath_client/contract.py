@@ -28,6 +28,9 @@ QueueType = Literal["classic", "quorum"]
 # The environment variable the documented producers (docs/contract.md, the README) read their key
 # from: a producer's own, so the worker never warns about it as a mistyped setting.
 KEY_VARIABLE = "USERPATH_KEY"
+# Where producers (the client, the demo's snippet, the documented Node, Go and Ruby producers) find
+# the broker: the worker's own setting of the same name, so one environment configures both.
+BROKER_URL_VARIABLE = "USERPATH_BROKER_URL"
 
 # How a message is published, as JSON in UTF-8 (the worker refuses every other content type):
 # on Redis, pushed onto the list named as the queue (kombu's default exchange, ""); on RabbitMQ,
