@@ -14,9 +14,10 @@ from sqlalchemy import Engine
 from userpath_worker.errors import UserError
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-# Migrations that run while this release's workers ingest (they move data in batches of their
-# own transactions): a database waiting only for these is current enough to work against.
-ONLINE_REVISIONS = ("0015",)
+# Migrations that run while this release's workers ingest: a database waiting only for these is
+# current enough to work against. 0015 moves events in batches of its own transactions; 0017 only
+# adds a table and nullable key columns that a worker never reads.
+ONLINE_REVISIONS = ("0015", "0017")
 
 
 def alembic_config(engine: Engine) -> Config:

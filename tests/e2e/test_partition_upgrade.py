@@ -19,10 +19,12 @@ from pathlib import Path
 
 import pytest
 from alembic import command
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, insert, text
+from sqlalchemy.orm import Session
 
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database
-from tests.common.factories import envelope, new_key
+from tests.common.factories import OWNER, envelope
+from tests.common.signing import TEST_KEY_PEPPER
 from tests.common.workers import (
     FAULTS_REDIS_URL,
     REPOSITORY,
@@ -34,8 +36,12 @@ from tests.common.workers import (
 )
 from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
 from userpath_worker import schema
-from userpath_worker.db import make_engine
+from userpath_worker.db import make_engine, utcnow
 from userpath_worker.events import partitions
+from userpath_worker.keys import tokens
+from userpath_worker.keys.models import ApiKey
+from userpath_worker.keys.tokens import Environment
+from userpath_worker.organizations import services as organizations
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +56,26 @@ def upgrade_to(engine: Engine, revision: str) -> None:
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
         connection.commit()
+
+
+def key_of_the_previous_release(engine: Engine) -> tuple[int, str]:
+    """(org id, plaintext) of a key made with only the columns a database at 0012 has: the later
+    online migrations add key columns this release's ORM would write."""
+    plaintext = tokens.generate(Environment.LIVE)
+    with Session(engine) as session, session.begin():
+        organization = organizations.create_organization(session, "Upgraded Inc", OWNER)
+        session.execute(
+            insert(ApiKey.__table__).values(
+                org_id=organization.id,
+                name="App X Production Server",
+                environment=Environment.LIVE.value,
+                digest=tokens.digest(plaintext, TEST_KEY_PEPPER),
+                display=tokens.display_form(plaintext),
+                created_by=OWNER,
+                created_at=utcnow(),
+            )
+        )
+        return organization.id, plaintext
 
 
 def count(engine: Engine, pattern: str) -> tuple[int, int]:
@@ -79,7 +105,7 @@ def test_db_upgrade_moves_a_plain_events_table_into_partitions_while_a_worker_in
             {"rows": ROWS, "days": DAYS},
         )
     upgrade_to(engine, "0012")  # the short, additive step: this release's workers run from here
-    org_id, _, key = new_key(engine)
+    org_id, key = key_of_the_previous_release(engine)
     assert org_id == 1  # the old rows' organization
 
     empty_queues(FAULTS_REDIS_URL)
@@ -119,7 +145,7 @@ def test_db_upgrade_moves_a_plain_events_table_into_partitions_while_a_worker_in
         sending.clear()
         sender.join(timeout=10)
         assert upgrade.returncode == 0, errors
-        assert json.loads(output) == {"revision": "0015"}
+        assert json.loads(output) == {"revision": schema.head_revision(engine)}
         # Re-sent after the move: today's old events (in event_ids since the copy) are kept once.
         app = producer(FAULTS_REDIS_URL)
         resent = [f"old-{n}" for n in range(DAYS, DAYS * 11, DAYS)]
