@@ -19,11 +19,11 @@ import orjson
 from sqlalchemy.orm import Session
 
 from userpath_client.contract import (
+    DELIVERY_ID_MAX,
     EVENTS_QUEUE,
     HTTP_MAX_BATCH_EVENTS,
     MAX_BATCH_EVENTS,
     MAX_ENVELOPE_BYTES,
-    PERSON_ID_MAX,
     PROVIDER_PATTERN,
     WEBHOOKS_QUEUE,
 )
@@ -245,13 +245,13 @@ def delivery_id(headers: Mapping[str, str], body: bytes) -> str:
     so the worker stores it once."""
     for name in _DELIVERY_ID_HEADERS:
         value = headers.get(name)
-        if value and len(value) <= PERSON_ID_MAX:
+        if value and len(value) <= DELIVERY_ID_MAX:
             return value
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         document = None
     found = document.get("id") if isinstance(document, dict) else None
-    if isinstance(found, str) and 0 < len(found) <= PERSON_ID_MAX:
+    if isinstance(found, str) and 0 < len(found) <= DELIVERY_ID_MAX:
         return found
     return "sha256:" + hashlib.sha256(body).hexdigest()

@@ -137,6 +137,7 @@ def test_another_organizations_key_id_answers_404(browser: Browser, people: Peop
     theirs = people.organization("Theirs", owner="other@example.com")
     their_key, plaintext = people.key(theirs)
     browser.sign_in()
+    assert browser.get(f"{keys_page(mine)}/{their_key}/new").status_code == 404  # the page a new key is shown on
     for path in (f"{keys_page(mine)}/{their_key}/roll", f"{keys_page(mine)}/{their_key}/delete"):
         assert browser.get(path).status_code == 404
         assert browser.post(path, {"grace": "0"}).status_code == 404
