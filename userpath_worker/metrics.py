@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker.
+"""Prometheus metrics of a worker and of the edge.
 
 The pool children count what they handle and the main process serves the sum: Prometheus'
 multi-process mode, which must be chosen before prometheus_client is first imported. Each
@@ -49,6 +49,14 @@ DEFAULT_PARTITION_ROWS = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+# The edge's 429s, by organization (its id: organizations are few, so the labels stay few).
+EDGE_RATE_LIMITED = Counter(
+    "userpath_edge_rate_limited", "Requests the edge refused with 429: over the organization's rate.", ["org_id"]
+)
+EDGE_RATE_LIMITED_EVENTS = Counter(
+    "userpath_edge_rate_limited_events", "Events in the requests the edge refused with 429.", ["org_id"]
+)
+
 
 def count_outcome(outcome: dict[str, Any]) -> None:
     """Count what one message came to, from the summary its task returned."""
@@ -80,8 +88,10 @@ class QueueDepthCollector(Collector):
         yield gauge
 
 
-def serve(port: int, read_depths: Callable[[], dict[str, int]]) -> None:
+def serve(port: int, read_depths: Callable[[], dict[str, int]] | None = None) -> None:
+    """Serve the sum of every process's metrics (and the queue depths, if given) on ``port``."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    registry.register(QueueDepthCollector(read_depths))
+    if read_depths is not None:
+        registry.register(QueueDepthCollector(read_depths))
     start_http_server(port, addr="0.0.0.0", registry=registry)

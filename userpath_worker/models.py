@@ -6,7 +6,7 @@ from userpath_worker.db import Base
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
 from userpath_worker.keys.models import ApiKey, KeyHandoff
-from userpath_worker.organizations.models import Member, Organization
+from userpath_worker.organizations.models import Member, Organization, OrganizationRateLimit
 from userpath_worker.rotation.models import Reminder, RotationPass
 from userpath_worker.webhooks.models import WebhookSecret
 
@@ -22,6 +22,7 @@ __all__ = [
     "KeyHandoff",
     "Member",
     "Organization",
+    "OrganizationRateLimit",
     "Reminder",
     "RotationPass",
     "SignInThrottle",

@@ -16,8 +16,9 @@ from userpath_worker.errors import UserError
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Migrations that run while this release's workers ingest: a database waiting only for these is
 # current enough to work against. 0015 moves events in batches of its own transactions; 0017 only
-# adds a table and nullable key columns that a worker never reads.
-ONLINE_REVISIONS = ("0015", "0017")
+# adds a table and nullable key columns that a worker never reads; 0018 only a table the edge reads
+# (which takes the default limits until it is there).
+ONLINE_REVISIONS = ("0015", "0017", "0018")
 
 
 def alembic_config(engine: Engine) -> Config:

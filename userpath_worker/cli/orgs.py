@@ -86,3 +86,44 @@ def orgs_set_retention(org: str, days: int | None, use_default: bool, as_json: b
         click.echo(f"'{organization.name}' keeps its events {default_days} days (USERPATH_EVENT_RETENTION_DAYS).")
     else:
         click.echo(f"'{organization.name}' keeps its events {days} days.")
+
+
+@orgs.command("set-limits")
+@click.option("--org", required=True, help="Organization name.")
+@click.option(
+    "--events-per-second",
+    type=click.IntRange(1, organizations.MAX_EVENTS_PER_SECOND),
+    help="Events a second its bucket refills with.",
+)
+@click.option("--burst", type=click.IntRange(1, organizations.MAX_BURST), help="Events its bucket holds.")
+@click.option("--default", "use_default", is_flag=True, help="Back to USERPATH_EDGE_EVENTS_PER_SECOND and _BURST.")
+@json_option
+def orgs_set_limits(
+    org: str, events_per_second: int | None, burst: int | None, use_default: bool, as_json: bool
+) -> None:
+    """The organization's rate at the edge: a token bucket holding --burst events, refilled at
+    --events-per-second; over it the edge answers 429 with Retry-After. Every edge process applies
+    it within USERPATH_AUTH_CACHE_SECONDS."""
+    own = None
+    if events_per_second is not None and burst is not None and not use_default:
+        own = organizations.RateLimit(events_per_second, burst)
+    elif not (use_default and events_per_second is None and burst is None):
+        raise click.UsageError("give either --events-per-second N --burst N, or --default")
+    with transaction() as session:
+        organization = organizations.get_organization(session, org)
+        organizations.set_rate_limit(session, organization, own)
+    limit = own or organizations.default_rate_limit(settings())
+    if as_json:
+        print_json(
+            {
+                "id": organization.id,
+                "name": organization.name,
+                "events_per_second": limit.events_per_second if limit else None,
+                "burst": limit.burst if limit else None,
+                "default": use_default,
+            }
+        )
+        return
+    what = f"{limit.events_per_second} events a second, in bursts of up to {limit.burst}" if limit else "without limit"
+    source = " (USERPATH_EDGE_EVENTS_PER_SECOND and USERPATH_EDGE_BURST)" if use_default else ""
+    click.echo(f"'{organization.name}' may send {what}{source}.")

@@ -16,16 +16,19 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import orjson
+from sqlalchemy.orm import Session
 
 from config.settings import Settings, get_settings
 from userpath_client.contract import HTTP_MAX_BATCH_BYTES, HTTP_MAX_CALL_BYTES, HTTP_MAX_WEBHOOK_BYTES, MAX_BATCH_EVENTS
 from userpath_worker import runtime
 from userpath_worker.edge import segment
 from userpath_worker.edge.http import WEBHOOK_PREFIX, Answer, Refused, credentials, inflate, refusal, shown, too_large
+from userpath_worker.edge.limits import LocalBuckets, OrganizationLimits, RateLimiter, RedisBuckets
 from userpath_worker.edge.service import Edge, Publishers, unavailable
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.exposure import GITHUB_REPORTS_PATH, ExposureService
 from userpath_worker.keys.services import configured_pepper
+from userpath_worker.organizations.services import default_rate_limit
 
 access_log = logging.getLogger("userpath.edge.access")
 logger = logging.getLogger("userpath.edge")
@@ -212,6 +215,17 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+def rate_limiter(settings: Settings, sessions: Callable[[], Session]) -> RateLimiter:
+    """Buckets in USERPATH_EDGE_REDIS_URL, else in the broker's Redis, else in this process."""
+    limits = OrganizationLimits(sessions, default_rate_limit(settings), settings.auth_cache_seconds)
+    redis_url = settings.edge_redis_url
+    if redis_url is None and settings.broker_url.startswith(("redis://", "rediss://")):
+        redis_url = settings.broker_url
+    if redis_url is None:
+        return RateLimiter(limits, LocalBuckets())
+    return RateLimiter(limits, RedisBuckets(redis_url, settings.edge_broker_timeout_seconds))
+
+
 def build(settings: Settings | None = None) -> EdgeApp:
     """The application of one server process, from the settings."""
     settings = settings or get_settings()
@@ -221,5 +235,6 @@ def build(settings: Settings | None = None) -> EdgeApp:
         sessions,
         KeyAuthenticator(pepper, settings.auth_cache_seconds),
         Publishers(settings.broker_url, settings.edge_broker_timeout_seconds),
+        rate_limiter(settings, sessions),
     )
     return EdgeApp(edge, ExposureService(settings, sessions.begin, pepper), settings.edge_threads)

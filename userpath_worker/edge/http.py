@@ -28,7 +28,9 @@ class Answer:
         return orjson.dumps(self.document)
 
 
-SUCCESS = Answer(200, {"success": True})
+def success(headers: tuple[tuple[str, str], ...]) -> Answer:
+    """200 ``{"success": true}``, as Segment's libraries read it, with ``headers``."""
+    return Answer(200, {"success": True}, headers)
 
 
 def refusal(status: int, code: str, message: str, *headers: tuple[str, str]) -> Answer:

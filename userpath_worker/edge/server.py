@@ -5,7 +5,7 @@ from __future__ import annotations
 import uvicorn
 
 from config.settings import get_settings
-from userpath_worker import logs, runtime, schema
+from userpath_worker import logs, metrics, runtime, schema
 from userpath_worker.edge.app import EdgeApp, build
 
 
@@ -17,6 +17,9 @@ def application() -> EdgeApp:
 
 def serve(host: str, port: int, workers: int) -> None:
     schema.prepare(runtime.engine())  # once, at start: migrates the embedded SQLite file
+    metrics_port = get_settings().edge_metrics_port
+    if metrics_port:  # the sum of every server process's counters (they share metrics' directory)
+        metrics.serve(metrics_port)
     uvicorn.run(
         "userpath_worker.edge.server:application",
         factory=True,

@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 from sqlalchemy.orm import Session
@@ -33,7 +33,8 @@ from userpath_client.validation import webhook_json
 from userpath_client.wire import Encoder
 from userpath_worker.db import utcnow
 from userpath_worker.edge import segment
-from userpath_worker.edge.http import SUCCESS, Answer, Refused, broker_unavailable, refusal, too_large
+from userpath_worker.edge.http import Answer, Refused, broker_unavailable, refusal, success, too_large
+from userpath_worker.edge.limits import RateLimiter
 from userpath_worker.events.models import Source
 from userpath_worker.keys import scopes
 from userpath_worker.keys.auth import KeyAuthenticator
@@ -56,18 +57,6 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization
 # delivery id the signature covers, such as Standard Webhooks' webhook-id).
 _DELIVERY_ID_HEADERS = ("x-github-delivery", "x-shopify-webhook-id", "webhook-id", "svix-id", "x-request-id")
 _PROVIDER = re.compile(PROVIDER_PATTERN)
-
-
-class RateLimit(Protocol):
-    """The seam for per-organization rate limits (issue 21, item 5): seconds to wait before
-    ``events`` more of organization ``org_id`` are taken, or None to take them now."""
-
-    def retry_after(self, org_id: int, events: int) -> float | None: ...
-
-
-class Unlimited:
-    def retry_after(self, org_id: int, events: int) -> float | None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -111,12 +100,12 @@ class Edge:
         sessions: Callable[[], Session],
         authenticator: KeyAuthenticator,
         publishers: Publishers,
-        rate_limit: RateLimit | None = None,
+        limiter: RateLimiter,
     ) -> None:
         self._sessions = sessions
         self._authenticator = authenticator
         self._publishers = publishers
-        self._rate_limit = rate_limit or Unlimited()
+        self._limiter = limiter
 
     def track(self, key: object, body: dict[str, Any], route_type: str | None) -> Answer:
         """One Segment call (``route_type`` its type) or a /v1/batch (None), decided and published."""
@@ -136,19 +125,20 @@ class Edge:
             calls = _calls(body, route_type)
             sent_at = segment.sent_at(body)
             judged = segment.judge(calls, route_type, {"context": body.get("context"), "timestamp": sent_at})
-            self._admit(identity, len(calls))
+            limit_headers = self._admit(identity, len(calls))
         except Refused as refused:
             return refused.answer
         except segment.UnusableBody as error:
             return refusal(400, "invalid_body", str(error))
         assert isinstance(key, str)  # _permitted said so
         if not judged.refusals:
-            answer = SUCCESS
+            answer = success(limit_headers)
         elif judged.accepted:
-            answer = Answer(200, {"success": True, "refused": judged.refusals})
+            answer = Answer(200, {"success": True, "refused": judged.refusals}, limit_headers)
         else:
             message = judged.refusals[0]["reason"] if len(calls) == 1 else "every call was refused"
-            answer = Answer(400, {**refusal(400, "invalid_events", message).document, "refused": judged.refusals})
+            document = {**refusal(400, "invalid_events", message).document, "refused": judged.refusals}
+            answer = Answer(400, document, limit_headers)
         return Accepted(key, sent_at, judged.events, answer)
 
     def publish_events(self, key: str, events: list[bytes], sent_at: str | None) -> None:
@@ -163,7 +153,7 @@ class Edge:
             if not _PROVIDER.fullmatch(provider):
                 raise Refused(refusal(404, "unknown_provider", "a provider is 1 to 50 of a-z, 0-9, - and _"))
             identity = self._permitted(key, Source.WEBHOOK, provider)
-            self._admit(identity, 1)
+            limit_headers = self._admit(identity, 1)
         except Refused as refused:
             return refused.answer
         assert isinstance(key, str)
@@ -177,7 +167,7 @@ class Edge:
             self._publishers.publish(WEBHOOKS_QUEUE, *encoder.message(WEBHOOKS_QUEUE, [data]))
         except Exception as error:  # the provider retries on anything but 2xx
             return unavailable(error)
-        return SUCCESS
+        return success(limit_headers)
 
     def _permitted(self, key: object, source: Source, provider: str | None = None) -> KeyIdentity:
         """The key's identity, or ``Refused``: 401 for a key that cannot be used, 403 for a call its
@@ -201,10 +191,21 @@ class Edge:
             )
         return found
 
-    def _admit(self, identity: KeyIdentity, events: int) -> None:
-        wait = self._rate_limit.retry_after(identity.org_id, events)
-        if wait is not None:
-            raise Refused(refusal(429, "rate_limited", "over the organization's rate", ("retry-after", f"{wait:.0f}")))
+    def _admit(self, identity: KeyIdentity, events: int) -> tuple[tuple[str, str], ...]:
+        """The X-RateLimit-* headers once ``events`` are taken from the organization's bucket, or
+        ``Refused`` with 429 when it does not hold them yet."""
+        verdict = self._limiter.take(identity.org_id, events)
+        if verdict is None:
+            return ()
+        if verdict.wait > 0:
+            limit = verdict.limit
+            message = (
+                f"over the organization's rate of {limit.events_per_second} events a second "
+                f"(bursts of {limit.burst}); nothing was kept: send them again after Retry-After"
+            )
+            retry_after = ("retry-after", str(verdict.retry_after))
+            raise Refused(refusal(429, "rate_limited", message, retry_after, *verdict.headers))
+        return verdict.headers
 
 
 def _calls(body: dict[str, Any], route_type: str | None) -> list[Any]:

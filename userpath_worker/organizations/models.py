@@ -34,3 +34,16 @@ class Member(Base):
     email: Mapped[str] = mapped_column(String(320))
     role: Mapped[Role] = mapped_column(string_enum(Role, "member_role"))
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+
+class OrganizationRateLimit(Base):
+    """An organization's own rate at the edge (``userpath orgs set-limits``); without a row the
+    edge applies USERPATH_EDGE_EVENTS_PER_SECOND and USERPATH_EDGE_BURST. A table of its own, not
+    columns of ``organizations``: the worker loads organizations, and never reads this."""
+
+    __tablename__ = "organization_rate_limits"
+
+    org_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    events_per_second: Mapped[int]
+    burst: Mapped[int]
+    updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import dataclasses
 import difflib
+from dataclasses import dataclass
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from config.settings import Settings
 from userpath_worker.audit import services as audit
+from userpath_worker.db import utcnow
 from userpath_worker.emails import normalize_email, valid_email
 from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserError
-from userpath_worker.organizations.models import Member, Organization, Role
+from userpath_worker.organizations.models import Member, Organization, OrganizationRateLimit, Role
 
 __all__ = [
     "add_member",
@@ -26,6 +30,19 @@ __all__ = [
 
 
 MAX_RETENTION_DAYS = 36_500  # a hundred years: as good as forever
+# The bounds of an organization's rate at the edge (those of USERPATH_EDGE_EVENTS_PER_SECOND and
+# USERPATH_EDGE_BURST): far beyond what one installation takes, but numbers Redis' Lua adds exactly.
+MAX_EVENTS_PER_SECOND = 10_000_000
+MAX_BURST = 100_000_000
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """An organization's token bucket at the edge: it holds ``burst`` events and refills at
+    ``events_per_second``."""
+
+    events_per_second: int
+    burst: int
 
 
 def create_organization(session: Session, name: str, owner_email: str) -> Organization:
@@ -78,6 +95,42 @@ def set_event_retention(session: Session, organization: Organization, days: int 
     if days is not None and not 1 <= days <= MAX_RETENTION_DAYS:
         raise UserError(f"--days must be from 1 to {MAX_RETENTION_DAYS}")
     organization.event_retention_days = days
+
+
+def set_rate_limit(session: Session, organization: Organization, limit: RateLimit | None) -> None:
+    """Give the organization its own rate at the edge, or None: the default (USERPATH_EDGE_*). Every
+    edge process applies it within USERPATH_AUTH_CACHE_SECONDS."""
+    if limit is not None and not 1 <= limit.events_per_second <= MAX_EVENTS_PER_SECOND:
+        raise UserError(f"--events-per-second must be from 1 to {MAX_EVENTS_PER_SECOND}")
+    if limit is not None and not 1 <= limit.burst <= MAX_BURST:
+        raise UserError(f"--burst must be from 1 to {MAX_BURST}")
+    own = session.get(OrganizationRateLimit, organization.id)
+    if limit is None:
+        if own is not None:
+            session.delete(own)
+    elif own is None:
+        session.add(OrganizationRateLimit(org_id=organization.id, **dataclasses.asdict(limit)))
+    else:
+        own.events_per_second, own.burst, own.updated_at = limit.events_per_second, limit.burst, utcnow()
+    session.flush()
+
+
+def default_rate_limit(settings: Settings) -> RateLimit | None:
+    """The rate of an organization without its own: USERPATH_EDGE_EVENTS_PER_SECOND (0: no limit)
+    and USERPATH_EDGE_BURST."""
+    if not settings.edge_events_per_second:
+        return None
+    return RateLimit(settings.edge_events_per_second, settings.edge_burst)
+
+
+def own_rate_limit(session: Session, org_id: int) -> RateLimit | None:
+    """The organization's own rate at the edge, or None when the default applies."""
+    row = session.execute(
+        select(OrganizationRateLimit.events_per_second, OrganizationRateLimit.burst).where(
+            OrganizationRateLimit.org_id == org_id
+        )
+    ).first()
+    return RateLimit(row.events_per_second, row.burst) if row else None
 
 
 def add_member(session: Session, organization: Organization, email: str, role: Role) -> Member:
