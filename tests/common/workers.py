@@ -79,11 +79,12 @@ def worker_environment(database_url: str, broker_url: str, **extra: str) -> dict
         for name, value in os.environ.items()
         if not name.startswith("USERPATH_") and name != "PROMETHEUS_MULTIPROC_DIR"
     }
-    # Several workers run at once in the tests: none of them binds the metrics port unless asked.
+    # Several workers and edges run at once in the tests: none binds a metrics port unless asked.
     environment.update(
         USERPATH_DATABASE_URL=database_url,
         USERPATH_BROKER_URL=broker_url,
         USERPATH_METRICS_PORT="0",
+        USERPATH_EDGE_METRICS_PORT="0",
         USERPATH_SECRET_KEY=TEST_SECRET_KEY,  # required against PostgreSQL
         USERPATH_KEY_PEPPER=TEST_KEY_PEPPER,  # required against PostgreSQL
     )

@@ -1,0 +1,160 @@
+"""The edge's token buckets: the same arithmetic in Redis' Lua script (shared by every edge process,
+on Redis' clock) and in the process; what a request is told; an organization's limits, cached.
+
+The Redis cases need the machine lock (tests/common/workers.FAULTS_REDIS_URL's database)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from alembic import command
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.common.factories import OWNER
+from tests.common.workers import FAULTS_REDIS_URL
+from userpath_worker import schema
+from userpath_worker.db import make_engine
+from userpath_worker.edge.http import Refused
+from userpath_worker.edge.limits import BUCKET_KEY, Buckets, LocalBuckets, OrganizationLimits, RedisBuckets, Verdict
+from userpath_worker.errors import UserError
+from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.models import Organization
+from userpath_worker.organizations.services import RateLimit
+
+ORG = 4242
+OTHER_ORG = 4243
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture(params=["redis", "in-process"])
+def buckets(request: pytest.FixtureRequest) -> Iterator[Buckets]:
+    if request.param == "in-process":
+        yield LocalBuckets()
+        return
+    client = redis.Redis.from_url(FAULTS_REDIS_URL)
+    client.delete(*(BUCKET_KEY.format(org_id=org) for org in (ORG, OTHER_ORG)))
+    yield RedisBuckets(FAULTS_REDIS_URL, timeout=5)
+    client.close()
+
+
+def test_a_full_bucket_gives_its_burst_then_the_wait_its_rate_says(buckets: Buckets) -> None:
+    limit = RateLimit(events_per_second=10, burst=20)
+    assert buckets.take(ORG, limit, 20) == (0.0, pytest.approx(0, abs=0.1))
+    wait, tokens = buckets.take(ORG, limit, 5)  # 5 more at 10 a second: about half a second
+    assert 0.4 < wait <= 0.5 and tokens < 1
+    assert buckets.take(OTHER_ORG, limit, 20)[0] == 0  # each organization its own bucket
+
+
+def test_the_bucket_refills_at_its_rate_and_a_refusal_takes_nothing(buckets: Buckets) -> None:
+    limit = RateLimit(events_per_second=100, burst=10)
+    assert buckets.take(ORG, limit, 10)[0] == 0
+    assert buckets.take(ORG, limit, 8)[0] > 0  # refused: the 8 are not taken
+    time.sleep(0.1)  # 10 tokens back
+    wait, tokens = buckets.take(ORG, limit, 8)
+    assert wait == 0 and 2 <= tokens < 3
+
+
+def test_a_request_over_the_burst_waits_for_a_full_bucket_and_leaves_a_debt(buckets: Buckets) -> None:
+    limit = RateLimit(events_per_second=100, burst=10)
+    assert buckets.take(ORG, limit, 3)[0] == 0
+    wait, _ = buckets.take(ORG, limit, 25)  # never fits: waits for the bucket to be full (3 more)
+    assert 0 < wait <= 0.03
+    time.sleep(0.05)
+    wait, tokens = buckets.take(ORG, limit, 25)
+    assert wait == 0 and tokens == pytest.approx(-15, abs=1)
+    wait, _ = buckets.take(ORG, limit, 1)  # the debt is repaid first: 16 tokens at 100 a second
+    assert 0.14 < wait <= 0.16
+
+
+def test_the_redis_bucket_expires_once_it_would_be_full_again() -> None:
+    client = redis.Redis.from_url(FAULTS_REDIS_URL)
+    key = BUCKET_KEY.format(org_id=ORG)
+    client.delete(key)
+    RedisBuckets(FAULTS_REDIS_URL, timeout=5).take(ORG, RateLimit(events_per_second=10, burst=100), 50)
+    assert 5_000 < client.pttl(key) <= 6_000  # 5 s to refill 50, and a second's margin
+    client.close()
+
+
+def test_redis_away_is_a_503_with_retry_after() -> None:
+    away = RedisBuckets("redis://127.0.0.1:1/0", timeout=1)
+    with pytest.raises(Refused) as refused:
+        away.take(ORG, RateLimit(10, 10), 1)
+    assert refused.value.answer.status == 503
+    assert dict(refused.value.answer.headers)["retry-after"] == "5"
+
+
+def test_the_in_process_arithmetic_exactly() -> None:
+    clock = Clock()
+    buckets = LocalBuckets(clock)
+    limit = RateLimit(events_per_second=4, burst=8)
+    assert buckets.take(ORG, limit, 6) == (0.0, 2.0)
+    assert buckets.take(ORG, limit, 4) == (0.5, 2.0)
+    clock.now += 0.5
+    assert buckets.take(ORG, limit, 4) == (0.0, 0.0)
+    clock.now += 100  # never more than the burst
+    assert buckets.take(ORG, limit, 20) == (0.0, -12.0)
+    assert buckets.take(ORG, limit, 20) == (5.0, -12.0)
+
+
+def test_a_verdict_says_whole_seconds_and_what_is_left() -> None:
+    refused = Verdict(RateLimit(events_per_second=10, burst=20), wait=0.01, tokens=-1.5)
+    assert refused.retry_after == 1  # at least a second: Retry-After is whole seconds
+    assert refused.headers == (
+        ("x-ratelimit-limit", "20"),
+        ("x-ratelimit-remaining", "0"),
+        ("x-ratelimit-reset", "3"),  # 21.5 events at 10 a second
+    )
+    taken = Verdict(RateLimit(events_per_second=1000, burst=5000), wait=0, tokens=4899.5)
+    assert [value for _, value in taken.headers] == ["5000", "4899", "1"]
+    assert Verdict(RateLimit(1, 1), wait=2.2, tokens=0).retry_after == 3
+
+
+def test_an_organizations_limit_is_its_own_else_the_default_and_kept_a_while(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'limits.db'}")
+    schema.upgrade(engine)
+    sessions = sessionmaker(engine)
+    with sessions.begin() as session:
+        acme = organizations.create_organization(session, "Acme", OWNER)
+        organizations.set_rate_limit(session, acme, RateLimit(5, 50))
+        beta_id = organizations.create_organization(session, "Beta", OWNER).id
+        acme_id = acme.id
+    clock = Clock()
+    limits = OrganizationLimits(sessions, RateLimit(100, 1000), ttl=2, clock=clock)
+    assert (limits.of(acme_id), limits.of(beta_id)) == (RateLimit(5, 50), RateLimit(100, 1000))
+    with sessions.begin() as session:
+        organizations.set_rate_limit(session, session.get_one(Organization, acme_id), None)
+    assert limits.of(acme_id) == RateLimit(5, 50)  # cached
+    clock.now += 2
+    assert limits.of(acme_id) == RateLimit(100, 1000)
+    assert OrganizationLimits(sessions, None, ttl=2).of(acme_id) is None  # no default: no limit
+    engine.dispose()
+
+
+def test_a_database_still_waiting_for_0018_gives_the_default(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'before.db'}")
+    config = schema.alembic_config(engine)
+    command.upgrade(config, "0017")
+    limits = OrganizationLimits(sessionmaker(engine), RateLimit(100, 1000), ttl=2)
+    assert limits.of(1) == RateLimit(100, 1000)
+    engine.dispose()
+
+
+def test_set_rate_limit_refuses_numbers_out_of_range(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'limits.db'}")
+    schema.upgrade(engine)
+    with Session(engine) as session:
+        acme = organizations.create_organization(session, "Acme", OWNER)
+        with pytest.raises(UserError, match="--burst must be from 1 to 100000000"):
+            organizations.set_rate_limit(session, acme, RateLimit(5, 0))
+    engine.dispose()
