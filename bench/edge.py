@@ -64,6 +64,11 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--broker", choices=["redis", "rabbitmq", "both"], default="both")
     parser.add_argument("--output", type=Path, help="Also write the figures as JSON here.")
+    parser.add_argument(
+        "--rate-limited",
+        action="store_true",
+        help="Every request through the organization's token bucket (a limit it never reaches): the limiter's cost.",
+    )
     parser.add_argument("--serve-flask", type=int, metavar="PORT", help=argparse.SUPPRESS)  # the baseline's process
     arguments = parser.parse_args()
     if arguments.serve_flask:
@@ -79,7 +84,9 @@ def main() -> None:
         schema.upgrade(engine)
         key = new_key(engine)
         engine.dispose()
-        results = {name: measure(name, database_url, key, Path(folder), **size) for name in brokers}
+        results = {
+            name: measure(name, database_url, key, Path(folder), arguments.rate_limited, **size) for name in brokers
+        }
     print_table(results)
     if arguments.output:
         machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average": load_average()}
@@ -88,7 +95,9 @@ def main() -> None:
         arguments.output.write_text(json.dumps(document, indent=2))
 
 
-def measure(broker_name: str, database_url: str, key: str, folder: Path, seconds: int, connections: int) -> list[Run]:
+def measure(
+    broker_name: str, database_url: str, key: str, folder: Path, rate_limited: bool, seconds: int, connections: int
+) -> list[Run]:
     broker = BROKERS[broker_name]
     environment = {
         **{name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")},
@@ -96,6 +105,11 @@ def measure(broker_name: str, database_url: str, key: str, folder: Path, seconds
         "USERPATH_BROKER_URL": broker.url,
         "USERPATH_KEY_PEPPER": KEY_PEPPER,  # the key was made with it (harness.new_key)
         "USERPATH_LOG_LEVEL": "WARNING",  # no access log line a request
+        # No rate limit by default (the bench is one organization far over any); --rate-limited: a
+        # bucket it never empties, so each request pays the limiter (Redis' Lua script) and nothing more.
+        "USERPATH_EDGE_EVENTS_PER_SECOND": "10000000" if rate_limited else "0",
+        "USERPATH_EDGE_BURST": "100000000",
+        "USERPATH_EDGE_METRICS_PORT": "0",
     }
     authorization = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
     track = script(folder / "track.lua", "POST", track_body(), authorization)
