@@ -16,8 +16,9 @@ from userpath_worker.errors import UserError
 MIGRATIONS = Path(__file__).with_name("migrations")
 # Migrations that run while this release's workers ingest: a database waiting only for these is
 # current enough to work against. 0015 moves events in batches of its own transactions; 0017 only
-# adds a table and nullable key columns that a worker never reads.
-ONLINE_REVISIONS = ("0015", "0017")
+# adds a table and nullable key columns that a worker never reads; 0019 adds the keys' counters,
+# which the previous release never reads and this one skips until they are there (events.rollups).
+ONLINE_REVISIONS = ("0015", "0017", "0019")
 
 
 def alembic_config(engine: Engine) -> Config:
