@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from sqlalchemy import Index, Integer, String, func, inspect, select
@@ -104,10 +104,10 @@ class KeyActivity:
     last_refusal_reason: str | None = None
 
     @staticmethod
-    def summed(counts: Counter[str]) -> dict[str, int]:
+    def summed(counts: Mapping[str, int]) -> dict[str, int]:
         """stored, duplicates, refused."""
         refused = sum(count for outcome, count in counts.items() if outcome not in (STORED, DUPLICATE))
-        return {"stored": counts[STORED], "duplicates": counts[DUPLICATE], "refused": refused}
+        return {"stored": counts.get(STORED, 0), "duplicates": counts.get(DUPLICATE, 0), "refused": refused}
 
     def refusals(self) -> list[tuple[str, int]]:
         """The last 30 days' refusals by reason, the most frequent first."""
