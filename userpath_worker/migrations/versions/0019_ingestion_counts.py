@@ -27,7 +27,9 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("api_key_id", "hour", "outcome", name=op.f("pk_ingestion_counts")),
     )
     with op.batch_alter_table("ingestion_counts", schema=None) as batch_op:
-        batch_op.create_index("ix_ingestion_counts_org_hour", ["org_id", "hour"], unique=False)
+        batch_op.create_index(
+            "ix_ingestion_counts_org_hour", ["org_id", "hour", "api_key_id", "outcome", "count"], unique=False
+        )
 
 
 def downgrade() -> None:
