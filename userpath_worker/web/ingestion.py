@@ -1,6 +1,6 @@
 """What an organization's keys send and what was refused: a key's page (counts, a chart, its last
 event and refusal), the Ingestion tab (refusals by reason and key, with samples, and Replay for
-owners) and Live events (the newest 100, refreshed by the page itself).
+owners) and Live events (the 100 that occurred last, refreshed by the page itself).
 
 Every member reads them; Replay is an owner's, through the replay service the CLI uses. The
 figures come from the keys' counters (``events.rollups``), never from a count over events. A
@@ -23,7 +23,7 @@ from userpath_worker.deadletter.models import Reason
 from userpath_worker.errors import UserError
 from userpath_worker.events import rollups
 from userpath_worker.events.replay import REPLAYABLE, ReplayResult, replay_dead_letters
-from userpath_worker.events.storage import newest_events
+from userpath_worker.events.storage import latest_events
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.web.context import actor, db, membership, owner, page, signed_in, web
 
@@ -208,7 +208,7 @@ def live_events(org_id: int) -> Any:
     current = membership(org_id)
     view = "raw" if request.args.get("view") == "raw" else "pretty"
     paused = request.args.get("paused") == "1"
-    found = newest_events(db(), current.organization.id, LIVE_EVENTS)
+    found = latest_events(db(), current.organization.id, LIVE_EVENTS)
     key_ids = {event.api_key_id for event in found}
     keys = dict(
         db()
