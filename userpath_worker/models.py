@@ -5,6 +5,7 @@ from userpath_worker.audit.models import AuditEntry
 from userpath_worker.db import Base
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
+from userpath_worker.events.rollups import IngestionCount
 from userpath_worker.keys.models import ApiKey, KeyHandoff
 from userpath_worker.organizations.models import Member, Organization, OrganizationRateLimit
 from userpath_worker.rotation.models import Reminder, RotationPass
@@ -18,6 +19,7 @@ __all__ = [
     "AuditEntry",
     "DeadLetter",
     "Event",
+    "IngestionCount",
     "Invitation",
     "KeyHandoff",
     "Member",

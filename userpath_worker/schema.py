@@ -17,8 +17,9 @@ MIGRATIONS = Path(__file__).with_name("migrations")
 # Migrations that run while this release's workers ingest: a database waiting only for these is
 # current enough to work against. 0015 moves events in batches of its own transactions; 0017 only
 # adds a table and nullable key columns that a worker never reads; 0018 only a table the edge reads
-# (which takes the default limits until it is there).
-ONLINE_REVISIONS = ("0015", "0017", "0018")
+# (which takes the default limits until it is there); 0019 adds the keys' counters, which the
+# previous release never reads and this one skips until they are there (events.rollups).
+ONLINE_REVISIONS = ("0015", "0017", "0018", "0019")
 
 
 def alembic_config(engine: Engine) -> Config:

@@ -39,9 +39,10 @@ from tests.common.browser import (
     web_environment,
 )
 from tests.common.databases import TEST_DATABASE_PREFIX, flushed_redis
-from tests.common.workers import counts, migrated_database, running_worker, settle_at, wait_for
+from tests.common.workers import counts, migrated_database, producer, running_worker, settle_at, wait_for
 from userpath_client import UserPath
-from userpath_client.contract import KEY_PATTERN
+from userpath_client.contract import EVENTS_QUEUE, KEY_PATTERN, MAX_EVENT_BYTES, TRACK_TASK
+from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 
 pytestmark = pytest.mark.slow
@@ -182,6 +183,19 @@ def phone_screen(driver: WebDriver, visit: Visit, name: str) -> None:
         driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
 
 
+def at_phone_width(driver: WebDriver, visit: Visit, name: str) -> None:
+    """The page at a 390 px wide screen, screenshot as ``name``: nothing scrolls sideways."""
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": PHONE_WIDTH, "height": 844, "deviceScaleFactor": 1, "mobile": True},
+    )
+    try:
+        visit.page(name)
+        assert driver.execute_script("return document.documentElement.scrollWidth") <= PHONE_WIDTH
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+
+
 def send(key: str, event_id: str) -> None:
     with UserPath(key, broker_url=REDIS_URL) as client:
         client.track("Signed Up", user_id="user-1", properties={"plan": "pro"}, event_id=event_id)
@@ -289,6 +303,60 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         with engine.connect() as connection:
             assert connection.scalar(select(DeadLetter.reason)) == Reason.DELETED_KEY
 
+        # Two refused for their content, as a producer without the client's checks sends them.
+        bare = producer(REDIS_URL)
+        for event in (
+            {"event_id": "browser-invalid", "event": "", "timestamp": utcnow().isoformat()},
+            {
+                "event_id": "browser-big",
+                "event": "Big",
+                "timestamp": utcnow().isoformat(),
+                "properties": {"x": "x" * MAX_EVENT_BYTES},
+            },
+        ):
+            bare.send_task(TRACK_TASK, args=[{"api_key": key, "batch": [event]}], queue=EVENTS_QUEUE)
+        settle_at(engine, (2, 3), 60)
+
+        # The key's row opens its page: the counts, the chart, the last refusal and its reason.
+        visit.open(keys_page, "api-keys-with-traffic")
+        assert row(driver, key_id)["sent"] == "2 stored · 2 refused"
+        click_through(driver, f'tr[data-key-id="{key_id}"] a.activity', then="table#key-counts")
+        activity = visit.page("key-activity")
+        day = element(driver, 'tr[data-period="24h"]').text.split()
+        assert day[-3:] == ["2", "0", "2"], day  # stored, duplicates, refused (the deleted key's is its own)
+        assert driver.find_elements(By.CSS_SELECTOR, "svg#key-chart rect.bar-stored")
+        assert driver.find_elements(By.CSS_SELECTOR, "svg#key-chart rect.bar-refused")
+        assert "invalid_event" in activity and "too_large" in activity
+        at_phone_width(driver, visit, "key-activity-phone")
+
+        # The Ingestion tab: each reason with its keys, samples and what to do; the owner replays one.
+        click_through(driver, "a#ingestion-tab", then="section.reason")
+        ingestion = visit.page("ingestion")
+        for reason in ("invalid_event", "too_large", "deleted_key"):
+            element(driver, f"section#reason-{reason}")
+        assert "What to do:" in ingestion and "deleted" in element(driver, "section#reason-deleted_key").text
+        assert key not in driver.page_source and rolled not in driver.page_source
+        at_phone_width(driver, visit, "ingestion-phone")
+        click_through(driver, "section#reason-invalid_event button.replay", then="p.notice")
+        assert "Replayed invalid_event: 0 of 1 now stored." in visit.page("ingestion-replayed")
+
+        # Live events: the newest events, refreshed by the page; a new one appears by itself.
+        click_through(driver, "a#live-tab", then="table#live-events")
+        assert element(driver, 'tr[data-event-id="browser-2"]')
+        visit.page("live-events")
+        send(key, "browser-4")
+        wait_for(
+            lambda: driver.find_elements(By.CSS_SELECTOR, 'tr[data-event-id="browser-4"]'),
+            30,
+            "the new event on Live events",
+            interval=0.5,
+        )
+        visit.page("live-events-new")
+        at_phone_width(driver, visit, "live-events-phone")
+        click_through(driver, "a#pause", then="a#resume")
+        click_through(driver, "a#view-raw", then="pre.raw-event")
+        assert '"event_id": "browser-4"' in visit.page("live-events-raw-paused")
+
         # Settings → Webhooks: the owner adds Stripe's signing secret; only its display form shows.
         click_through(driver, 'nav.tabs a[href$="/webhooks"]', then="table#webhook-secrets")
         visit.page("webhooks-empty")
@@ -323,6 +391,11 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         for control in ("a#new-key", "a.roll", "a.delete"):
             assert driver.find_elements(By.CSS_SELECTOR, control) == [], f"a member sees {control}"
         assert driver.find_elements(By.LINK_TEXT, "Webhooks") == [], "a member sees the Webhooks tab"
+        click_through(driver, "a#ingestion-tab", then="section#reason-invalid_event")
+        visit.page("member-ingestion")
+        assert driver.find_elements(By.CSS_SELECTOR, "button.replay") == [], "a member sees Replay"
+        click_through(driver, "a#live-tab", then='tr[data-event-id="browser-4"]')
+        visit.page("member-live-events")
 
         web_log, worker_log = web.log(), (tmp_path / "worker.log").read_text(errors="replace")
 
@@ -334,5 +407,5 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert secret not in web_log
         assert secret not in worker_log
     assert visit.console == []  # no script error or Content-Security-Policy violation on any page
-    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 22
-    assert counts(engine) == (2, 1)
+    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 34
+    assert counts(engine) == (3, 3)

@@ -97,13 +97,18 @@ def _loose_text(value: Any) -> str:
         return repr(value)[: PAYLOAD_PREVIEW_CHARS * 2]
 
 
-def record_dead_letters(session: Session, rejections: Sequence[Rejection], delivery: Delivery) -> None:
-    """Write dead letters once: a redelivered message's are already there and are skipped."""
+def record_dead_letters(
+    session: Session, rejections: Sequence[Rejection], delivery: Delivery
+) -> list[tuple[int | None, int | None, str]]:
+    """Write dead letters once: a redelivered message's are already there and are skipped.
+    Returns the (org_id, api_key_id, reason) of those written, for the key's counters."""
     if not rejections:
-        return
+        return []
     dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(
-        dialect.insert(DeadLetter).on_conflict_do_nothing(index_elements=["dedup_key"]),
+    written = session.execute(
+        dialect.insert(DeadLetter)
+        .on_conflict_do_nothing(index_elements=["dedup_key"])
+        .returning(DeadLetter.org_id, DeadLetter.api_key_id, DeadLetter.reason),
         [
             {
                 "org_id": rejection.org_id,
@@ -119,6 +124,7 @@ def record_dead_letters(session: Session, rejections: Sequence[Rejection], deliv
             for rejection in rejections
         ],
     )
+    return [(org_id, api_key_id, reason) for org_id, api_key_id, reason in written]
 
 
 def dedup_key(message_id: str | None, item: int | None) -> str | None:

@@ -2,8 +2,8 @@
 dead-letter everything else with a reason.
 
 One message is one transaction: the events (one multi-row INSERT ... ON CONFLICT DO NOTHING),
-its dead letters and the key's last-used time commit together, so a crash or a redelivery can
-neither lose nor duplicate anything. What to store and what to dead-letter is decided by
+its dead letters, the key's last-used time and its counters (``events.rollups``) commit together,
+so a crash or a redelivery can neither lose nor duplicate anything. What to store and what to dead-letter is decided by
 ``events.verdicts``; the events are written by ``events.storage``.
 """
 
@@ -22,7 +22,7 @@ from userpath_worker.db import utcnow
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.services import Delivery, Rejection, without_key
-from userpath_worker.events import verdicts
+from userpath_worker.events import rollups, verdicts
 from userpath_worker.events.models import Source
 from userpath_worker.events.storage import insert_events
 from userpath_worker.keys import tokens
@@ -147,11 +147,16 @@ class Ingestor:
                 for message in messages
             ]
             inserted = insert_events(session, [row for judgement in judgements for row in judgement.rows])
-            for judgement in judgements:
-                dead_letters.record_dead_letters(session, judgement.rejections, judgement.delivery)
+            refused = [
+                written
+                for judgement in judgements
+                for written in dead_letters.record_dead_letters(session, judgement.rejections, judgement.delivery)
+            ]
             for key_id in {j.identity.key_id for j in judgements if j.rows and j.identity}:
                 self.authenticator.mark_used(session, key_id)
-        return [judgement.outcome(inserted) for judgement in judgements]
+            outcomes = [judgement.outcome(inserted) for judgement in judgements]
+            _count(session, judgements, outcomes, refused)
+        return outcomes
 
     def keep_for_replay(self, message: Incoming, detail: str) -> IngestOutcome:
         """Dead-letter, whole, a message that could not be stored for a reason of ours (the
@@ -170,7 +175,8 @@ class Ingestor:
                 org_id=identity.org_id if identity else None,
                 api_key_id=identity.key_id if identity else None,
             )
-            dead_letters.record_dead_letters(session, [rejection], message.delivery)
+            refused = dead_letters.record_dead_letters(session, [rejection], message.delivery)
+            _count(session, [], [], refused)
         return IngestOutcome.of(0, [rejection], identity)
 
     # One message: argument shape, size, authentication, then the task's own verdicts.
@@ -199,6 +205,23 @@ class Ingestor:
         else:
             judged = verdicts.track_verdicts(message, identity, incoming.source, delivery)
         return _Judgement(delivery, judged.rows, judged.rejections, identity)
+
+
+def _count(
+    session: Session,
+    judgements: Sequence[_Judgement],
+    outcomes: Sequence[IngestOutcome],
+    refused: Sequence[tuple[int | None, int | None, str]],
+) -> None:
+    """Add the batch to its keys' counters (the pages read these, never the events)."""
+    tally = rollups.tally_of(
+        (j.identity.org_id, j.identity.key_id, o.stored, o.duplicates)
+        for j, o in zip(judgements, outcomes, strict=True)
+        if j.identity is not None
+    )
+    for org_id, api_key_id, reason in refused:
+        tally.add(org_id, api_key_id, reason)
+    rollups.add_counts(session, tally, utcnow())
 
 
 def _display_form(candidate: object) -> str | None:

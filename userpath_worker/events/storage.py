@@ -138,6 +138,13 @@ def newest_events(session: Session, org_id: int, limit: int = 20) -> list[Event]
     return find_events(session, org_id, EventFilter(), limit)
 
 
+def latest_events(session: Session, org_id: int, limit: int) -> list[Event]:
+    """The organization's events that occurred last: read backwards along the (org_id, occurred_at)
+    index of each partition, however many events other organizations have (Live events)."""
+    query = select(Event).where(Event.org_id == org_id).order_by(Event.occurred_at.desc(), Event.id.desc())
+    return list(session.scalars(query.limit(limit)))
+
+
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     """Which of an organization's events to list; every field left unset matches all."""

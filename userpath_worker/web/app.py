@@ -16,7 +16,18 @@ from userpath_worker.errors import NotFound, PermissionDenied
 from userpath_worker.keys.exposure import ExposureService
 from userpath_worker.keys.services import configured_pepper
 from userpath_worker.rotation.services import RotationPolicy
-from userpath_worker.web import audit, auth, context, formatting, keys, members, secret_scanning, security, webhooks
+from userpath_worker.web import (
+    audit,
+    auth,
+    context,
+    formatting,
+    ingestion,
+    keys,
+    members,
+    secret_scanning,
+    security,
+    webhooks,
+)
 
 SESSION_COOKIE = "userpath_session"
 MAX_FORM_BYTES = 64 * 1024  # our forms are a few short fields; waitress refuses a larger body too
@@ -65,6 +76,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> Flask:
     for blueprint in (
         auth.blueprint,
         keys.blueprint,
+        ingestion.blueprint,
         members.blueprint,
         webhooks.blueprint,
         audit.blueprint,

@@ -21,6 +21,7 @@ from sqlalchemy import Row, select
 from config.settings import Settings
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
+from userpath_worker.events import rollups
 from userpath_worker.keys import handoff, scopes
 from userpath_worker.keys.models import ApiKey, key_status
 from userpath_worker.keys.services import OWNERS_WORK, KeyService
@@ -83,12 +84,16 @@ class KeyRow(NamedTuple):
     expires: str  # relative, or "never"
     expires_utc: str
     flag: str  # the rotation flag's reasons, in words; empty when not flagged
+    sent: str  # the last 24 hours, e.g. "12 stored · 1 refused"; "" when nothing came
     path: str  # of its roll and delete pages, without the last part
     anchor: str  # the row's id, where a reminder's link points (web_links.key_url)
 
 
-def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: dt.datetime) -> list[KeyRow]:
-    """The rows of ``KeyService.listing``, as the page shows them; ``keys_url`` is the page's path."""
+def key_rows(
+    keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: dt.datetime, sent: dict[int, dict[str, int]]
+) -> list[KeyRow]:
+    """The rows of ``KeyService.listing``, as the page shows them; ``keys_url`` is the page's path,
+    ``sent`` each key's last 24 hours (``rollups.day_counts``)."""
     displays = {key[0]: key[2] for key in keys}  # a rolled key links to its replacement's row
     rows = []
     # Unpacked by position (the order ``listing`` documents): a Row's attributes are looked up by
@@ -130,6 +135,7 @@ def key_rows(keys: list[Row[Any]], keys_url: str, policy: RotationPolicy, now: d
                 relative(expires, now),
                 utc(expires),
                 flag,
+                _sent(sent.get(key_id)),
                 f"{keys_url}/{key_id}",
                 key_anchor(key_id),
             )
@@ -144,11 +150,23 @@ def list_keys(org_id: int) -> Any:
     now = utcnow()
     found = web().keys(db()).listing(current.organization)
     keys_url = url_for("keys.list_keys", org_id=org_id)  # the rows' links start alike: one url_for
-    listed = key_rows(found, keys_url, web().policy, now)
+    sent = rollups.day_counts(db(), current.organization.id, now)
+    listed = key_rows(found, keys_url, web().policy, now, sent)
     # The Rotation column only when a key is flagged: an empty column explains nothing.
     flagged = any(row.flag for row in listed)
     rows = render_template("_key_rows.html", rows=listed, owner=current.is_owner, flagged=flagged)
     return page("keys.html", rows=Markup(rows), count=len(found), flagged=flagged)  # autoescaped by its own template
+
+
+def _sent(counts: dict[str, int] | None) -> str:
+    if not counts:
+        return ""
+    parts = [f"{counts['stored']} stored"]
+    if counts["duplicates"]:
+        parts.append(f"{counts['duplicates']} duplicates")
+    if counts["refused"]:
+        parts.append(f"{counts['refused']} refused")
+    return " · ".join(parts)
 
 
 @blueprint.get("/orgs/<int:org_id>/settings/api-keys/new")

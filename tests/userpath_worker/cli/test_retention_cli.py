@@ -73,8 +73,8 @@ def test_apply_retention_deletes_what_is_older_than_each_organizations_retention
 def test_db_upgrade_prepare_only_stops_before_the_online_move(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("USERPATH_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
     assert json.loads(ok("db", "upgrade", "--prepare-only", "--json").stdout) == {"revision": "0012"}
-    assert json.loads(ok("db", "upgrade", "--json").stdout) == {"revision": "0018"}
-    assert json.loads(ok("db", "upgrade", "--prepare-only", "--json").stdout) == {"revision": "0018"}
+    assert json.loads(ok("db", "upgrade", "--json").stdout) == {"revision": "0019"}
+    assert json.loads(ok("db", "upgrade", "--prepare-only", "--json").stdout) == {"revision": "0019"}
 
 
 def test_a_drop_that_waits_on_a_long_query_gives_up_in_one_line_and_works_when_run_again(

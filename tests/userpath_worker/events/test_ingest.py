@@ -5,6 +5,7 @@ Each case runs on SQLite and on real PostgreSQL, inside a transaction rolled bac
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 import json
@@ -20,10 +21,12 @@ from tests.common.databases import table_dump
 from tests.common.factories import OWNER, make_organization
 from tests.common.signing import TEST_SECRET_KEY
 from userpath_client.contract import EVENTS_QUEUE, MAX_EVENT_BYTES, TRACK_TASK, WEBHOOK_TASK, WEBHOOKS_QUEUE
+from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter, Reason
 from userpath_worker.deadletter.services import Delivery
-from userpath_worker.events import normalizers
+from userpath_worker.events import normalizers, rollups
 from userpath_worker.events.models import Event, Source
+from userpath_worker.events.rollups import IngestionCount, KeyActivity
 from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome
 from userpath_worker.events.verdicts import derived_event_id, occurred_at
 from userpath_worker.keys import tokens
@@ -596,3 +599,50 @@ def test_malformed_and_mistyped_keys_cost_the_worker_no_key_lookup(session: Sess
         event.remove(engine, "before_cursor_execute", record)
     reasons = sorted(session.scalars(select(DeadLetter.reason)))
     assert reasons == sorted(["malformed_key"] * 4 + ["bad_checksum", "unknown_key"])
+
+
+# The keys' counters (events.rollups): written with the batch, read by the pages.
+
+
+def test_each_keys_counters_are_written_with_its_batch_and_a_redelivery_counts_no_refusal_twice(
+    session: Session, ingestor: Ingestor, keys: KeyService, clock: FakeClock, org_and_key
+) -> None:
+    org_id, key, plaintext = org_and_key
+    batch = [an_event(event_id="a"), an_event(event_id="b"), {"event": ""}]  # the last is refused
+    message = Incoming(TRACK_TASK, [{"api_key": plaintext, "batch": batch}], {}, Source.SERVER, delivery())
+    redelivered = dataclasses.replace(message, delivery=dataclasses.replace(message.delivery, message_id="m-1"))
+    ingestor.ingest([redelivered])
+    ingestor.ingest([redelivered])  # the same message again: two duplicates, its dead letter already there
+    track(ingestor, {"api_key": "up_live_" + "x" * 40, "batch": [an_event()]})  # no key: no organization's
+    now = utcnow()
+
+    activity = rollups.key_activity(session, org_id, key.id, now)
+    assert KeyActivity.summed(activity.day) == {"stored": 2, "duplicates": 2, "refused": 1}
+    assert KeyActivity.summed(activity.month) == {"stored": 2, "duplicates": 2, "refused": 1}
+    assert activity.refusals() == [(Reason.INVALID_EVENT.value, 1)]
+    assert activity.last_event is not None and activity.last_refusal_reason == Reason.INVALID_EVENT.value
+    assert rollups.day_counts(session, org_id, now) == {key.id: {"stored": 2, "duplicates": 2, "refused": 1}}
+    assert session.scalar(select(func.count()).select_from(IngestionCount).where(IngestionCount.org_id.is_(None))) == 0
+
+    # A deleted key's refusals are still its organization's, counted against that key.
+    keys.delete(key.id, OWNER)
+    clock.now += 3  # past the authenticator's cache
+    assert track(ingestor, {"api_key": plaintext, "batch": [an_event(event_id="c")]}).dead_lettered == 1
+    [(reason, key_id, count, _last)] = [
+        found for found in rollups.refusals_by_key(session, org_id, utcnow()) if found[0] == Reason.DELETED_KEY
+    ]
+    assert (key_id, count) == (key.id, 1)
+
+
+def test_counters_sum_by_hour_and_the_last_24_hours_leave_older_hours_out(session: Session, org_and_key) -> None:
+    org_id, key, _plaintext = org_and_key
+    now = dt.datetime(2026, 3, 10, 12, 30, tzinfo=dt.UTC)
+    for moment, count in ((now, 3), (now, 2), (now - dt.timedelta(days=2), 7), (now - dt.timedelta(days=40), 100)):
+        tally = rollups.Tally()
+        tally.add(org_id, key.id, rollups.STORED, count)
+        rollups.add_counts(session, tally, moment)
+    [hour] = session.scalars(select(IngestionCount).where(IngestionCount.hour == rollups.hour_of(now)))
+    assert (hour.count, hour.last_at) == (5, now)  # one row per key, hour and outcome
+    activity = rollups.key_activity(session, org_id, key.id, now)
+    assert (activity.day[rollups.STORED], activity.month[rollups.STORED]) == (5, 12)
+    assert sorted(activity.daily) == [(now - dt.timedelta(days=2)).date(), now.date()]
