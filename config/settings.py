@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Annotated, Literal
 
 from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from config.schedules import parse_schedule
 from userpath_client.contract import KEY_VARIABLE
@@ -111,6 +111,10 @@ class Settings(BaseSettings):
     # nodes and survive losing one; classic queues are faster on a single node. Producers must
     # declare the queues alike (the bundled client reads this setting too).
     queue_type: Literal["classic", "quorum"] = "classic"
+    # Keys (by id, comma-separated) forced into the slow lane, as PostHog's forced overflow keys:
+    # the worker takes one message of theirs in a turn where another key gets ten (Redis), and the
+    # edge sends theirs to the overflow queue (RabbitMQ). A key's lane is fair without it.
+    slow_keys: Annotated[frozenset[int], NoDecode] = frozenset()
 
     # Key rotation policy (the celery beat task userpath.flag_stale_keys).
     rotation_max_age_days: Annotated[int, Field(ge=1)] = 90
@@ -183,6 +187,16 @@ class Settings(BaseSettings):
         if scheme not in ("http", "https") or not separator or not rest:
             raise ValueError("must be an http:// or https:// URL")
         return value
+
+    @field_validator("slow_keys", mode="before")
+    @classmethod
+    def _key_ids(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        try:
+            return frozenset(int(part) for part in value.replace(" ", "").split(",") if part)
+        except ValueError:
+            raise ValueError(f"{value!r}: key ids separated by commas, e.g. 12,40") from None
 
     @field_validator("web_base_url", "edge_base_url")
     @classmethod

@@ -2,6 +2,10 @@
 until a batch is full or its first message has waited ``GATHER_SECONDS``, and one
 ``multiple=True`` acknowledgement for every run of settled deliveries.
 
+Fairness: the step consumes each ingestion queue, its shards and its overflow queue (the
+contract's lanes), each with a window of its own, and a batch takes ``QUANTUM`` messages from each
+queue that has some in turn, so a quiet key's shard waits for no flood's backlog.
+
 A ``multiple`` ack settles every delivery up to its tag on the channel, so it is sent only for
 the longest prefix of deliveries that are all settled: a batch that finishes before an older
 one waits for it. Nothing is ever requeued: a batch that fails is kept and tried again (see
@@ -16,10 +20,12 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tasks.ingestion.decoder import Oversized, Transported
 from tasks.ingestion.redis_transport import Taken
+from userpath_client.contract import exchange_of, lane_queue_arguments, lane_queues
 from userpath_worker.events.services import Refused
 
 logger = logging.getLogger("userpath.worker")
@@ -31,6 +37,7 @@ MAX_PREFETCH = 65_535  # basic.qos's prefetch count is 16 bits
 # messages' average size so that what the window holds stays about this size.
 WINDOW_BYTES = 32 * 1024 * 1024
 ASSUMED_MESSAGE_BYTES = 32 * 1024  # until the first batch tells: a large envelope
+QUANTUM = 10  # messages a queue gives a batch in its turn
 
 # (queue, body, content type, content encoding, headers): what the pool job needs of a delivery.
 Delivered = tuple[str, "bytes | Oversized", Any, Any, Any]
@@ -40,15 +47,28 @@ class AmqpBatches:
     name = NAME
 
     def __init__(
-        self, connection: Any, queues: Sequence[str], batch_messages: int, slots: int, on_full: Callable[[], None]
+        self,
+        connection: Any,
+        queues: Sequence[str],
+        batch_messages: int,
+        slots: int,
+        on_full: Callable[[], None],
+        declare: Sequence[LaneQueue] = (),
+        windows: int = 1,
     ) -> None:
-        self.batch_messages, self.slots, self.queues, self.on_full = batch_messages, slots, len(queues), on_full
+        """``declare``: queues to declare first (the lanes); ``windows``: how many windows of
+        WINDOW_BYTES the consumers share: a queue's window holds WINDOW_BYTES / ``windows``; under a
+        flood only the flooded queues' fill."""
+        self.batch_messages, self.slots, self.windows, self.on_full = batch_messages, slots, windows, on_full
         self.channel = connection.channel()
+        for lane in declare:
+            lane.declare(self.channel)
         self.average_bytes = float(ASSUMED_MESSAGE_BYTES)
         self.prefetch = self._window()
         self.channel.basic_qos(0, self.prefetch, False)
-        self.gathered: deque[tuple[int, Delivered]] = deque()
-        self.gathered_bytes = 0
+        self.gathered: dict[str, deque[tuple[int, Delivered]]] = {queue: deque() for queue in queues}
+        self.turn = 0  # where the next batch starts taking queues in turn
+        self.gathered_count = self.gathered_bytes = 0
         self.first_arrival = 0.0
         self.unsettled: deque[int] = deque()  # delivery tags, in delivery order
         self.settled: set[int] = set()  # settled, but behind an unsettled older one
@@ -61,11 +81,12 @@ class AmqpBatches:
     def _arrived(self, queue: str, message: Any) -> None:
         properties = message.properties
         tag = message.delivery_info["delivery_tag"]
-        if not self.gathered:
+        if not self.gathered_count:
             self.first_arrival = time.monotonic()
         # An oversized body never travels on to a pool process: its dead letter needs only this.
         body = Oversized.of(message.body) or message.body
-        self.gathered.append(
+        self.gathered_count += 1
+        self.gathered[queue].append(
             (
                 tag,
                 (
@@ -79,22 +100,32 @@ class AmqpBatches:
         )
         self.gathered_bytes += _size(body)
         self.unsettled.append(tag)
-        if len(self.gathered) >= self.batch_messages and not self.resizing:
+        if self.gathered_count >= self.batch_messages and not self.resizing:
             self.on_full()
 
     def next_batch(self, messages: int, max_bytes: int) -> Taken | None:
-        """A full batch, or whatever was gathered once its first message has waited long enough."""
-        if not self.gathered:
+        """A full batch, or whatever was gathered once its first message has waited long enough:
+        QUANTUM messages from each queue in turn."""
+        if not self.gathered_count:
             return None
-        full = len(self.gathered) >= messages or self.gathered_bytes >= max_bytes
+        full = self.gathered_count >= messages or self.gathered_bytes >= max_bytes
         if not full and time.monotonic() - self.first_arrival < GATHER_SECONDS:
             return None
         tags, items, size = [], [], 0
-        while self.gathered and len(items) < messages and size < max_bytes:
-            tag, delivered = self.gathered.popleft()
-            tags.append(tag)
-            items.append(delivered)
-            size += _size(delivered[1])
+        queues = list(self.gathered.values())
+        self.turn = (self.turn + 1) % len(queues)
+        while len(items) < messages and size < max_bytes and len(items) < self.gathered_count:
+            for gathered in queues[self.turn :] + queues[: self.turn]:
+                for _ in range(min(QUANTUM, len(gathered))):
+                    if len(items) >= messages or size >= max_bytes:
+                        break
+                    tag, delivered = gathered.popleft()
+                    tags.append(tag)
+                    items.append(delivered)
+                    size += _size(delivered[1])
+            if not any(queues):
+                break
+        self.gathered_count -= len(items)
         self.gathered_bytes -= size
         self.first_arrival = time.monotonic()
         self._resize(size / len(items))
@@ -102,7 +133,7 @@ class AmqpBatches:
 
     def _window(self) -> int:
         """Every pool process's batch and the one being gathered, within WINDOW_BYTES."""
-        by_size = WINDOW_BYTES // (self.queues * max(1, int(self.average_bytes)))
+        by_size = WINDOW_BYTES // (self.windows * max(1, int(self.average_bytes)))
         return max(self.slots + 1, min(MAX_PREFETCH, self.batch_messages * (self.slots + 1), by_size))
 
     def _resize(self, batch_average_bytes: float) -> None:
@@ -140,6 +171,30 @@ class AmqpBatches:
     def close(self) -> None:
         with contextlib.suppress(Exception):  # the connection may be gone already
             self.channel.close()
+
+
+@dataclass(frozen=True)
+class LaneQueue:
+    """A shard or overflow queue, bound by its name to its ingestion queue's exchange."""
+
+    name: str
+    exchange: str
+    arguments: dict[str, object]
+
+    def declare(self, channel: Any) -> None:
+        """As Celery declares the ingestion queues (durable, direct exchange); idempotent."""
+        channel.exchange_declare(self.exchange, "direct", durable=True, auto_delete=False)
+        channel.queue_declare(self.name, durable=True, auto_delete=False, arguments=self.arguments)
+        channel.queue_bind(self.name, self.exchange, routing_key=self.name)
+
+
+def lane_declarations(queues: Sequence[str], queue_type: str) -> list[LaneQueue]:
+    """The shards and overflow queue of each of ``queues``."""
+    return [
+        LaneQueue(lane, exchange_of(queue), lane_queue_arguments(queue_type))
+        for queue in queues
+        for lane in lane_queues(queue)
+    ]
 
 
 def _size(body: bytes | Oversized) -> int:

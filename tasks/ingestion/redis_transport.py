@@ -22,6 +22,7 @@ import orjson
 import redis
 
 from tasks.ingestion.decoder import Oversized, Transported, invalid_message, refused, undecodable
+from userpath_client.contract import LANE_INFIX, READY_SUFFIX, ready_lanes
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.events.services import Refused
 
@@ -30,39 +31,90 @@ UNACKED, UNACKED_INDEX, TAG_COUNTER = "userpath.unacked", "userpath.unacked_inde
 # kombu's Redis transport keeps each priority in a list of its own (the contract says 0).
 _PRIORITY_SEPARATOR, _PRIORITIES = "\x06\x16", (3, 6, 9)
 RESTORE_AT_ONCE = 1000  # entries one restore call moves at most
+QUANTUM = 10  # messages a lane gives in its turn; a slow lane gives one
 
-# Moves up to ARGV[1] messages (and about ARGV[2] bytes) from the queue's lists into the
-# unacked hash and index, under tags "<number>|<queue>". Returns the tags: the pool process that
-# handles the batch reads the messages by them, so they never pass through the worker's main
-# process, nor through the pool's arguments, which Celery logs at DEBUG.
-_TAKE = """
+# Moves up to ARGV[1] messages (and about ARGV[2] bytes) from the queue's lanes into the unacked
+# hash and index, under tags "<number>|<queue>|<lane>" (a lane: any text a producer listed).
+# Returns the tags: the pool process that handles the batch reads the messages by them, so they
+# never pass through the worker's main process, nor through the pool's arguments, which Celery
+# logs at DEBUG.
+#
+# Fairness: the lanes listed in the ready set (KEYS[4]) are taken in turn, ARGV[5] messages from
+# the one at the front (1 from a slow lane, ARGV[6..]), which then goes to the back of the line,
+# or leaves it once empty; the queue's own lists (producers that know no lanes, KEYS[5..]) have a
+# turn between any two lanes'. So a message of a quiet key waits for one turn of each busy lane,
+# never behind a busy lane's backlog. Each round takes a message or retires a lane: it ends.
+_TAKE = (
+    """
+local limit, max_bytes, quantum = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
+local slow = {}
+for i = 6, #ARGV do slow[ARGV[i]] = true end
 local taken, size = {}, 0
-for i = 4, #KEYS do
-  while #taken < tonumber(ARGV[1]) and size < tonumber(ARGV[2]) do
-    local message = redis.call('RPOP', KEYS[i])
-    if not message then break end
-    local tag = redis.call('INCR', KEYS[3]) .. '|' .. ARGV[4]
+local function take(list, lane, count)
+  local got = 0
+  while got < count and #taken < limit and size < max_bytes do
+    local message = redis.call('RPOP', list)
+    if not message then return got, true end
+    local tag = redis.call('INCR', KEYS[3]) .. '|' .. ARGV[4] .. '|' .. lane
     redis.call('HSET', KEYS[1], tag, message)
     redis.call('ZADD', KEYS[2], ARGV[3], tag)
     taken[#taken + 1] = tag
     size = size + #message
+    got = got + 1
+  end
+  return got, false
+end
+while #taken < limit and size < max_bytes do
+  local moved = 0
+  for i = 5, #KEYS do
+    moved = moved + take(KEYS[i], '', quantum - moved)
+  end
+  local front = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+  if front then
+    local got, emptied = take(ARGV[4] .. '"""
+    + LANE_INFIX
+    + """' .. front, front, slow[front] and 1 or quantum)
+    moved = moved + got
+    if emptied then
+      redis.call('ZREM', KEYS[4], front)
+    else
+      local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
+      redis.call('ZADD', KEYS[4], tonumber(last[2]) + 1, front)
+    end
+  elseif moved == 0 then
+    break
   end
 end
 return taken
 """
-# Puts the messages of ``tags`` back at the consuming end of their queues, and forgets them.
-_PUT_BACK = """
-for _, tag in ipairs(tags) do
+)
+# Puts the messages of ``tags`` back at the consuming end of their lanes (listed again at the
+# front of the line) or queues, and forgets them. "<number>|<queue>": a tag of an earlier worker.
+_PUT_BACK = (
+    """
+for i = #tags, 1, -1 do
+  local tag = tags[i]
   local message = redis.call('HGET', KEYS[1], tag)
-  local queue = string.match(tag, '^%d+|(.+)$')
+  local queue, lane = string.match(tag, '^%d+|([^|]+)|(.*)$')
+  if not queue then queue = string.match(tag, '^%d+|(.+)$') end
   if message and queue then
-    redis.call('RPUSH', queue, message)
+    if lane and lane ~= '' then
+      redis.call('RPUSH', queue .. '"""
+    + LANE_INFIX
+    + """' .. lane, message)
+      redis.call('ZADD', queue .. '"""
+    + READY_SUFFIX
+    + """', 'NX', 0, lane)
+    else
+      redis.call('RPUSH', queue, message)
+    end
   end
   redis.call('HDEL', KEYS[1], tag)
   redis.call('ZREM', KEYS[2], tag)
 end
 return #tags
 """
+)
 _GIVE_BACK = "local tags = ARGV\n" + _PUT_BACK  # ARGV: the tags
 # ARGV: a time and a count: up to that many tags taken before that time (a dead worker's).
 _RESTORE = "local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])\n" + _PUT_BACK
@@ -81,17 +133,21 @@ class RedisBatches:
 
     name = NAME
 
-    def __init__(self, client: redis.Redis, queues: Sequence[str] = ()) -> None:
+    def __init__(self, client: redis.Redis, queues: Sequence[str] = (), lanes_only: bool = False) -> None:
         self.client, self.queues, self.next_queue = client, list(queues), 0
+        # True when Celery's own consumer takes the queues' own lists (USERPATH_INGEST_BATCH_MESSAGES=1)
+        self.lanes_only = lanes_only
+        self.slow_lanes: frozenset[str] = frozenset()  # the lanes of USERPATH_SLOW_KEYS, as learnt
         self._take = client.register_script(_TAKE)
         self._give_back = client.register_script(_GIVE_BACK)
         self._restore = client.register_script(_RESTORE)
 
     def take(self, queue: str, messages: int, max_bytes: int) -> Taken:
-        """Up to ``messages`` messages (and about ``max_bytes``), oldest first."""
-        lists = [queue] + [f"{queue}{_PRIORITY_SEPARATOR}{priority}" for priority in _PRIORITIES]
+        """Up to ``messages`` messages (and about ``max_bytes``): each lane's oldest first, the lanes in turn."""
+        lists = [] if self.lanes_only else [queue, *(f"{queue}{_PRIORITY_SEPARATOR}{p}" for p in _PRIORITIES)]
         tags = self._take(
-            keys=[UNACKED, UNACKED_INDEX, TAG_COUNTER, *lists], args=[messages, max_bytes, time.time(), queue]
+            keys=[UNACKED, UNACKED_INDEX, TAG_COUNTER, ready_lanes(queue), *lists],
+            args=[messages, max_bytes, time.time(), queue, QUANTUM, *self.slow_lanes],
         )
         return Taken(tags, tags)
 
@@ -128,7 +184,7 @@ def held(client: redis.Redis, tags: Sequence[bytes]) -> list[tuple[str, bytes]]:
     """In a pool process: the messages of ``tags`` as (queue, message). One that is no longer held
     (restored after the visibility timeout, and taken by another worker) is left out."""
     return [
-        (tag.decode().split("|", 1)[1], message)
+        (tag.decode().split("|", 2)[1], message)
         for tag, message in zip(tags, client.hmget(UNACKED, list(tags)), strict=True)
         if message is not None
     ]

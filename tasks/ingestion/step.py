@@ -32,7 +32,7 @@ from config.settings import get_settings
 from tasks.backoff import backoff_seconds
 from tasks.ingestion import amqp_transport, redis_transport
 from tasks.ingestion.job import DatabaseUnavailable, Handoff, ingest_batch, record_unprocessable
-from userpath_client.contract import INGESTION_QUEUES
+from userpath_client.contract import INGESTION_QUEUES, lane_queues
 from userpath_worker import metrics
 
 logger = logging.getLogger("userpath.worker")
@@ -85,11 +85,13 @@ class BatchedIngestion(bootsteps.StartStopStep):
         self.timers: list[Any] = []
 
     def include_if(self, c: Any) -> bool:
-        return (
-            transport_name(self.settings.broker_url) is not None
-            and self.settings.ingest_batch_messages > 1
-            and getattr(c, "hub", None) is not None
-        )
+        # Unbatched too: Celery's consumer then takes the queues themselves, a message a task, and
+        # the step only their lanes (which Celery knows nothing of), a message a batch.
+        return transport_name(self.settings.broker_url) is not None and getattr(c, "hub", None) is not None
+
+    @property
+    def lanes_only(self) -> bool:
+        return self.settings.ingest_batch_messages == 1
 
     @property
     def batch_messages(self) -> int:
@@ -100,17 +102,26 @@ class BatchedIngestion(bootsteps.StartStopStep):
         queues = [queue for queue in INGESTION_QUEUES if queue in consumed]
         if not queues:
             return
-        for queue in queues:
-            c.task_consumer.cancel_by_queue(queue)
+        if not self.lanes_only:
+            for queue in queues:
+                c.task_consumer.cancel_by_queue(queue)
+        name = transport_name(self.settings.broker_url)
         self._forget_dropped()
         self.pool, self.slots = c.pool, max(1, getattr(c.pool, "limit", None) or 1)
         self.time_limits = {"soft_timeout": c.app.conf.task_soft_time_limit, "timeout": c.app.conf.task_time_limit}
-        name = transport_name(self.settings.broker_url)
         if name == redis_transport.NAME:
-            self.transport = redis_transport.RedisBatches(redis.Redis.from_url(self.settings.broker_url), queues)
+            client = redis.Redis.from_url(self.settings.broker_url)
+            self.transport = redis_transport.RedisBatches(client, queues, self.lanes_only)
         else:
+            lanes = [lane for queue in queues for lane in lane_queues(queue)]
             self.transport = amqp_transport.AmqpBatches(
-                c.connection.connection, queues, self.batch_messages, self.slots, on_full=self.fill
+                c.connection.connection,
+                lanes if self.lanes_only else [*queues, *lanes],
+                self.batch_messages,
+                self.slots,
+                on_full=self.fill,
+                declare=amqp_transport.lane_declarations(queues, self.settings.queue_type),
+                windows=len(queues),
             )
         self.running = True
         self.timers = [c.hub.call_repeatedly(POLL_SECONDS, self.fill)]
@@ -119,7 +130,10 @@ class BatchedIngestion(bootsteps.StartStopStep):
             every = min(10, self.settings.visibility_timeout)
             self.timers.append(c.hub.call_repeatedly(every, self.restore))
         logger.info(
-            "batched ingestion on %s: up to %s messages a batch from %s", name, self.batch_messages, ", ".join(queues)
+            "batched ingestion on %s: up to %s messages a batch from %s, their lanes taken in turn",
+            name,
+            self.batch_messages,
+            ", ".join(queues),
         )
 
     def stop(self, c: Any) -> None:

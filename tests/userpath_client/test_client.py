@@ -25,12 +25,11 @@ import redis
 from celery import Celery
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from kombu import Connection, Queue
 from kombu.message import Message
 from pydantic import ValidationError
 
 from tests.common.brokers import CLIENT_REDIS_URL as REDIS_URL
-from tests.common.brokers import RABBITMQ_URL, read_messages
+from tests.common.brokers import RABBITMQ_URL, declare_ingestion_queues, read_messages
 from userpath_client import ClientClosed, InvalidEvent, InvalidKey, NotSent, QueueFull, UserPath
 from userpath_client.contract import (
     EVENTS_QUEUE,
@@ -40,6 +39,8 @@ from userpath_client.contract import (
     TRACK_TASK,
     WEBHOOK_TASK,
     WEBHOOKS_QUEUE,
+    lane_list,
+    lane_of,
 )
 from userpath_client.schemas import EnvelopeIn, EventIn, WebhookIn, canonical_json, has_nul
 from userpath_worker.keys import tokens
@@ -81,11 +82,7 @@ def batch_names(messages: list[Message]) -> list[str]:
 
 
 def purge(broker_url: str) -> None:
-    with Connection(broker_url) as connection:
-        channel = connection.channel()
-        for queue in CLIENT_QUEUES:
-            Queue(queue)(channel).declare()
-            channel.queue_purge(queue)
+    declare_ingestion_queues(broker_url, purge=True)
 
 
 # -- the message format ----------------------------------------------------------------------
@@ -394,7 +391,7 @@ def test_the_key_is_never_in_headers_or_logs(
         userpath.flush(timeout=10)
         assert api_key not in repr(userpath)
         for queue in CLIENT_QUEUES:
-            (raw,) = redis_db.lrange(queue, 0, -1)
+            (raw,) = redis_db.lrange(lane_list(queue, lane_of(api_key)), 0, -1)
             wrapper = json.loads(raw)
             assert api_key not in json.dumps(wrapper["headers"]) + json.dumps(wrapper["properties"])
             assert api_key in base64.b64decode(wrapper["body"]).decode()  # the body, and only it

@@ -236,5 +236,6 @@ def build(settings: Settings | None = None) -> EdgeApp:
         KeyAuthenticator(pepper, settings.auth_cache_seconds),
         Publishers(settings.broker_url, settings.edge_broker_timeout_seconds),
         rate_limiter(settings, sessions),
+        settings.slow_keys,
     )
     return EdgeApp(edge, ExposureService(settings, sessions.begin, pepper), settings.edge_threads)

@@ -47,6 +47,16 @@ def broker_unavailable() -> Answer:
     )
 
 
+def backlog_full() -> Answer:
+    return refusal(
+        503,
+        "backlog_full",
+        "the broker holds as many of this key's events as it takes: the worker is behind; nothing was kept: "
+        "send them again after Retry-After",
+        ("retry-after", str(RETRY_AFTER_SECONDS)),
+    )
+
+
 class Refused(Exception):
     """The request is answered with ``answer`` before anything is sent on."""
 

@@ -26,14 +26,15 @@ from userpath_client.contract import (
     MAX_ENVELOPE_BYTES,
     PROVIDER_PATTERN,
     WEBHOOKS_QUEUE,
+    lane_of,
 )
-from userpath_client.errors import InvalidEvent
+from userpath_client.errors import BacklogFull, InvalidEvent
 from userpath_client.publisher import Publisher
 from userpath_client.validation import webhook_json
 from userpath_client.wire import Encoder
 from userpath_worker.db import utcnow
 from userpath_worker.edge import segment
-from userpath_worker.edge.http import Answer, Refused, broker_unavailable, refusal, success, too_large
+from userpath_worker.edge.http import Answer, Refused, backlog_full, broker_unavailable, refusal, success, too_large
 from userpath_worker.edge.limits import RateLimiter
 from userpath_worker.events.models import Source
 from userpath_worker.keys import scopes
@@ -78,20 +79,24 @@ class Publishers:
         self._timeout = timeout
         self._local = threading.local()
 
-    def publish(self, queue: str, body: bytes, message: dict[str, Any]) -> None:
+    def publish(self, queue: str, encoder: Encoder, chunk: list[bytes], sent_at: str | None, slow: bool) -> None:
+        """``chunk`` of ``encoder``'s key as one message in its lane (``slow``: to the overflow queue)."""
         publisher = getattr(self._local, "publisher", None)
         if publisher is None:
             publisher = self._local.publisher = Publisher(self._broker_url, self._timeout)
+        body, message = encoder.message(queue, chunk, sent_at)
         reused = publisher.connected
         try:
-            publisher.publish(queue, body, message)
+            publisher.publish(queue, body, message, encoder.lane, len(chunk), slow)
+        except BacklogFull:
+            raise
         except Exception:
             if not reused:
                 raise
             # A connection idle in this thread may have died meanwhile (a broker restart, a
             # failover): once more on a new one before answering 503. A message RabbitMQ took
             # without its confirm arriving is then sent twice: its events are stored once.
-            publisher.publish(queue, body, message)
+            publisher.publish(queue, body, message, encoder.lane, len(chunk), slow)
 
 
 class Edge:
@@ -101,11 +106,14 @@ class Edge:
         authenticator: KeyAuthenticator,
         publishers: Publishers,
         limiter: RateLimiter,
+        slow_keys: frozenset[int] = frozenset(),
     ) -> None:
         self._sessions = sessions
         self._authenticator = authenticator
         self._publishers = publishers
         self._limiter = limiter
+        self._slow_keys = slow_keys
+        self._slow_lanes: set[str] = set()  # of the slow keys, as their requests show them
 
     def track(self, key: object, body: dict[str, Any], route_type: str | None) -> Answer:
         """One Segment call (``route_type`` its type) or a /v1/batch (None), decided and published."""
@@ -144,8 +152,9 @@ class Edge:
     def publish_events(self, key: str, events: list[bytes], sent_at: str | None) -> None:
         """``events`` of ``key`` in envelopes on the events queue; returns once the broker has them all."""
         encoder = Encoder(key)
+        slow = encoder.lane in self._slow_lanes
         for chunk in _envelopes(events, encoder.envelope_overhead):
-            self._publishers.publish(EVENTS_QUEUE, *encoder.message(EVENTS_QUEUE, chunk, sent_at))
+            self._publishers.publish(EVENTS_QUEUE, encoder, chunk, sent_at, slow)
 
     def webhook(self, key: object, provider: str, headers: Mapping[str, str], body: bytes) -> Answer:
         """A provider's delivery, as received, wrapped into one ``userpath.webhook`` message."""
@@ -164,7 +173,7 @@ class Edge:
             return refusal(400, "invalid_webhook", str(error))
         encoder = Encoder(key)
         try:
-            self._publishers.publish(WEBHOOKS_QUEUE, *encoder.message(WEBHOOKS_QUEUE, [data]))
+            self._publishers.publish(WEBHOOKS_QUEUE, encoder, [data], None, encoder.lane in self._slow_lanes)
         except Exception as error:  # the provider retries on anything but 2xx
             return unavailable(error)
         return success(limit_headers)
@@ -180,6 +189,8 @@ class Edge:
         if failure is not None:
             raise Refused(refusal(401, *_AUTH_ANSWERS[failure]))
         assert isinstance(found, KeyIdentity)
+        if found.key_id in self._slow_keys:
+            self._slow_lanes.add(lane_of(key))
         if not scopes.permits(found.scopes, source, provider):
             what = f"{provider} webhooks" if source == Source.WEBHOOK else "track calls"
             raise Refused(
@@ -236,6 +247,9 @@ def _envelopes(events: list[bytes], overhead: int) -> list[list[bytes]]:
 
 
 def unavailable(error: Exception) -> Answer:
+    if isinstance(error, BacklogFull):
+        logger.warning("a key's lane is full (%s); answered 503", error)
+        return backlog_full()
     logger.warning("the broker did not take a request's messages (%s: %s); answered 503", type(error).__name__, error)
     return broker_unavailable()
 

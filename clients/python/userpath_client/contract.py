@@ -7,6 +7,7 @@ but the standard library, so it costs a producer nothing to install.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import string
@@ -33,10 +34,12 @@ KEY_VARIABLE = "USERPATH_KEY"
 BROKER_URL_VARIABLE = "USERPATH_BROKER_URL"
 
 # How a message is published, as JSON in UTF-8 (the worker refuses every other content type):
-# on Redis, pushed onto the list named as the queue (kombu's default exchange, ""); on RabbitMQ,
-# to the queue's own direct exchange, named as the queue and declared by the worker, with the
-# queue's name as routing key. Those three exchanges are all a producer user may write to: the
-# default exchange reaches every queue by name, the worker's remote control included.
+# into its key's lane (below); on Redis pushed onto the lane's list (or, by a producer that knows
+# no lanes, onto the list named as the queue: kombu's default exchange, ""); on RabbitMQ, to the
+# queue's own direct exchange, named as the queue and declared by the worker, with the lane's
+# shard queue (or the queue's own name) as routing key. Those three exchanges are all a producer
+# user may write to: the default exchange reaches every queue by name, the worker's remote
+# control included. On the embedded broker, to the queue by its name.
 DEFAULT_EXCHANGE = ""
 CONTENT_TYPE = "application/json"
 CONTENT_ENCODING = "utf-8"
@@ -50,6 +53,61 @@ def exchange_of(queue: str) -> str:
 def queue_arguments(queue_type: QueueType | str) -> dict[str, str] | None:
     """RabbitMQ's arguments of an ingestion queue, as the worker declares it."""
     return {"x-queue-type": "quorum"} if queue_type == "quorum" else None
+
+
+# -- lanes: one key's flood must not delay the others (docs/contract.md, "Lanes") ---------------
+# Every key has a lane, named by a hash of the key (never the key): a producer publishes its
+# messages into its lane, and the worker takes the lanes in turn, a few messages from each.
+# On Redis a lane is a list of its own, listed in its queue's ready set while it holds messages;
+# on RabbitMQ lanes are hashed onto LANE_SHARDS shard queues, and a lane that sends faster than
+# LANE_RATE_EVENTS (after a burst of LANE_BURST_EVENTS) goes to the queue's overflow shard, which
+# the worker takes in turn with the others ("ingested, slower"). Messages on the queue itself (a
+# producer that knows no lanes) are one more lane, taken in turn too.
+
+LANE_SHARDS = 8
+LANE_RATE_EVENTS = 1000  # RabbitMQ: a lane's events a second before it overflows
+LANE_BURST_EVENTS = 5000
+# The most messages a lane (Redis) or a shard queue (RabbitMQ) holds: past it a publish is
+# refused (the client keeps the events and retries, the edge answers 503), so a flood cannot fill
+# the broker's memory. 20,000 envelopes of 100 events are two million events.
+MAX_LANE_MESSAGES = 20_000
+LANE_INFIX = ".lane."
+READY_SUFFIX = ".lanes"
+
+
+def lane_of(key: str) -> str:
+    """The lane of ``key``: 16 hex digits of a hash that names the key without revealing it."""
+    return hashlib.sha256(b"userpath-lane\0" + key.encode()).hexdigest()[:16]
+
+
+def lane_list(queue: str, lane: str) -> str:
+    """Redis: the list that holds ``lane``'s messages for ``queue``."""
+    return f"{queue}{LANE_INFIX}{lane}"
+
+
+def ready_lanes(queue: str) -> str:
+    """Redis: the sorted set of ``queue``'s lanes that hold messages, in the order they are taken."""
+    return f"{queue}{READY_SUFFIX}"
+
+
+def shard_queue(queue: str, lane: str) -> str:
+    """RabbitMQ: the shard queue of ``lane`` (its routing key on ``exchange_of(queue)``)."""
+    return f"{queue}.shard.{int(lane[:8], 16) % LANE_SHARDS}"
+
+
+def overflow_queue(queue: str) -> str:
+    """RabbitMQ: where a lane past its rate goes, on ``exchange_of(queue)``."""
+    return f"{queue}.overflow"
+
+
+def lane_queues(queue: str) -> tuple[str, ...]:
+    """RabbitMQ: the queues the worker declares and consumes beside ``queue``."""
+    return (*(f"{queue}.shard.{shard}" for shard in range(LANE_SHARDS)), overflow_queue(queue))
+
+
+def lane_queue_arguments(queue_type: QueueType | str) -> dict[str, object]:
+    """RabbitMQ's arguments of a shard or overflow queue: bounded, refusing what is past the bound."""
+    return {**(queue_arguments(queue_type) or {}), "x-max-length": MAX_LANE_MESSAGES, "x-overflow": "reject-publish"}
 
 
 # -- limits -----------------------------------------------------------------------------------

@@ -29,3 +29,8 @@ class NotSent(UserPathError):
 
 class ClientClosed(UserPathError):
     """The client was closed; create a new one to send more."""
+
+
+class BacklogFull(UserPathError):
+    """The broker already holds as many messages of this key as it takes (the contract's
+    ``MAX_LANE_MESSAGES``): the worker is behind. Nothing was published; send again later."""

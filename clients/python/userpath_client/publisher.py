@@ -1,22 +1,79 @@
 """The one rule for putting a contract message on the broker, shared by the client's sender thread
 and the worker's HTTP edge (``userpath_worker.edge``).
 
-On Redis a message is pushed onto the list named as its queue (kombu's default exchange); on
-RabbitMQ it goes to the queue's own exchange, with publisher confirms, once a passive declare has
-shown that the worker made the queue. Nothing is ever declared, so a producer user that may only
-publish is enough. ``publish`` returns only once the broker has the message (Redis' reply to
-LPUSH, RabbitMQ's confirm) and raises on any failure; the caller decides whether to retry.
+A message goes into its key's lane (contract, "lanes"). On Redis one script checks the lane's
+length against the ceiling, pushes the message in kombu's Redis form onto the lane's list and lists
+the lane in its queue's ready set, atomically. On RabbitMQ it goes to the queue's own exchange with
+the lane's shard queue (or, past the lane's rate, the overflow queue) as routing key, with
+publisher confirms, once a passive declare has shown that the worker made that queue; a shard at its
+``x-max-length`` nacks it. Nothing is ever declared, so a producer user that may only publish is
+enough. ``publish`` returns only once the broker has the message and raises on any failure
+(``BacklogFull`` when the lane is full); the caller decides whether to retry.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
+import time
 from typing import Any
 
+import redis
+from amqp.exceptions import MessageNacked
 from kombu import Connection, Producer
 
-from userpath_client.contract import DEFAULT_EXCHANGE, exchange_of
-from userpath_client.wire import transport_options
+from userpath_client.contract import (
+    DEFAULT_EXCHANGE,
+    LANE_BURST_EVENTS,
+    LANE_RATE_EVENTS,
+    MAX_LANE_MESSAGES,
+    exchange_of,
+    lane_list,
+    overflow_queue,
+    ready_lanes,
+    shard_queue,
+)
+from userpath_client.errors import BacklogFull
+from userpath_client.wire import redis_document, transport_options
+
+# KEYS: the lane's list, the queue's ready set. ARGV: the message, the ceiling, the lane.
+# A lane that joins the ready set joins at its front (score 0): a quiet key's message is taken next.
+_PUSH = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return 0 end
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[3])
+return 1
+"""
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+class LaneRates:
+    """RabbitMQ: a token bucket per lane, shared by a process's publishers, that tells which lanes
+    send past ``LANE_RATE_EVENTS`` (after a burst) and go to the overflow queue."""
+
+    MAX_LANES = 100_000  # forgotten all at once past this: a full bucket each, which is generous
+
+    def __init__(self, rate: float = LANE_RATE_EVENTS, burst: float = LANE_BURST_EVENTS) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}  # lane -> (tokens, when)
+        self._lock = threading.Lock()
+
+    def overflows(self, lane: str, events: int) -> bool:
+        """Take ``events`` tokens from ``lane``'s bucket; True when it had too few."""
+        now = time.monotonic()
+        with self._lock:
+            if len(self._buckets) >= self.MAX_LANES:
+                self._buckets.clear()
+            tokens, then = self._buckets.get(lane, (self.burst, now))
+            tokens = min(self.burst, tokens + (now - then) * self.rate)
+            if tokens < events:
+                self._buckets[lane] = (tokens, now)
+                return True
+            self._buckets[lane] = (tokens - events, now)
+            return False
+
+
+LANE_RATES = LaneRates()
 
 
 class Publisher:
@@ -28,42 +85,83 @@ class Publisher:
     def __init__(self, broker_url: str, timeout: float) -> None:
         self._broker_url = broker_url
         self._timeout = timeout
+        self._redis: redis.Redis | None = None
+        self._push: Any = None
         self._connection: Connection | None = None
         self._producer: Producer | None = None
-        self._amqp = False  # RabbitMQ: publish to the queue's exchange, once it is known to exist
+        self._amqp = False
         self._queues_found: set[str] = set()  # on this connection
 
     @property
     def connected(self) -> bool:
         """Whether a connection made earlier will be used (it may have died since)."""
-        return self._producer is not None
+        return self._producer is not None or self._redis is not None
 
-    def publish(self, queue: str, body: bytes, message: dict[str, Any]) -> None:
-        """Publish ``body`` with ``message`` (``wire.Encoder.message``'s headers and properties)."""
+    def publish(
+        self, queue: str, body: bytes, message: dict[str, Any], lane: str, events: int = 1, overflow: bool = False
+    ) -> None:
+        """Publish ``body`` with ``message`` (``wire.Encoder.message``'s headers and properties) into
+        ``lane``. ``events``: how many it carries (RabbitMQ's lane rate counts events); ``overflow``:
+        send it to the overflow queue whatever the lane's rate (an operator's slow key)."""
         try:
+            if self._broker_url.startswith(_REDIS_SCHEMES):
+                self._publish_redis(queue, body, message, lane)
+                return
             producer = self._ensure_producer()
-            if self._amqp and queue not in self._queues_found:
-                # Never declared, so that a producer user needs no permission but to write to the
-                # queue's exchange: a passive declare (which needs none) fails while no worker has
-                # made the queue, and the message is refused here instead of dropped unroutable.
-                producer.channel.queue_declare(queue=queue, passive=True)
-                self._queues_found.add(queue)
-            producer.publish(
-                body,
-                exchange=exchange_of(queue) if self._amqp else DEFAULT_EXCHANGE,
-                routing_key=queue,
-                retry=False,  # callers retry (or answer) themselves
-                **message,
-            )
+            if not self._amqp:  # the embedded broker: one queue, taken by Celery's own consumer
+                producer.publish(body, exchange=DEFAULT_EXCHANGE, routing_key=queue, retry=False, **message)
+                return
+            overflow = overflow or LANE_RATES.overflows(lane, events)
+            target = overflow_queue(queue) if overflow else shard_queue(queue, lane)
+            self._publish_amqp(producer, queue, body, message, target)
         except BaseException:
             self.close()  # a connection that failed once is not trusted again
             raise
+
+    def _publish_redis(self, queue: str, body: bytes, message: dict[str, Any], lane: str) -> None:
+        if self._redis is None:
+            self._redis = redis.Redis.from_url(
+                self._broker_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
+            )
+            self._push = self._redis.register_script(_PUSH)
+        target = lane_list(queue, lane)
+        document = redis_document(body, message, queue)
+        if not self._push(keys=[target, ready_lanes(queue)], args=[document, MAX_LANE_MESSAGES, lane]):
+            raise BacklogFull(
+                f"the broker holds {MAX_LANE_MESSAGES} messages of this key on {queue} already; the worker is "
+                "behind: send again later"
+            )
+
+    def _publish_amqp(self, producer: Producer, queue: str, body: bytes, message: dict[str, Any], target: str) -> None:
+        if target not in self._queues_found:
+            # Never declared, so that a producer user needs no permission but to write to the
+            # queue's exchange: a passive declare (which needs none) fails while no worker has
+            # made the queue, and the message is refused here instead of dropped unroutable.
+            producer.channel.queue_declare(queue=target, passive=True)
+            self._queues_found.add(target)
+        try:
+            producer.publish(
+                body,
+                exchange=exchange_of(queue),
+                routing_key=target,
+                retry=False,  # callers retry (or answer) themselves
+                **message,
+            )
+        except MessageNacked:
+            # The shard is at its x-max-length (reject-publish): the worker is behind.
+            raise BacklogFull(
+                f"the broker holds {MAX_LANE_MESSAGES} messages on {target} already; the worker is behind: "
+                "send again later"
+            ) from None
 
     def close(self) -> None:
         if self._connection is not None:
             with contextlib.suppress(Exception):
                 self._connection.close()
-        self._connection = self._producer = None
+        if self._redis is not None:
+            with contextlib.suppress(Exception):
+                self._redis.close()
+        self._connection = self._producer = self._redis = self._push = None
 
     def _ensure_producer(self) -> Producer:
         if self._producer is None:

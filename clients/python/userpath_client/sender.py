@@ -203,7 +203,7 @@ class Sender:
 
     def _publish(self, queue: str, chunk: list[bytes]) -> None:
         body, message = self._encoder.message(queue, chunk)
-        self._publisher.publish(queue, body, message)
+        self._publisher.publish(queue, body, message, self._encoder.lane, len(chunk))
 
 
 def _backoff(failures: int) -> float:

@@ -6,6 +6,7 @@ assembles them into messages, so a message costs a join and a few small strings.
 
 from __future__ import annotations
 
+import base64
 import os
 import socket
 import time
@@ -19,8 +20,12 @@ from userpath_client.contract import (
     WEBHOOK_TASK,
     WEBHOOKS_QUEUE,
     key_display_form,
+    lane_of,
 )
 from userpath_client.schemas import canonical_json
+
+# kombu's Redis transport stores each priority in a list of its own; the contract says 0.
+_PRIORITY = 0
 
 # The third element of every protocol-2 body: no workflow, this is a plain task call.
 EMBED = canonical_json({"callbacks": None, "errbacks": None, "chain": None, "chord": None})
@@ -32,6 +37,7 @@ class Encoder:
     def __init__(self, api_key: str) -> None:
         self._key_json = canonical_json(api_key)
         self._key_display = key_display_form(api_key)  # the only form of the key headers may show
+        self.lane = lane_of(api_key)
         # Envelope bytes other than its events; each event then costs its size plus a comma.
         self.envelope_overhead = len(self.envelope_body([], now_iso()))
 
@@ -103,6 +109,29 @@ def task_headers(task: str, task_id: str, argsrepr: str) -> dict[str, Any]:
         "stamped_headers": None,
         "stamps": {},
     }
+
+
+def redis_document(body: bytes, message: dict[str, Any], queue: str) -> bytes:
+    """The list item kombu's Redis transport would push for ``body`` and ``message`` (as
+    ``Encoder.message`` makes them) onto ``queue`` (docs/contract.md, "(a) Redis")."""
+    properties = {
+        "correlation_id": message["correlation_id"],
+        "reply_to": message["reply_to"],
+        "delivery_mode": message["delivery_mode"],
+        "delivery_info": {"exchange": "", "routing_key": queue},
+        "priority": _PRIORITY,
+        "body_encoding": "base64",
+        "delivery_tag": new_event_id(),
+    }
+    return canonical_json(
+        {
+            "body": base64.b64encode(body).decode("ascii"),
+            "content-encoding": message["content_encoding"],
+            "content-type": message["content_type"],
+            "headers": message["headers"],
+            "properties": properties,
+        }
+    )
 
 
 def transport_options(scheme: str, timeout: float) -> dict[str, Any]:

@@ -201,7 +201,7 @@ def gathered(connection: amqp.Connection, batches: AmqpBatches, count: int) -> N
     def arrived() -> bool:
         with contextlib.suppress(TimeoutError):
             connection.drain_events(timeout=0.2)
-        return len(batches.gathered) == count
+        return batches.gathered_count == count
 
     wait_for(arrived, 10, f"{count} deliveries")
 
