@@ -40,7 +40,7 @@ from tests.common.workers import (
     worker_environment,
 )
 from userpath_client import UserPath
-from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE
+from userpath_client.contract import EVENTS_QUEUE, JOBS_QUEUE, WEBHOOKS_QUEUE, lane_list, ready_lanes
 
 pytestmark = pytest.mark.slow
 
@@ -130,22 +130,35 @@ def test_a_redis_producer_user_only_pushes_onto_the_ingestion_queues(
     assert redis_producer["notes"][-1] == f"connected as {redis_producer['name']}"
     admin = redis.Redis.from_url(FAULTS_REDIS_URL)
     admin.lpush(EVENTS_QUEUE, b"another tenant's message")
+    lane = lane_list(EVENTS_QUEUE, "0123456789abcdef")  # another tenant's lane
+    admin.lpush(lane, b"another tenant's message")
+    admin.zadd(ready_lanes(EVENTS_QUEUE), {"0123456789abcdef": 0})
     producer = redis.Redis.from_url(producer_url)
     for action in (
         lambda: producer.lrange(EVENTS_QUEUE, 0, -1),
         lambda: producer.get(EVENTS_QUEUE),
         lambda: producer.lrem(EVENTS_QUEUE, 0, b"another tenant's message"),
         lambda: producer.rpop(EVENTS_QUEUE),
-        lambda: producer.llen(EVENTS_QUEUE),
         lambda: producer.publish(f"/{producer.connection_pool.connection_kwargs['db']}.celery.pidbox", b"{}"),
         lambda: producer.keys("*"),
         lambda: producer.smembers(f"_kombu.binding.{EVENTS_QUEUE}"),
         lambda: producer.lpush("userpath.maintenance", b"{}"),
         lambda: producer.delete(EVENTS_QUEUE),
+        lambda: producer.lrange(lane, 0, -1),
+        lambda: producer.rpop(lane),
+        lambda: producer.lrem(lane, 0, b"another tenant's message"),
+        lambda: producer.zrange(ready_lanes(EVENTS_QUEUE), 0, -1),
+        lambda: producer.zrem(ready_lanes(EVENTS_QUEUE), "0123456789abcdef"),
+        lambda: producer.eval("return redis.call('LRANGE', KEYS[1], 0, -1)", 1, lane),  # scripts obey the ACL
+        lambda: producer.eval("return redis.call('LPOP', KEYS[1])", 1, lane),
     ):
-        assert "NoPermissionError" in refused(action)
+        refusal = refused(action)
+        assert "permission" in refusal.lower() or "can't run this command" in refusal, refusal
+    # A length is all it may read (the publishing script checks a lane's against the ceiling).
+    assert producer.llen(EVENTS_QUEUE) == 1 and producer.llen(lane) == 1
     assert admin.lrange(EVENTS_QUEUE, 0, -1) == [b"another tenant's message"]  # nothing taken or removed
-    admin.delete(EVENTS_QUEUE)
+    assert admin.lrange(lane, 0, -1) == [b"another tenant's message"]
+    admin.delete(EVENTS_QUEUE, lane, ready_lanes(EVENTS_QUEUE))
 
     log = tmp_path / "worker.log"
     with running_worker(worker_environment(database_url, FAULTS_REDIS_URL), log, f"--hostname={NODE}") as worker:

@@ -2,8 +2,8 @@
 the ingestion queues and can do nothing else (no reading, purging or deleting a queue, no
 pub/sub, none of the worker's remote control).
 
-On Redis an ACL user that may run ``LPUSH`` on the three queue keys only, write-only (``%W~``),
-and ``PING`` and ``SELECT`` (which the clients send on connecting: kombu pings, a URL's database is
+On Redis an ACL user that may run ``LPUSH`` on the three queue keys and their lanes only, with
+no reading command but ``LLEN``, ``ZADD`` on their ready sets, the publishing script, and ``PING`` and ``SELECT`` (which the clients send on connecting: kombu pings, a URL's database is
 selected); ``HELLO``, ``AUTH`` and ``QUIT`` need no permission. On RabbitMQ a user with no
 configure and no read permission that may write to the three ingestion queues' own exchanges
 (``userpath_client.contract.exchange_of``): not to the default exchange, which reaches every queue
@@ -28,15 +28,33 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import redis
 from kombu import Connection
 
-from userpath_client.contract import INGESTION_QUEUES, exchange_of
+from userpath_client.contract import INGESTION_QUEUES, exchange_of, lane_list, ready_lanes
 from userpath_worker.errors import Conflict, UserError
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 NAME_RULE = "1 to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
 
-# What a Redis producer may do: nothing but push onto the ingestion queues, which it cannot read.
-REDIS_RULES = ("resetkeys", "resetchannels", "-@all", "+lpush", "+ping", "+select") + tuple(
-    f"%W~{queue}" for queue in INGESTION_QUEUES
+# What a Redis producer may do: nothing but push onto the ingestion queues and their lanes and list
+# a lane in its queue's ready set. The publishing script (EVAL/EVALSHA) runs under the same rules;
+# its keys must be readable (%RW), but LLEN, a length, is the only reading command the user has.
+# MULTI/EXEC let producers without the script push and list atomically (docs/contract.md, "Lanes").
+REDIS_RULES = (
+    "resetkeys",
+    "resetchannels",
+    "-@all",
+    "+lpush",
+    "+llen",
+    "+zadd",
+    "+eval",
+    "+evalsha",
+    "+multi",
+    "+exec",
+    "+ping",
+    "+select",
+) + tuple(
+    pattern
+    for queue in INGESTION_QUEUES
+    for pattern in (f"%W~{queue}", f"%RW~{lane_list(queue, '*')}", f"%RW~{ready_lanes(queue)}")
 )
 # RabbitMQ's configure, write and read patterns: write to the ingestion queues' exchanges only.
 RABBITMQ_PERMISSIONS = ("^$", "^(" + "|".join(re.escape(exchange_of(q)) for q in INGESTION_QUEUES) + ")$", "^$")

@@ -21,8 +21,10 @@ def test_redis_gets_an_acl_user_that_may_only_push_onto_the_three_queues(monkeyp
     password = user["password"]
     digest = hashlib.sha256(password.encode()).hexdigest()
     rules = (
-        f"on #{digest} resetkeys resetchannels -@all +lpush +ping +select "
-        "%W~userpath.events %W~userpath.jobs %W~userpath.webhooks"
+        f"on #{digest} resetkeys resetchannels -@all +lpush +llen +zadd +eval +evalsha +multi +exec +ping +select "
+        "%W~userpath.events %RW~userpath.events.lane.* %RW~userpath.events.lanes "
+        "%W~userpath.jobs %RW~userpath.jobs.lane.* %RW~userpath.jobs.lanes "
+        "%W~userpath.webhooks %RW~userpath.webhooks.lane.* %RW~userpath.webhooks.lanes"
     )
     assert user["commands"] == [f"ACL SETUSER svc-billing reset {rules}"]
     assert user["acl_file_line"] == f"user svc-billing {rules}"
