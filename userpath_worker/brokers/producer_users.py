@@ -3,7 +3,8 @@ the ingestion queues and can do nothing else (no reading, purging or deleting a 
 pub/sub, none of the worker's remote control).
 
 On Redis an ACL user that may run ``LPUSH`` on the three queue keys and their lanes only, with
-no reading command but ``LLEN``, ``ZADD`` on their ready sets, the publishing script, and ``PING`` and ``SELECT`` (which the clients send on connecting: kombu pings, a URL's database is
+no reading command but ``LLEN``, ``ZADD`` on their ready sets, the publishing script, and
+``PING`` and ``SELECT`` (which the clients send on connecting: kombu pings, a URL's database is
 selected); ``HELLO``, ``AUTH`` and ``QUIT`` need no permission. On RabbitMQ a user with no
 configure and no read permission that may write to the three ingestion queues' own exchanges
 (``userpath_client.contract.exchange_of``): not to the default exchange, which reaches every queue
