@@ -71,7 +71,11 @@ def _prepare(**_: Any) -> None:
     runtime.engine().dispose()  # the pool children open their own connections
     if settings.metrics_port:
         try:
-            metrics.serve(settings.metrics_port, lambda: status.queue_depths(settings.broker_url))
+            metrics.serve(
+                settings.metrics_port,
+                lambda: status.queue_depths(settings.broker_url),
+                lambda: status.organization_backlog(settings.broker_url),
+            )
         except OSError as error:
             logger.error("metrics are off: port %s is not free (%s)", settings.metrics_port, error.strerror)
 

@@ -430,6 +430,7 @@ def test_the_compose_redis_starts_with_the_worker_and_producer_users_and_no_defa
         assert worker.lpush("userpath.events", b"m") == 1 and worker.lrange("userpath.events", 0, -1) == [b"m"]
         producer = redis.Redis(unix_socket_path=str(socket), username="producer", password="producer-pw")
         assert producer.lpush("userpath.jobs", b"j") == 1
+        assert " ".join(producer_users.REDIS_RULES) in REDIS_START.read_text()  # `broker producer-user`'s
         for refused in (lambda: producer.lrange("userpath.events", 0, -1), lambda: producer.publish("c", b"x")):
             with pytest.raises(redis.exceptions.NoPermissionError):
                 refused()

@@ -49,6 +49,25 @@ DEFAULT_PARTITION_ROWS = Gauge(
     multiprocess_mode="mostrecent",
 )
 
+# Fairness (contract "lanes"), by organization: what the workers drained, how long messages
+# waited on the broker (from the envelope's sent_at, the producer's clock), and what was taken
+# from lanes an operator forced slow (USERPATH_SLOW_KEYS). The backlog per organization is read
+# from the broker at scrape time (Redis: userpath_org_backlog_messages).
+ORG_EVENTS_DRAINED = Counter(
+    "userpath_org_events_drained",
+    "Events taken off the queues and stored (or stored already), by organization.",
+    ["org_id"],
+)
+ORG_TIME_IN_QUEUE = Histogram(
+    "userpath_org_time_in_queue_seconds",
+    "From a message's sent_at to its storage, by organization.",
+    ["org_id"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+SLOW_LANE_MESSAGES = Counter(
+    "userpath_slow_lane_messages", "Messages taken from a lane forced slow (USERPATH_SLOW_KEYS), by key.", ["key_id"]
+)
+
 # The edge's 429s, by organization (its id: organizations are few, so the labels stay few).
 EDGE_RATE_LIMITED = Counter(
     "userpath_edge_rate_limited", "Requests the edge refused with 429: over the organization's rate.", ["org_id"]
@@ -71,27 +90,41 @@ def count_outcome(outcome: dict[str, Any]) -> None:
         AUTH_CACHE.labels(result).inc(outcome.get(f"auth_{result}", 0))
 
 
-class QueueDepthCollector(Collector):
-    """Reads the queue depths from the broker at scrape time."""
+class BrokerCollector(Collector):
+    """Reads a gauge's values (label -> value) from the broker at scrape time."""
 
-    def __init__(self, read_depths: Callable[[], dict[str, int]]) -> None:
-        self.read_depths = read_depths
+    def __init__(self, name: str, documentation: str, label: str, read: Callable[[], dict[Any, int]]) -> None:
+        self.name, self.documentation, self.label, self.read = name, documentation, label, read
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        gauge = GaugeMetricFamily("userpath_queue_depth", "Messages waiting in a queue.", labels=["queue"])
+        gauge = GaugeMetricFamily(self.name, self.documentation, labels=[self.label])
         try:
-            depths = self.read_depths()
+            values = self.read()
         except Exception:  # noqa: BLE001 - a scrape must not fail because the broker is away
-            depths = {}
-        for queue, depth in depths.items():
-            gauge.add_metric([queue], depth)
+            values = {}
+        for label, value in values.items():
+            gauge.add_metric([str(label)], value)
         yield gauge
 
 
-def serve(port: int, read_depths: Callable[[], dict[str, int]] | None = None) -> None:
-    """Serve the sum of every process's metrics (and the queue depths, if given) on ``port``."""
+def serve(
+    port: int,
+    read_depths: Callable[[], dict[str, int]] | None = None,
+    read_backlog: Callable[[], dict[Any, int]] | None = None,
+) -> None:
+    """Serve the sum of every process's metrics (and the queue depths and backlog per
+    organization, if given) on ``port``."""
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
     if read_depths is not None:
-        registry.register(QueueDepthCollector(read_depths))
+        registry.register(BrokerCollector("userpath_queue_depth", "Messages waiting in a queue.", "queue", read_depths))
+    if read_backlog is not None:
+        registry.register(
+            BrokerCollector(
+                "userpath_org_backlog_messages",
+                "Messages waiting in an organization's lanes (org_id None: lanes not stored from yet).",
+                "org_id",
+                read_backlog,
+            )
+        )
     start_http_server(port, addr="0.0.0.0", registry=registry)

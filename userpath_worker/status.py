@@ -3,12 +3,16 @@ did rotation run, is a worker alive."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import redis
+from amqp.exceptions import ChannelError
 from celery import Celery
 from kombu import Connection, Queue
 from kombu.utils.url import maybe_sanitize_url
@@ -17,10 +21,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from config.celery import QUEUES
+from userpath_client.contract import INGESTION_QUEUES, lane_queues
 from userpath_worker.db import utcnow
 from userpath_worker.deadletter.models import DeadLetter
+from userpath_worker.events import lanes
 from userpath_worker.events.models import Event
 from userpath_worker.keys.models import ApiKey
+from userpath_worker.organizations.models import Organization
 from userpath_worker.rotation.models import Reminder, RotationPass
 
 
@@ -29,6 +36,9 @@ class Status:
     database: str  # the URLs in use, passwords masked
     broker: str
     queues: dict[str, int]
+    # Redis: the organizations with the most messages waiting (org_id None: a lane no worker has
+    # stored from yet); None on brokers that cannot tell.
+    heaviest_organizations: list[dict[str, Any]] | None
     workers: list[str] | None  # None: the broker cannot broadcast (the embedded one)
     # Node names that more than one worker answered a ping as, and how many did.
     shared_node_names: dict[str, int]
@@ -71,15 +81,63 @@ def last_heartbeat(broker_url: str) -> dt.datetime | None:
 
 
 def queue_depths(broker_url: str, timeout: float = 5.0) -> dict[str, int]:
-    """Messages waiting in each of our queues.
+    """Messages waiting in each of our queues, their lanes (contract "lanes") included.
 
     The queues are declared as the worker declares them (idempotent), so a queue that a
-    non-Python producer filled before any worker started is counted too.
+    non-Python producer filled before any worker started is counted too. A lane queue that no
+    worker has made yet holds nothing.
     """
     with Connection(broker_url, connect_timeout=timeout) as connection:
         connection.ensure_connection(max_retries=1)
         channel = connection.default_channel
-        return {name: Queue(name)(channel).queue_declare().message_count for name in QUEUES}
+        depths = {name: Queue(name)(channel).queue_declare().message_count for name in QUEUES}
+        if connection.transport.driver_type == "amqp":
+            for queue in INGESTION_QUEUES:
+                for lane in lane_queues(queue):
+                    with contextlib.suppress(ChannelError):
+                        depths[queue] += connection.channel().queue_declare(lane, passive=True).message_count
+        elif broker_url.startswith("redis"):
+            with _redis(broker_url, timeout) as client:
+                for queue, _, waiting in lanes.waiting_in_lanes(client):
+                    depths[queue] += waiting
+        return depths
+
+
+@contextlib.contextmanager
+def _redis(broker_url: str, timeout: float) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(broker_url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def organization_backlog(broker_url: str, timeout: float = 5.0) -> dict[int | None, int]:
+    """Redis: messages waiting in each organization's lanes (empty on other brokers)."""
+    if not broker_url.startswith("redis"):
+        return {}
+    with _redis(broker_url, timeout) as client:
+        return dict(lanes.backlog_by_organization(client, lanes.waiting_in_lanes(client)))
+
+
+def heaviest_organizations(
+    session: Session, broker_url: str, top: int = 5, timeout: float = 5.0
+) -> list[dict[str, Any]] | None:
+    """Redis: the organizations with the most messages waiting in their lanes (None on other
+    brokers, which cannot say whose messages a queue holds: see the per-organization metrics)."""
+    if not broker_url.startswith("redis"):
+        return None
+    backlog = Counter(organization_backlog(broker_url, timeout))
+    heaviest = [(org_id, waiting) for org_id, waiting in backlog.most_common(top) if waiting]
+    names = dict(
+        session.execute(
+            select(Organization.id, Organization.name).where(Organization.id.in_([o for o, _ in heaviest if o]))
+        ).tuples()
+    )
+    return [
+        {"org_id": org_id, "organization": names.get(org_id) if org_id else None, "messages_waiting": waiting}
+        for org_id, waiting in heaviest
+    ]
 
 
 def ping_workers(broker_url: str, timeout: float) -> list[str]:
@@ -111,6 +169,7 @@ def collect(session: Session, database_url: str, broker_url: str, ping_timeout: 
         database=make_url(database_url).render_as_string(hide_password=True),
         broker=maybe_sanitize_url(broker_url),
         queues=queue_depths(broker_url),
+        heaviest_organizations=heaviest_organizations(session, broker_url),
         workers=workers,
         shared_node_names={name: count for name, count in Counter(workers or []).items() if count > 1},
         last_event_received_at=(

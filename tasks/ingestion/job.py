@@ -22,11 +22,13 @@ import redis
 from config.settings import get_settings
 from tasks.ingestion import amqp_transport, redis_transport
 from tasks.ingestion.decoder import Transported, decode, refused
+from userpath_client.contract import lane_of
 from userpath_worker import metrics, runtime
 from userpath_worker.db import is_transient
 from userpath_worker.deadletter.models import Reason
 from userpath_worker.deadletter.reporting import REPORTER
 from userpath_worker.deadletter.services import Rejection
+from userpath_worker.events import lanes
 from userpath_worker.events.services import Incoming, Ingestor, IngestOutcome, Refused
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.services import configured_pepper
@@ -111,6 +113,7 @@ def ingest_batch(handoff: Handoff) -> dict[str, int]:
             )
     for counts in by_source.values():
         metrics.count_outcome(counts)
+    _count_by_organization(handoff.transport, messages, outcomes)
     metrics.BATCH_WRITE_SECONDS.observe(seconds)
     for result, count in (("hit", authenticator.hits - hits), ("miss", authenticator.misses - misses)):
         metrics.AUTH_CACHE.labels(result).inc(count)
@@ -123,6 +126,55 @@ def ingest_batch(handoff: Handoff) -> dict[str, int]:
     logger.info("batch handled", extra=totals | {"seconds": round(seconds, 4)})
     REPORTER.report((outcome.reasons, outcome.key) for outcome in outcomes if outcome.dead_lettered)
     return totals
+
+
+# Lanes this process has recorded the owner of (on Redis): each is written once per process.
+_recorded_owners: dict[str, lanes.Owner] = {}
+
+
+def _count_by_organization(
+    transport: str, messages: Sequence[Incoming | Refused], outcomes: Sequence[IngestOutcome]
+) -> None:
+    """Per organization, once a batch (a counter call a message would cost a tenth of the drain of
+    single events): the events drained and the longest wait on the broker; and on Redis, the owner
+    of each lane not seen before, for operators (``userpath_worker.events.lanes``)."""
+    drained: Counter[int] = Counter()
+    oldest: dict[int, float] = {}
+    owners: dict[str, lanes.Owner] = {}
+    for message, outcome in zip(messages, outcomes, strict=True):
+        if outcome.org_id is None or not isinstance(message, Incoming):
+            continue
+        drained[outcome.org_id] += outcome.stored + outcome.duplicates
+        argument = message.args[0] if message.args and isinstance(message.args[0], dict) else {}
+        sent = _seconds(argument.get("sent_at") or argument.get("received_at"))
+        if sent is not None:
+            oldest[outcome.org_id] = min(sent, oldest.get(outcome.org_id, sent))
+        key = argument.get("api_key")
+        if transport == redis_transport.NAME and isinstance(key, str) and outcome.key_id is not None:
+            owner = lanes.Owner(outcome.org_id, outcome.key_id)
+            lane = lane_of(key)
+            if _recorded_owners.get(lane) != owner:
+                owners[lane] = owner
+    now = time.time()
+    for org_id, count in drained.items():
+        metrics.ORG_EVENTS_DRAINED.labels(str(org_id)).inc(count)
+    for org_id, sent in oldest.items():
+        metrics.ORG_TIME_IN_QUEUE.labels(str(org_id)).observe(max(0.0, now - sent))
+    if owners:
+        try:
+            lanes.record_owners(_broker(), owners)
+            _recorded_owners.update(owners)
+        except redis.RedisError as error:  # only operators' views need it: tried again next batch
+            logger.warning("could not record whose lanes these are (%s)", type(error).__name__)
+
+
+def _seconds(timestamp: object) -> float | None:
+    if not isinstance(timestamp, str):
+        return None
+    try:
+        return dt.datetime.fromisoformat(timestamp).timestamp()
+    except ValueError:
+        return None
 
 
 def record_unprocessable(handoff: Handoff, why: str) -> dict[str, int]:

@@ -21,7 +21,7 @@ import functools
 import itertools
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -34,10 +34,14 @@ from tasks.ingestion import amqp_transport, redis_transport
 from tasks.ingestion.job import DatabaseUnavailable, Handoff, ingest_batch, record_unprocessable
 from userpath_client.contract import INGESTION_QUEUES, lane_queues
 from userpath_worker import metrics
+from userpath_worker.events import lanes
 
 logger = logging.getLogger("userpath.worker")
 
-MAX_BATCH_BYTES = 2 * 1024 * 1024  # two full-size envelopes: bounds a pool process's memory
+# A full-size envelope: bounds a pool process's memory, and how long a batch takes (about 5,000
+# events, a quarter of a second on two cores), which is how long a quiet key's event may wait for a
+# pool process while a flood drains (issue 22: under a second).
+MAX_BATCH_BYTES = 1024 * 1024
 ATTEMPTS_PER_MESSAGE = 2  # a message whose job fails on its own this often is recorded, not retried
 POLL_SECONDS = 0.02  # how often an idle step looks for work: the latency it adds at most
 _REDIS_SCHEMES, _AMQP_SCHEMES = ("redis://", "rediss://", "unix://"), ("amqp://", "amqps://", "pyamqp://")
@@ -59,6 +63,52 @@ class Batch:
             replace(self, number=next(numbers), tags=self.tags[part], items=self.items[part], accepted=False)
             for part in (slice(None, middle), slice(middle, None))
         ]
+
+
+class SlowLanes:
+    """Redis: the lanes of the keys an operator forced slow (USERPATH_SLOW_KEYS), found among the
+    lanes workers recorded the owners of, handed to the take; what is taken from them is counted,
+    and said in the log once a minute per key."""
+
+    REFRESH_SECONDS = 10.0  # how soon a key's lane is slowed once a worker has stored from it
+    LOG_SECONDS = 60.0
+
+    def __init__(self, key_ids: frozenset[int], transport: redis_transport.RedisBatches) -> None:
+        self.key_ids, self.transport = key_ids, transport
+        self.key_of_lane: dict[str, int] = {}
+        self.taken: Counter[int] = Counter()
+        self.logged_at = time.monotonic()
+
+    def refresh(self) -> None:
+        try:
+            self.key_of_lane = lanes.lanes_of_keys(self.transport.client, self.key_ids)
+        except redis.RedisError as error:  # tried again at the next interval
+            logger.warning("could not read whose lanes these are (%s)", type(error).__name__)
+            return
+        self.transport.slow_lanes = frozenset(self.key_of_lane)
+        if time.monotonic() - self.logged_at >= self.LOG_SECONDS:
+            self._log()
+
+    def count(self, tags: list[bytes]) -> None:
+        for tag in tags:
+            key_id = self.key_of_lane.get(tag.decode().split("|", 2)[-1])
+            if key_id is not None:
+                self.taken[key_id] += 1
+                metrics.SLOW_LANE_MESSAGES.labels(str(key_id)).inc()
+
+    def _log(self) -> None:
+        found = set(self.key_of_lane.values())
+        for key_id in sorted(self.key_ids):
+            if key_id in found:
+                logger.info(
+                    "key %s is in the slow lane (USERPATH_SLOW_KEYS): %s message(s) taken in the last minute",
+                    key_id,
+                    self.taken[key_id],
+                )
+            else:
+                logger.info("key %s is to be in the slow lane (USERPATH_SLOW_KEYS); no message of it seen yet", key_id)
+        self.taken.clear()
+        self.logged_at = time.monotonic()
 
 
 def transport_name(broker_url: str) -> str | None:
@@ -83,6 +133,7 @@ class BatchedIngestion(bootsteps.StartStopStep):
         self.paused_until = 0.0
         self.failures = 0
         self.timers: list[Any] = []
+        self.slow: SlowLanes | None = None
 
     def include_if(self, c: Any) -> bool:
         # Unbatched too: Celery's consumer then takes the queues themselves, a message a task, and
@@ -129,6 +180,10 @@ class BatchedIngestion(bootsteps.StartStopStep):
             # No Celery consumer restores what a dead worker held in the step's own structures.
             every = min(10, self.settings.visibility_timeout)
             self.timers.append(c.hub.call_repeatedly(every, self.restore))
+            if self.settings.slow_keys:
+                self.slow = SlowLanes(self.settings.slow_keys, self.transport)
+                self.slow.refresh()
+                self.timers.append(c.hub.call_repeatedly(SlowLanes.REFRESH_SECONDS, self.slow.refresh))
         logger.info(
             "batched ingestion on %s: up to %s messages a batch from %s, their lanes taken in turn",
             name,
@@ -182,7 +237,11 @@ class BatchedIngestion(bootsteps.StartStopStep):
 
     def _take(self) -> Batch | None:
         taken = self.transport.next_batch(self.batch_messages, MAX_BATCH_BYTES)
-        return Batch(next(self.numbers), self.transport, taken.tags, taken.items) if taken else None
+        if not taken:
+            return None
+        if self.slow is not None:
+            self.slow.count(taken.tags)
+        return Batch(next(self.numbers), self.transport, taken.tags, taken.items)
 
     def _dispatch(self, batch: Batch) -> None:
         self.in_flight[batch.number] = batch

@@ -36,7 +36,7 @@ from sqlalchemy import Engine, select
 from config.celery import QUEUES
 from tests.common.databases import TEST_DATABASE_PREFIX, table_dump
 from tests.common.workers import counts, empty_queues, rabbitmq_vhost, running_worker, wait_for, worker_environment
-from userpath_client.contract import EVENTS_QUEUE, TRACK_TASK
+from userpath_client.contract import EVENTS_QUEUE, INGESTION_QUEUES, LANE_INFIX, TRACK_TASK, lane_queues
 from userpath_client.wire import task_headers as _task_headers
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.events.models import Event
@@ -202,7 +202,8 @@ def pending_messages(broker_url: str) -> dict[str, int]:
     if broker_url.startswith("redis"):
         with contextlib.closing(redis.Redis.from_url(broker_url)) as client:
             held = {name.decode(): client.hlen(name) for name in client.scan_iter(match="*unacked", _type="hash")}
-            return {queue: client.llen(queue) for queue in QUEUES} | held
+            lanes = {name.decode(): client.llen(name) for name in client.scan_iter(match=f"*{LANE_INFIX}*")}
+            return {queue: client.llen(queue) for queue in QUEUES} | lanes | held
     vhost = unquote(urlparse(broker_url).path[1:]) or "/"
     listing = subprocess.run(
         ["rabbitmqctl", "-q", "list_queues", "-p", vhost, "name", "messages"],
@@ -212,7 +213,8 @@ def pending_messages(broker_url: str) -> dict[str, int]:
         check=True,
     ).stdout
     depths = dict(line.split("\t") for line in listing.splitlines() if line.count("\t") == 1)
-    return {queue: int(depths.get(queue, 0)) for queue in QUEUES}
+    lanes = [lane for queue in INGESTION_QUEUES for lane in lane_queues(queue)]
+    return {queue: int(depths.get(queue, 0)) for queue in (*QUEUES, *lanes)}
 
 
 def clean_broker(broker: str) -> str:

@@ -19,9 +19,10 @@ from kombu import Connection, Exchange, Queue
 from sqlalchemy import Engine, func, select
 
 from config.celery import QUEUES
+from tasks.ingestion.amqp_transport import lane_declarations
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, truncate_all
 from tests.common.signing import TEST_KEY_PEPPER, TEST_SECRET_KEY
-from userpath_client.contract import exchange_of
+from userpath_client.contract import INGESTION_QUEUES, exchange_of
 from userpath_worker import schema
 from userpath_worker.db import make_engine
 from userpath_worker.deadletter.models import DeadLetter
@@ -229,3 +230,6 @@ def empty_queues(broker_url: str) -> None:
             # As the worker declares them: producers publish to the queue's own exchange.
             Queue(queue, Exchange(exchange_of(queue)), routing_key=queue)(channel).declare()
             channel.queue_purge(queue)
+        for lane in lane_declarations(INGESTION_QUEUES, "classic"):  # the shards and overflow queues
+            lane.declare(connection.connection.channel())
+            channel.queue_purge(lane.name)

@@ -24,6 +24,15 @@ def status(ping_timeout: float, as_json: bool) -> None:
     click.echo(f"Database:             {found.database}")
     click.echo(f"Broker:               {found.broker}\n")
     print_table(["QUEUE", "WAITING"], [[name, str(depth)] for name, depth in found.queues.items()])
+    if found.heaviest_organizations:
+        click.echo("\nHeaviest organizations (messages waiting in their lanes):")
+        print_table(
+            ["ORGANIZATION", "WAITING"],
+            [
+                [heavy["organization"] or "(not stored from yet)", str(heavy["messages_waiting"])]
+                for heavy in found.heaviest_organizations
+            ],
+        )
     if found.workers is None:
         workers = "unknown (the embedded broker cannot broadcast a ping)"
     else:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +44,7 @@ from userpath_worker.keys.services import KeyIdentity
 from userpath_worker.keys.tokens import AuthFailure
 
 logger = logging.getLogger("userpath.edge")
+SLOW_LOG_SECONDS = 60.0
 
 # What each refused key is told; the code is the dead-letter reason the worker would give it.
 _AUTH_ANSWERS = {
@@ -113,7 +115,8 @@ class Edge:
         self._publishers = publishers
         self._limiter = limiter
         self._slow_keys = slow_keys
-        self._slow_lanes: set[str] = set()  # of the slow keys, as their requests show them
+        self._slow_lanes: dict[str, int] = {}  # lane -> key id, of the slow keys, as requests show them
+        self._slow_said: dict[str, float] = {}  # lane -> when the log last said it is slow
 
     def track(self, key: object, body: dict[str, Any], route_type: str | None) -> Answer:
         """One Segment call (``route_type`` its type) or a /v1/batch (None), decided and published."""
@@ -152,7 +155,7 @@ class Edge:
     def publish_events(self, key: str, events: list[bytes], sent_at: str | None) -> None:
         """``events`` of ``key`` in envelopes on the events queue; returns once the broker has them all."""
         encoder = Encoder(key)
-        slow = encoder.lane in self._slow_lanes
+        slow = self._is_slow(encoder.lane)
         for chunk in _envelopes(events, encoder.envelope_overhead):
             self._publishers.publish(EVENTS_QUEUE, encoder, chunk, sent_at, slow)
 
@@ -173,10 +176,21 @@ class Edge:
             return refusal(400, "invalid_webhook", str(error))
         encoder = Encoder(key)
         try:
-            self._publishers.publish(WEBHOOKS_QUEUE, encoder, [data], None, encoder.lane in self._slow_lanes)
+            self._publishers.publish(WEBHOOKS_QUEUE, encoder, [data], None, self._is_slow(encoder.lane))
         except Exception as error:  # the provider retries on anything but 2xx
             return unavailable(error)
         return success(limit_headers)
+
+    def _is_slow(self, lane: str) -> bool:
+        """Whether ``lane`` is a slow key's (USERPATH_SLOW_KEYS), said in the log once a minute per key."""
+        key_id = self._slow_lanes.get(lane)
+        if key_id is None:
+            return False
+        now = time.monotonic()
+        if now - self._slow_said.get(lane, -SLOW_LOG_SECONDS) >= SLOW_LOG_SECONDS:
+            self._slow_said[lane] = now
+            logger.info("key %s is in the slow lane (USERPATH_SLOW_KEYS): on RabbitMQ, to overflow", key_id)
+        return True
 
     def _permitted(self, key: object, source: Source, provider: str | None = None) -> KeyIdentity:
         """The key's identity, or ``Refused``: 401 for a key that cannot be used, 403 for a call its
@@ -190,7 +204,7 @@ class Edge:
             raise Refused(refusal(401, *_AUTH_ANSWERS[failure]))
         assert isinstance(found, KeyIdentity)
         if found.key_id in self._slow_keys:
-            self._slow_lanes.add(lane_of(key))
+            self._slow_lanes[lane_of(key)] = found.key_id
         if not scopes.permits(found.scopes, source, provider):
             what = f"{provider} webhooks" if source == Source.WEBHOOK else "track calls"
             raise Refused(

@@ -47,6 +47,7 @@ class IngestOutcome:
     reasons: dict[str, int] = field(default_factory=dict, compare=False)  # dead letters by reason
     org_id: int | None = field(default=None, compare=False)
     key: str | None = field(default=None, compare=False)  # the key's display form
+    key_id: int | None = field(default=None, compare=False)
 
     @classmethod
     def of(
@@ -65,6 +66,7 @@ class IngestOutcome:
             reasons=dict(Counter(rejection.reason.value for rejection in rejections)),
             org_id=identity.org_id if identity else None,
             key=identity.display if identity else key,
+            key_id=identity.key_id if identity else None,
         )
 
 
