@@ -129,11 +129,8 @@ def heaviest_organizations(
         return None
     backlog = Counter(organization_backlog(broker_url, timeout))
     heaviest = [(org_id, waiting) for org_id, waiting in backlog.most_common(top) if waiting]
-    names = dict(
-        session.execute(
-            select(Organization.id, Organization.name).where(Organization.id.in_([o for o, _ in heaviest if o]))
-        ).tuples()
-    )
+    known = [org_id for org_id, _ in heaviest if org_id]
+    names = dict(session.execute(select(Organization.id, Organization.name).where(Organization.id.in_(known))).all())
     return [
         {"org_id": org_id, "organization": names.get(org_id) if org_id else None, "messages_waiting": waiting}
         for org_id, waiting in heaviest

@@ -25,7 +25,7 @@ from typing import Any
 
 from tasks.ingestion.decoder import Oversized, Transported
 from tasks.ingestion.redis_transport import Taken
-from userpath_client.contract import exchange_of, lane_queue_arguments, lane_queues
+from userpath_client.contract import exchange_of, ingestion_queue_of, lane_queue_arguments, lane_queues
 from userpath_worker.events.services import Refused
 
 logger = logging.getLogger("userpath.worker")
@@ -76,9 +76,12 @@ class AmqpBatches:
         self.consumers = {queue: self._consume(queue) for queue in queues}
 
     def _consume(self, queue: str) -> str:
-        return self.channel.basic_consume(queue, callback=functools.partial(self._arrived, queue))
+        # A lane's delivery travels on as its ingestion queue's: the queue names the source.
+        return self.channel.basic_consume(
+            queue, callback=functools.partial(self._arrived, queue, ingestion_queue_of(queue))
+        )
 
-    def _arrived(self, queue: str, message: Any) -> None:
+    def _arrived(self, queue: str, ingestion_queue: str, message: Any) -> None:
         properties = message.properties
         tag = message.delivery_info["delivery_tag"]
         if not self.gathered_count:
@@ -90,7 +93,7 @@ class AmqpBatches:
             (
                 tag,
                 (
-                    queue,
+                    ingestion_queue,
                     body,
                     properties.get("content_type"),
                     properties.get("content_encoding"),

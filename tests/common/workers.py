@@ -20,6 +20,7 @@ from sqlalchemy import Engine, func, select
 
 from config.celery import QUEUES
 from tasks.ingestion.amqp_transport import lane_declarations
+from tests.common.brokers import lanes_of
 from tests.common.databases import TEST_DATABASE_PREFIX, fresh_postgres_database, truncate_all
 from tests.common.signing import TEST_KEY_PEPPER, TEST_SECRET_KEY
 from userpath_client.contract import INGESTION_QUEUES, exchange_of
@@ -197,7 +198,10 @@ def counts(engine: Engine) -> tuple[int, int]:
 
 def settle_at(engine: Engine, expected: tuple[int, int], timeout: float, quiet_seconds: float = 2.0) -> None:
     """Wait until (stored events, dead letters) is ``expected``, then check that it stays there."""
-    wait_for(lambda: counts(engine) == expected, timeout, f"{expected} (events, dead letters); have {counts(engine)}")
+    try:
+        wait_for(lambda: counts(engine) == expected, timeout, f"{expected} (events, dead letters)")
+    except AssertionError as timed_out:  # what there is at the end, not at the start
+        raise AssertionError(f"{timed_out}; have {counts(engine)}") from None
     time.sleep(quiet_seconds)  # a duplicate or a late extra would show up now
     assert counts(engine) == expected
 
@@ -210,12 +214,16 @@ def producer(broker_url: str) -> Celery:
 
 
 def queue_depth(broker_url: str, queue: str) -> int:
-    """Messages ready in ``queue`` (not those a consumer has taken), on Redis or RabbitMQ."""
+    """Messages ready in ``queue`` and its lanes (not those a consumer has taken), on Redis or RabbitMQ."""
     if broker_url.startswith("redis"):  # kombu's passive declare asks for bindings, not the list
         with contextlib.closing(redis.Redis.from_url(broker_url)) as client:
-            return client.llen(queue)
+            return sum(client.llen(name) for name in lanes_of(broker_url, queue))
     with Connection(broker_url) as connection:
-        return connection.default_channel.queue_declare(queue, durable=True, passive=True).message_count
+        channel = connection.default_channel
+        return sum(
+            channel.queue_declare(name, durable=True, passive=True).message_count
+            for name in lanes_of(broker_url, queue)
+        )
 
 
 def empty_queues(broker_url: str) -> None:

@@ -105,6 +105,13 @@ def lane_queues(queue: str) -> tuple[str, ...]:
     return (*(f"{queue}.shard.{shard}" for shard in range(LANE_SHARDS)), overflow_queue(queue))
 
 
+def ingestion_queue_of(name: str) -> str:
+    """RabbitMQ: the ingestion queue whose shard or overflow queue ``name`` is (``name`` itself
+    when it is an ingestion queue): a message's source is its ingestion queue's, whichever lane
+    carried it."""
+    return _INGESTION_QUEUE_OF.get(name, name)
+
+
 def lane_queue_arguments(queue_type: QueueType | str) -> dict[str, object]:
     """RabbitMQ's arguments of a shard or overflow queue: bounded, refusing what is past the bound."""
     return {**(queue_arguments(queue_type) or {}), "x-max-length": MAX_LANE_MESSAGES, "x-overflow": "reject-publish"}
@@ -169,3 +176,6 @@ def key_display_form(key: str) -> str:
     """A recognisable, non-secret form such as ``up_live_AbCd...wxyz`` for tables and logs."""
     prefix_length = len(KEY_PREFIX) + 5  # "up_" + "live_" / "test_"
     return f"{key[: prefix_length + 4]}...{key[-4:]}"
+
+
+_INGESTION_QUEUE_OF = {lane: queue for queue in INGESTION_QUEUES for lane in lane_queues(queue)}

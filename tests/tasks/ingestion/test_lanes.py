@@ -181,4 +181,5 @@ def test_rabbitmq_batches_take_each_queue_in_turn(rabbitmq: amqp.Connection) -> 
     assert taken is not None
     bodies = [item[1] for item in taken.items]
     assert b"victim" in bodies[: QUANTUM + 1] and len(bodies) == 20
+    assert {item[0] for item in taken.items} == {EVENTS_QUEUE}  # the source is the queue's, not the lane's
     batches.close()
