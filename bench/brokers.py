@@ -11,6 +11,7 @@ import redis
 
 from bench.harness import BenchError
 from bench.messages import TaskMessage
+from tasks.ingestion.amqp_transport import lane_declarations
 
 REDIS_URL = "redis://127.0.0.1:6379/11"
 UNREACHABLE_REDIS_URL = "redis://127.0.0.1:1/11"  # nothing listens on port 1: the client only buffers
@@ -102,6 +103,8 @@ class RabbitMQ:
             channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
             channel.queue_declare(queue, durable=True, auto_delete=False)
             channel.queue_bind(queue, queue, routing_key=queue)
+            for lane in lane_declarations([queue], "classic"):  # where the edge and the client publish
+                lane.declare(channel)
             channel.confirm_select()
             channel.events["basic_ack"].add(on_ack)
             channel.events["basic_nack"].add(on_nack)
