@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from kombu import Connection
 from segment.analytics import Client
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -27,6 +29,7 @@ from tests.common.cli import ok
 from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.edge import call, running_edge
 from tests.common.factories import OWNER
+from tests.common.factories import new_key as another_organizations_key
 from tests.common.proxy import FaultyProxy
 from tests.common.secret_scanning import GithubKeys, report
 from tests.common.signing import STRIPE_SECRET, TEST_KEY_PEPPER, stripe_headers
@@ -42,7 +45,16 @@ from tests.common.workers import (
     wait_for,
     worker_environment,
 )
-from userpath_client.contract import EVENTS_QUEUE, key_display_form
+from userpath_client.contract import (
+    EVENTS_QUEUE,
+    MAX_LANE_MESSAGES,
+    exchange_of,
+    key_display_form,
+    lane_list,
+    lane_of,
+    ready_lanes,
+    shard_queue,
+)
 from userpath_worker.deadletter.models import DeadLetter
 from userpath_worker.edge.segment import CALL_TYPES
 from userpath_worker.events.models import Event
@@ -146,6 +158,46 @@ def test_a_broker_that_cannot_take_the_events_gives_503_and_nothing_is_queued(
             assert queue_depth(direct, EVENTS_QUEUE) == 2
     finally:
         proxy.close()
+
+
+def fill_lane(broker_url: str, key: str) -> None:
+    """Put MAX_LANE_MESSAGES messages where the edge would publish ``key``'s next event: its lane
+    (Redis) or its lane's shard queue (RabbitMQ), as a worker that fell far behind leaves them."""
+    lane = lane_of(key)
+    if broker_url.startswith("redis"):
+        client = redis.Redis.from_url(broker_url)
+        client.lpush(lane_list(EVENTS_QUEUE, lane), *[b"waiting"] * MAX_LANE_MESSAGES)
+        client.zadd(ready_lanes(EVENTS_QUEUE), {lane: 0}, nx=True)
+        client.close()
+        return
+    with Connection(broker_url) as connection:
+        producer = connection.Producer()
+        for _ in range(MAX_LANE_MESSAGES):
+            producer.publish(
+                b"waiting", exchange=exchange_of(EVENTS_QUEUE), routing_key=shard_queue(EVENTS_QUEUE, lane)
+            )
+    wait_for(lambda: queue_depth(broker_url, EVENTS_QUEUE) == MAX_LANE_MESSAGES, 30, "the shard to fill")
+
+
+def test_a_key_whose_lane_is_full_is_told_503_backlog_full_and_other_keys_are_still_taken(
+    clean_database: tuple[str, Engine], broker: str, tmp_path: Path
+) -> None:
+    database_url, engine = clean_database
+    _, flooder = new_key(engine)
+    other = next(  # on RabbitMQ a key outside the flooder's shard (keys share 8 shards)
+        key
+        for _, _, key in (another_organizations_key(engine) for _ in range(30))
+        if shard_queue(EVENTS_QUEUE, lane_of(key)) != shard_queue(EVENTS_QUEUE, lane_of(flooder))
+    )
+    fill_lane(broker, flooder)
+    event = {"event": "Signed Up", "userId": "u1"}
+    with running_edge(worker_environment(database_url, broker), tmp_path / "edge.log") as edge:
+        refused = call(f"{edge.url}/v1/track", event, flooder)
+        assert (refused.status, refused.document["code"]) == (503, "backlog_full")
+        assert refused.headers["retry-after"] == "5"
+        assert call(f"{edge.url}/v1/track", event, other).status == 200
+    assert queue_depth(broker, EVENTS_QUEUE) == MAX_LANE_MESSAGES + 1  # nothing of the refused call was kept
+    assert flooder not in (tmp_path / "edge.log").read_text()
 
 
 def test_a_providers_signed_webhook_reaches_the_worker_through_its_source_url(
