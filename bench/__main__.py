@@ -1,5 +1,5 @@
-"""``python -m bench --size full|smoke --broker redis|rabbitmq|both``: run every measurement, print
-the tables, write JSON."""
+"""``python -m bench --size full|smoke --broker redis|rabbitmq|both --scenario all|fairness``: run
+every measurement (or the fairness scenario alone), print the tables, write JSON."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
-from bench import harness, inserts, scenarios, segment
+from bench import fairness, harness, inserts, scenarios, segment
 from bench.brokers import BROKERS, Broker
 
 
@@ -34,12 +34,15 @@ class Size:
     client_calls: int
     verification_deliveries: int  # in-process signature checks timed
     insert_events: int  # the insert path alone, into the plain and the partitioned events
+    flood_events: int  # the fairness scenario's backlog of one organization
 
 
 SIZES = {
     # The naive baseline stores ~600 events/s: 3,000 is five seconds of it.
-    "full": Size(1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000, 100_000, 200_000),
-    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000, 10_000, 5_000),
+    "full": Size(
+        1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000, 100_000, 200_000, 1_000_000
+    ),
+    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000, 10_000, 5_000, 20_000),
 }
 
 # The drain scenarios, in the report's order, and their labels in the table.
@@ -80,10 +83,21 @@ def main() -> None:
         default=4,
         help="pool processes per worker (default 4, docker-compose.yml's: they wait on PostgreSQL half the time)",
     )
+    parser.add_argument(
+        "--scenario",
+        choices=("all", "fairness"),
+        default="all",
+        help="every measurement (default), or only the fairness scenario on the brokers of --broker",
+    )
     parser.add_argument("--output", type=Path, default=harness.RESULTS / "latest.json")
     options = parser.parse_args()
-    results = run(options.size, BROKER_CHOICES[options.broker], options.concurrency)
-    print(table(results))
+    broker_names = BROKER_CHOICES[options.broker]
+    if options.scenario == "fairness":
+        results = run_fairness(options.size, broker_names, options.concurrency)
+        print(fairness.table(results["fairness"]))
+    else:
+        results = run(options.size, broker_names, options.concurrency)
+        print(table(results) + "\n\n" + fairness.table(results["fairness"]))
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {options.output}")
@@ -91,13 +105,7 @@ def main() -> None:
 
 def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
     size = SIZES[size_name]
-    results: dict[str, Any] = {
-        "size": size_name,
-        "parameters": asdict(size),
-        "brokers": list(broker_names),
-        "concurrency": concurrency,
-    }
-    results["machine"] = machine(broker_names)
+    results = _described(size_name, broker_names, concurrency)
     engine = harness.fresh_database()
     try:
         api_key = harness.new_key(engine)
@@ -113,6 +121,7 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
         results["latency"] = scenarios.latency(engine, api_key, size.latency_rate, size.latency_seconds, concurrency)
         results["client_track"] = scenarios.client_track(api_key, size.client_calls)
         results["segment_track"] = segment.track_rate(size.client_calls)  # None: not installed
+        results["fairness"] = _fairness(engine, size, broker_names, concurrency)
     finally:
         engine.dispose()
     copy_rate, naive_rate = results["copy"]["rows_per_second"], results["naive"]["events_per_second"]
@@ -141,6 +150,34 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
     results["machine"]["load_average_after"] = harness.load_average()
     results["targets"] = targets(results)
     return results
+
+
+def run_fairness(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+    """The fairness scenario alone."""
+    results = _described(size_name, broker_names, concurrency)
+    engine = harness.fresh_database()
+    try:
+        results["fairness"] = _fairness(engine, SIZES[size_name], broker_names, concurrency)
+    finally:
+        engine.dispose()
+    results["machine"]["load_average_after"] = harness.load_average()
+    return results
+
+
+def _described(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+    """What a run's JSON says of itself before any figure: its size, brokers and machine."""
+    return {
+        "size": size_name,
+        "parameters": asdict(SIZES[size_name]),
+        "brokers": list(broker_names),
+        "concurrency": concurrency,
+        "machine": machine(broker_names),
+    }
+
+
+def _fairness(engine: Engine, size: Size, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+    brokers = [BROKERS[name] for name in broker_names]
+    return fairness.compare(engine, brokers, size.flood_events, concurrency)
 
 
 def drains(
