@@ -89,6 +89,13 @@ def main() -> None:
         default="all",
         help="every measurement (default), or only the fairness scenario on the brokers of --broker",
     )
+    parser.add_argument(
+        "--worker-tree",
+        type=Path,
+        default=harness.REPOSITORY,
+        help="the checkout whose worker the drain scenarios run (default this one): a git worktree of an "
+        "earlier commit compares its drains with this one's, fed the same preloaded messages",
+    )
     parser.add_argument("--output", type=Path, default=harness.RESULTS / "latest.json")
     options = parser.parse_args()
     broker_names = BROKER_CHOICES[options.broker]
@@ -96,16 +103,19 @@ def main() -> None:
         results = run_fairness(options.size, broker_names, options.concurrency)
         print(fairness.table(results["fairness"]))
     else:
-        results = run(options.size, broker_names, options.concurrency)
+        results = run(options.size, broker_names, options.concurrency, options.worker_tree.resolve())
         print(table(results) + "\n\n" + fairness.table(results["fairness"]))
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {options.output}")
 
 
-def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+def run(
+    size_name: str, broker_names: tuple[str, ...], concurrency: int, worker_tree: Path = harness.REPOSITORY
+) -> dict[str, Any]:
     size = SIZES[size_name]
     results = _described(size_name, broker_names, concurrency)
+    results["drain_worker"] = {"tree": str(worker_tree), "commit": _commit(worker_tree)}
     engine = harness.fresh_database()
     try:
         api_key = harness.new_key(engine)
@@ -116,7 +126,8 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
         results["inserts"] = {way: statistics.median(figures) for way, figures in rates.items()}
         results["naive"] = scenarios.naive_baseline(engine, size.naive_events, concurrency)
         results["drain"] = {
-            name: drains(engine, api_key, verified_key, BROKERS[name], size, concurrency) for name in broker_names
+            name: drains(engine, api_key, verified_key, BROKERS[name], size, concurrency, worker_tree)
+            for name in broker_names
         }
         results["latency"] = scenarios.latency(engine, api_key, size.latency_rate, size.latency_seconds, concurrency)
         results["client_track"] = scenarios.client_track(api_key, size.client_calls)
@@ -181,20 +192,26 @@ def _fairness(engine: Engine, size: Size, broker_names: tuple[str, ...], concurr
 
 
 def drains(
-    engine: Engine, api_key: str, verified_key: str, broker: Broker, size: Size, concurrency: int
+    engine: Engine,
+    api_key: str,
+    verified_key: str,
+    broker: Broker,
+    size: Size,
+    concurrency: int,
+    worker_tree: Path = harness.REPOSITORY,
 ) -> dict[str, Any]:
-    """The drain scenarios on ``broker``; the long one notes memory at the checkpoint. The webhooks
-    drain twice, one after the other: for an organization without a secret, and for one whose
-    Stripe webhooks must verify (``verified_key``)."""
+    """The drain scenarios on ``broker``, by workers of ``worker_tree``; the long one notes memory
+    at the checkpoint. The webhooks drain twice, one after the other: for an organization without
+    a secret, and for one whose Stripe webhooks must verify (``verified_key``)."""
+
+    def drain(key: str, kind: str, events: int, checkpoint: int | None = None) -> dict[str, Any]:
+        return scenarios.drain(engine, key, broker, kind, events, concurrency, checkpoint, worker_tree)
+
     return {
-        "envelopes_100": scenarios.drain(
-            engine, api_key, broker, "envelopes_100", size.envelopes_100_events, concurrency, size.memory_checkpoint
-        ),
-        "envelopes_1": scenarios.drain(engine, api_key, broker, "envelopes_1", size.envelopes_1_events, concurrency),
-        "webhooks": scenarios.drain(engine, api_key, broker, "webhooks", size.webhooks, concurrency),
-        "webhooks_verified": scenarios.drain(
-            engine, verified_key, broker, "webhooks_verified", size.webhooks, concurrency
-        ),
+        "envelopes_100": drain(api_key, "envelopes_100", size.envelopes_100_events, size.memory_checkpoint),
+        "envelopes_1": drain(api_key, "envelopes_1", size.envelopes_1_events),
+        "webhooks": drain(api_key, "webhooks", size.webhooks),
+        "webhooks_verified": drain(verified_key, "webhooks_verified", size.webhooks),
     }
 
 
@@ -208,9 +225,6 @@ def machine(broker_names: tuple[str, ...]) -> dict[str, Any]:
         platform.processor(),
     )
     memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=harness.REPOSITORY
-    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -219,10 +233,16 @@ def machine(broker_names: tuple[str, ...]) -> dict[str, Any]:
         "postgresql": _server_version(),
         # Redis carries the naive baseline, the latency run and the client's figures whatever --broker says.
         **{name: BROKERS[name].version() for name in dict.fromkeys(("redis", *broker_names))},
-        "commit": commit.stdout.strip(),
+        "commit": _commit(harness.REPOSITORY),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "load_average_before": harness.load_average(),
     }
+
+
+def _commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=tree
+    ).stdout.strip()
 
 
 def _server_version() -> str:
@@ -325,6 +345,7 @@ def table(results: dict[str, Any]) -> str:
         client_comparison(results),
         "",
         *_aligned(drains),
+        *_drain_worker(results["drain_worker"]),
         "",
         f"latency (Redis), enqueue to stored, at {latency['offered_events_per_second']:,.0f} events/s in envelopes "
         f"of {latency['events_per_envelope']}: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms",
@@ -388,6 +409,13 @@ def client_comparison(results: dict[str, Any]) -> str:
     ratio = results["client_track"]["times_segment"]
     target = TARGETS["client_track_times_segment"]
     return f"client track() while sending, ours / Segment analytics-python's: {ratio:.1f}x (target {target:.0f}x)"
+
+
+def _drain_worker(worker: dict[str, str]) -> list[str]:
+    """A line under the drains when their workers ran from another checkout (--worker-tree)."""
+    if worker["tree"] == str(harness.REPOSITORY):
+        return []
+    return [f"(the drains' workers ran from {worker['tree']}, commit {worker['commit']})"]
 
 
 def _peak_rss(peak: dict[str, float]) -> str:

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -95,9 +96,10 @@ def drain(
     events: int,
     concurrency: int,
     checkpoint: int | None = None,
+    tree: Path = harness.REPOSITORY,
 ) -> dict[str, Any]:
     """Preload ``broker`` with ``events`` events of ``kind`` and time one worker consuming from it,
-    from ready to the last stored row.
+    from ready to the last stored row. ``tree``: the checkout the worker runs from.
 
     ``checkpoint``: also note each process's resident memory once that many events are stored, to
     compare with the end of the run.
@@ -116,7 +118,8 @@ def drain(
         raise harness.BenchError(f"{broker.label} {kind}: {waiting} messages on {queue} of {sent} published")
     result: dict[str, Any] = {"events": events, "messages": sent}
     environment = harness.product_environment(broker.url)
-    with harness.running_worker("tasks.app", QUEUES, environment, f"{kind}.{broker.name}", concurrency) as worker:
+    name = f"{kind}.{broker.name}"
+    with harness.running_worker("tasks.app", QUEUES, environment, name, concurrency, tree) as worker:
         deadline = time.monotonic() + 60 + events * SECONDS_PER_EVENT_ALLOWED
         while True:
             highest = highest_id(engine)
