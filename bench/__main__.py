@@ -1,5 +1,5 @@
-"""``python -m bench --size full|smoke --broker redis|rabbitmq|both``: run every measurement, print
-the tables, write JSON."""
+"""``python -m bench --size full|smoke --broker redis|rabbitmq|both --scenario all|fairness``: run
+every measurement (or the fairness scenario alone), print the tables, write JSON."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
 
-from bench import harness, inserts, scenarios, segment
+from bench import fairness, harness, inserts, scenarios, segment
 from bench.brokers import BROKERS, Broker
 
 
@@ -34,12 +34,15 @@ class Size:
     client_calls: int
     verification_deliveries: int  # in-process signature checks timed
     insert_events: int  # the insert path alone, into the plain and the partitioned events
+    flood_events: int  # the fairness scenario's backlog of one organization
 
 
 SIZES = {
     # The naive baseline stores ~600 events/s: 3,000 is five seconds of it.
-    "full": Size(1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000, 100_000, 200_000),
-    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000, 10_000, 5_000),
+    "full": Size(
+        1_000_000, 3_000, 1_000_000, 200_000, 100_000, 100_000, 2_000, 10.0, 200_000, 100_000, 200_000, 1_000_000
+    ),
+    "smoke": Size(20_000, 200, 5_000, 1_000, 500, 1_000, 500, 2.0, 20_000, 10_000, 5_000, 20_000),
 }
 
 # The drain scenarios, in the report's order, and their labels in the table.
@@ -80,24 +83,39 @@ def main() -> None:
         default=4,
         help="pool processes per worker (default 4, docker-compose.yml's: they wait on PostgreSQL half the time)",
     )
+    parser.add_argument(
+        "--scenario",
+        choices=("all", "fairness"),
+        default="all",
+        help="every measurement (default), or only the fairness scenario on the brokers of --broker",
+    )
+    parser.add_argument(
+        "--worker-tree",
+        type=Path,
+        default=harness.REPOSITORY,
+        help="the checkout whose worker the drain scenarios run (default this one): a git worktree of an "
+        "earlier commit compares its drains with this one's, fed the same preloaded messages",
+    )
     parser.add_argument("--output", type=Path, default=harness.RESULTS / "latest.json")
     options = parser.parse_args()
-    results = run(options.size, BROKER_CHOICES[options.broker], options.concurrency)
-    print(table(results))
+    broker_names = BROKER_CHOICES[options.broker]
+    if options.scenario == "fairness":
+        results = run_fairness(options.size, broker_names, options.concurrency)
+        print(fairness.table(results["fairness"]))
+    else:
+        results = run(options.size, broker_names, options.concurrency, options.worker_tree.resolve())
+        print(table(results) + "\n\n" + fairness.table(results["fairness"]))
     options.output.parent.mkdir(parents=True, exist_ok=True)
     options.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nwritten to {options.output}")
 
 
-def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+def run(
+    size_name: str, broker_names: tuple[str, ...], concurrency: int, worker_tree: Path = harness.REPOSITORY
+) -> dict[str, Any]:
     size = SIZES[size_name]
-    results: dict[str, Any] = {
-        "size": size_name,
-        "parameters": asdict(size),
-        "brokers": list(broker_names),
-        "concurrency": concurrency,
-    }
-    results["machine"] = machine(broker_names)
+    results = _described(size_name, broker_names, concurrency)
+    results["drain_worker"] = {"tree": str(worker_tree), "commit": _commit(worker_tree)}
     engine = harness.fresh_database()
     try:
         api_key = harness.new_key(engine)
@@ -108,11 +126,13 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
         results["inserts"] = {way: statistics.median(figures) for way, figures in rates.items()}
         results["naive"] = scenarios.naive_baseline(engine, size.naive_events, concurrency)
         results["drain"] = {
-            name: drains(engine, api_key, verified_key, BROKERS[name], size, concurrency) for name in broker_names
+            name: drains(engine, api_key, verified_key, BROKERS[name], size, concurrency, worker_tree)
+            for name in broker_names
         }
         results["latency"] = scenarios.latency(engine, api_key, size.latency_rate, size.latency_seconds, concurrency)
         results["client_track"] = scenarios.client_track(api_key, size.client_calls)
         results["segment_track"] = segment.track_rate(size.client_calls)  # None: not installed
+        results["fairness"] = _fairness(engine, size, broker_names, concurrency)
     finally:
         engine.dispose()
     copy_rate, naive_rate = results["copy"]["rows_per_second"], results["naive"]["events_per_second"]
@@ -143,21 +163,55 @@ def run(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict
     return results
 
 
-def drains(
-    engine: Engine, api_key: str, verified_key: str, broker: Broker, size: Size, concurrency: int
-) -> dict[str, Any]:
-    """The drain scenarios on ``broker``; the long one notes memory at the checkpoint. The webhooks
-    drain twice, one after the other: for an organization without a secret, and for one whose
-    Stripe webhooks must verify (``verified_key``)."""
+def run_fairness(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+    """The fairness scenario alone."""
+    results = _described(size_name, broker_names, concurrency)
+    engine = harness.fresh_database()
+    try:
+        results["fairness"] = _fairness(engine, SIZES[size_name], broker_names, concurrency)
+    finally:
+        engine.dispose()
+    results["machine"]["load_average_after"] = harness.load_average()
+    return results
+
+
+def _described(size_name: str, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+    """What a run's JSON says of itself before any figure: its size, brokers and machine."""
     return {
-        "envelopes_100": scenarios.drain(
-            engine, api_key, broker, "envelopes_100", size.envelopes_100_events, concurrency, size.memory_checkpoint
-        ),
-        "envelopes_1": scenarios.drain(engine, api_key, broker, "envelopes_1", size.envelopes_1_events, concurrency),
-        "webhooks": scenarios.drain(engine, api_key, broker, "webhooks", size.webhooks, concurrency),
-        "webhooks_verified": scenarios.drain(
-            engine, verified_key, broker, "webhooks_verified", size.webhooks, concurrency
-        ),
+        "size": size_name,
+        "parameters": asdict(SIZES[size_name]),
+        "brokers": list(broker_names),
+        "concurrency": concurrency,
+        "machine": machine(broker_names),
+    }
+
+
+def _fairness(engine: Engine, size: Size, broker_names: tuple[str, ...], concurrency: int) -> dict[str, Any]:
+    brokers = [BROKERS[name] for name in broker_names]
+    return fairness.compare(engine, brokers, size.flood_events, concurrency)
+
+
+def drains(
+    engine: Engine,
+    api_key: str,
+    verified_key: str,
+    broker: Broker,
+    size: Size,
+    concurrency: int,
+    worker_tree: Path = harness.REPOSITORY,
+) -> dict[str, Any]:
+    """The drain scenarios on ``broker``, by workers of ``worker_tree``; the long one notes memory
+    at the checkpoint. The webhooks drain twice, one after the other: for an organization without
+    a secret, and for one whose Stripe webhooks must verify (``verified_key``)."""
+
+    def drain(key: str, kind: str, events: int, checkpoint: int | None = None) -> dict[str, Any]:
+        return scenarios.drain(engine, key, broker, kind, events, concurrency, checkpoint, worker_tree)
+
+    return {
+        "envelopes_100": drain(api_key, "envelopes_100", size.envelopes_100_events, size.memory_checkpoint),
+        "envelopes_1": drain(api_key, "envelopes_1", size.envelopes_1_events),
+        "webhooks": drain(api_key, "webhooks", size.webhooks),
+        "webhooks_verified": drain(verified_key, "webhooks_verified", size.webhooks),
     }
 
 
@@ -171,9 +225,6 @@ def machine(broker_names: tuple[str, ...]) -> dict[str, Any]:
         platform.processor(),
     )
     memory_kib = int(Path("/proc/meminfo").read_text().split()[1])
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=harness.REPOSITORY
-    )
     return {
         "cpu": cpu,
         "cores": os.cpu_count(),
@@ -182,10 +233,16 @@ def machine(broker_names: tuple[str, ...]) -> dict[str, Any]:
         "postgresql": _server_version(),
         # Redis carries the naive baseline, the latency run and the client's figures whatever --broker says.
         **{name: BROKERS[name].version() for name in dict.fromkeys(("redis", *broker_names))},
-        "commit": commit.stdout.strip(),
+        "commit": _commit(harness.REPOSITORY),
         "when": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "load_average_before": harness.load_average(),
     }
+
+
+def _commit(tree: Path) -> str:
+    return subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=tree
+    ).stdout.strip()
 
 
 def _server_version() -> str:
@@ -288,6 +345,7 @@ def table(results: dict[str, Any]) -> str:
         client_comparison(results),
         "",
         *_aligned(drains),
+        *_drain_worker(results["drain_worker"]),
         "",
         f"latency (Redis), enqueue to stored, at {latency['offered_events_per_second']:,.0f} events/s in envelopes "
         f"of {latency['events_per_envelope']}: p50 {latency['p50_ms']:.1f} ms, p99 {latency['p99_ms']:.1f} ms",
@@ -351,6 +409,13 @@ def client_comparison(results: dict[str, Any]) -> str:
     ratio = results["client_track"]["times_segment"]
     target = TARGETS["client_track_times_segment"]
     return f"client track() while sending, ours / Segment analytics-python's: {ratio:.1f}x (target {target:.0f}x)"
+
+
+def _drain_worker(worker: dict[str, str]) -> list[str]:
+    """A line under the drains when their workers ran from another checkout (--worker-tree)."""
+    if worker["tree"] == str(harness.REPOSITORY):
+        return []
+    return [f"(the drains' workers ran from {worker['tree']}, commit {worker['commit']})"]
 
 
 def _peak_rss(peak: dict[str, float]) -> str:

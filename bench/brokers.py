@@ -32,6 +32,9 @@ class Broker(Protocol):
     def empty(self) -> None:
         """Nothing left from an earlier run: no message, no unacknowledged delivery, no binding."""
 
+    def declare(self, queue: str) -> None:
+        """Make ``queue`` and its lanes as a worker does, so that producers may publish before one starts."""
+
     def preload(self, queue: str, messages: Iterable[TaskMessage]) -> int:
         """Put every message on ``queue`` as the contract's producers do; returns the count."""
 
@@ -52,6 +55,9 @@ class Redis:
 
     def empty(self) -> None:
         self.client().flushdb()  # database 11 is the benchmark's own
+
+    def declare(self, queue: str) -> None:
+        """Nothing to make: a list or a lane exists once a message is pushed onto it."""
 
     def preload(self, queue: str, messages: Iterable[TaskMessage], chunk: int = 1000) -> int:
         client = self.client()
@@ -85,6 +91,16 @@ class RabbitMQ:
         _rabbitmqctl("add_vhost", RABBITMQ_VHOST)
         _rabbitmqctl("set_permissions", "-p", RABBITMQ_VHOST, "guest", ".*", ".*", ".*")
 
+    def declare(self, queue: str) -> None:
+        with self._connection() as connection:
+            channel = connection.channel()
+            # As the worker declares it (config/celery.py): Queue(name, Exchange(name), routing_key=name).
+            channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
+            channel.queue_declare(queue, durable=True, auto_delete=False)
+            channel.queue_bind(queue, queue, routing_key=queue)
+            for lane in lane_declarations([queue], "classic"):  # where the edge and the client publish
+                lane.declare(channel)
+
     def preload(self, queue: str, messages: Iterable[TaskMessage]) -> int:
         """Publish persistent messages to the default exchange, at most a window of them unconfirmed."""
         unconfirmed: set[int] = set()
@@ -97,14 +113,9 @@ class RabbitMQ:
         def on_nack(delivery_tag: int, multiple: bool) -> None:
             raise BenchError(f"RabbitMQ refused message {delivery_tag} on {queue}")
 
+        self.declare(queue)
         with self._connection() as connection:
             channel = connection.channel()
-            # As the worker declares it (config/celery.py): Queue(name, Exchange(name), routing_key=name).
-            channel.exchange_declare(queue, "direct", durable=True, auto_delete=False)
-            channel.queue_declare(queue, durable=True, auto_delete=False)
-            channel.queue_bind(queue, queue, routing_key=queue)
-            for lane in lane_declarations([queue], "classic"):  # where the edge and the client publish
-                lane.declare(channel)
             channel.confirm_select()
             channel.events["basic_ack"].add(on_ack)
             channel.events["basic_nack"].add(on_nack)

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from userpath_worker import schema
 from userpath_worker.db import make_engine
-from userpath_worker.keys.services import KeyService
+from userpath_worker.keys.services import KeyIdentity, KeyService
 from userpath_worker.organizations.services import create_organization
 from userpath_worker.webhooks import services as webhook_secrets
 from userpath_worker.webhooks.crypto import SecretBox
@@ -50,16 +51,41 @@ def fresh_database(name: str = DATABASE, migrate: bool = True) -> Engine:
     return engine
 
 
-def new_key(engine: Engine, stripe_secret: str | None = None) -> str:
-    """A key of a new organization; with ``stripe_secret``, one whose Stripe webhooks must verify."""
+def new_key(engine: Engine, stripe_secret: str | None = None, organization: str | None = None) -> str:
+    """A key of a new organization (named ``organization``, unique in a database); with
+    ``stripe_secret``, one whose Stripe webhooks must verify."""
     with Session(engine) as session, session.begin():
-        name = "Bench, verified webhooks" if stripe_secret else "Bench"
+        name = organization or ("Bench, verified webhooks" if stripe_secret else "Bench")
         organization = create_organization(session, name, "bench@example.com")
         _, plaintext = KeyService(session, KEY_PEPPER).create(organization, "bench", "bench@example.com")
         if stripe_secret:
             box = SecretBox(SECRET_KEY)
             webhook_secrets.add_secret(session, box, organization, "stripe", stripe_secret, "bench@example.com")
         return plaintext
+
+
+def organization_of(engine: Engine, api_key: str) -> int:
+    """The id of the organization ``api_key`` belongs to, as the worker finds it."""
+    with Session(engine) as session:
+        identity = KeyService(session, KEY_PEPPER).lookup(api_key)
+        if not isinstance(identity, KeyIdentity):
+            raise BenchError(f"the bench's own key is refused: {identity}")
+        return identity.org_id
+
+
+def checkout(commit: str) -> Path:
+    """A git worktree of ``commit`` under the temporary directory, made once and reused: a worker
+    of another commit runs from it (``running_worker``'s ``tree``)."""
+    tree = Path(tempfile.gettempdir()) / f"userpath-bench-{commit}"
+    if not (tree / "tasks").is_dir():
+        # --force: a worktree whose folder was deleted with the temporary directory is still registered.
+        subprocess.run(
+            ["git", "worktree", "add", "--force", "--detach", str(tree), commit],
+            cwd=REPOSITORY,
+            capture_output=True,
+            check=True,
+        )
+    return tree
 
 
 def empty_events(engine: Engine) -> None:
@@ -118,9 +144,17 @@ def status_kib(pid: int, field: str) -> int:
 
 @contextlib.contextmanager
 def running_worker(
-    app: str, queues: Iterable[str], environment: dict[str, str], name: str, concurrency: int
+    app: str,
+    queues: Iterable[str],
+    environment: dict[str, str],
+    name: str,
+    concurrency: int,
+    tree: Path = REPOSITORY,
 ) -> Iterator[Worker]:
-    """A real ``celery worker`` process group, ready to consume; stopped (killed if need be) on exit."""
+    """A real ``celery worker`` process group, ready to consume; stopped (killed if need be) on exit.
+
+    ``tree``: the checkout whose code the worker runs (``checkout``), this one's by default.
+    """
     RESULTS.mkdir(exist_ok=True)
     log = RESULTS / f"{name}.log"
     command = [
@@ -140,8 +174,11 @@ def running_worker(
     with log.open("wb") as output:
         process = subprocess.Popen(
             command,
-            env={name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")} | environment,
-            cwd=REPOSITORY,
+            env={name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")}
+            | environment
+            # Ahead of the editable installs of this checkout: the tree's own worker and client.
+            | {"PYTHONPATH": os.pathsep.join([str(tree), str(tree / "clients" / "python")])},
+            cwd=tree,
             stdout=output,
             stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +17,19 @@ pytestmark = pytest.mark.slow
 
 BROKERS = ("redis", "rabbitmq")
 SCENARIOS = ("envelopes_100", "envelopes_1", "webhooks", "webhooks_verified")
+WORKERS = ("before", "after")  # the fairness scenario's: before lanes (40f75c6) and this checkout's
+
+
+def assert_fairness_figures(fairness: dict[str, Any]) -> None:
+    """Every broker's figures before and after, both organizations stored exactly once (no latency
+    bound: at the smoke size the backlog drains in about a second and the figures are noise)."""
+    for broker in BROKERS:
+        for worker in WORKERS:
+            figures = fairness[broker][worker]
+            assert figures["exactly_once"] is True
+            assert figures["victim_events"] > 0 and figures["victim_p99_ms"] >= figures["victim_p50_ms"] > 0
+            assert figures["flood_events_per_second"] > 0
+        assert fairness[broker]["after"]["flood_drain_share_of_before"] > 0
 
 
 def test_the_smoke_benchmark_writes_every_figure_of_both_brokers(tmp_path: Path) -> None:
@@ -52,6 +66,29 @@ def test_the_smoke_benchmark_writes_every_figure_of_both_brokers(tmp_path: Path)
     # With both brokers every target is measured, the cross-broker ones included.
     assert {"rabbitmq_envelopes_100_share_of_redis", "rabbitmq_envelopes_1_share_of_redis"} <= set(results["targets"])
     assert None not in results["targets"].values()
+    assert "| RabbitMQ | after |" in completed.stdout
+    assert_fairness_figures(results["fairness"])
+
+
+def test_the_fairness_scenario_alone_prints_its_table_with_both_organizations_stored_once(tmp_path: Path) -> None:
+    output = tmp_path / "fairness.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "bench", "--scenario", "fairness", "--size", "smoke", "--broker", "both"]
+        + ["--output", str(output)],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    for broker in ("Redis", "RabbitMQ"):
+        for worker in WORKERS:
+            assert f"| {broker} | {worker} |" in completed.stdout
+    assert "events/s Redis" not in completed.stdout  # the other scenarios did not run
+
+    results = json.loads(output.read_text())
+    assert "drain" not in results and results["fairness"]["flood_events"] == results["parameters"]["flood_events"]
+    assert_fairness_figures(results["fairness"])
 
 
 def test_the_edge_benchmark_at_smoke_size_prints_its_table_with_every_answer_200(tmp_path: Path) -> None:
