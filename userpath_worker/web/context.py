@@ -164,7 +164,8 @@ def form_status(error: UserError) -> int:
 
 def hand_off_key(key_id: int, plaintext: str) -> None:
     """Commit a new key with its hand-off, for the page the POST redirects to (post-redirect-get):
-    the key is in no URL and the cookie holds only the token that takes it back."""
+    the key is in no URL and the cookie holds only the token that takes it back. ``plaintext`` is
+    what that page shows once: the key, or a webhook source's URL, which carries it."""
     session[HANDOFF] = handoff.hand_off(db(), key_id, account().id, plaintext)
     db().commit()
 
