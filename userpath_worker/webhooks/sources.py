@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from userpath_worker.errors import NotFound
 from userpath_worker.keys import scopes
-from userpath_worker.keys.models import ApiKey
+from userpath_worker.keys.models import ApiKey, KeyStatus
 from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations.models import Organization
@@ -36,6 +36,7 @@ class WebhookSource:
     display: str  # the key's display form
     created_at: dt.datetime
     last_used_at: dt.datetime | None
+    status: KeyStatus  # a rolled source's URL works until its grace ends, an expired one's no more
 
 
 def source_url(edge_base_url: str, provider: str, key: str) -> str:
@@ -75,7 +76,9 @@ def _as_source(key: ApiKey) -> WebhookSource | None:
     provider = scopes.only_provider(scopes.from_stored(key.scopes))
     if provider is None:
         return None
-    return WebhookSource(key.id, key.name, provider, key.environment, key.display, key.created_at, key.last_used_at)
+    return WebhookSource(
+        key.id, key.name, provider, key.environment, key.display, key.created_at, key.last_used_at, key.status()
+    )
 
 
 def _free_name(keys: KeyService, organization: Organization, base: str) -> str:

@@ -98,6 +98,7 @@ def test_an_owner_sees_the_url_once_and_its_key_sends_only_that_providers_webhoo
     assert again.status_code == 303 and again.headers["Location"] == webhooks_page(org_id)
     listing = browser.get(webhooks_page(org_id)).get_data(as_text=True)
     assert sources_listed(listing) == [("stripe webhooks (test)", "stripe", identity.display)]
+    assert '<td class="status">active</td>' in listing
     assert key not in listing and key not in browser.get(f"/orgs/{org_id}/settings/api-keys").get_data(as_text=True)
     with Session(web_engine) as session:
         assert session.scalars(select(KeyHandoff)).all() == []
