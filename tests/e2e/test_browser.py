@@ -6,8 +6,10 @@ An owner who knows only the product documentation opens the invitation, sets a p
 and the page shows the key as used; the owner rolls it (the old key expiring within the grace, and
 still working) and deletes the new one (which stops authenticating at once). The owner invites a
 member on the Members page (the invitation pending until the member opens its link and sets a
-password); the member sees the list without any control. The key is in no URL the browser asked
-for and in no log. A screenshot of each page is saved in the test's temporary folder.
+password); the member sees the list without any control. The owner makes a Stripe webhook source on
+Settings → Webhooks and sees its URL once; the member sees the source's row, read-only. No key is in
+a URL the browser asked for or in a log. A screenshot of each page is saved in the test's temporary
+folder.
 """
 
 from __future__ import annotations
@@ -360,12 +362,27 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         # Settings → Webhooks: the owner adds Stripe's signing secret; only its display form shows.
         click_through(driver, 'nav.tabs a[href$="/webhooks"]', then="table#webhook-secrets")
         visit.page("webhooks-empty")
-        Select(element(driver, "select[name=provider]")).select_by_value("stripe")
+        Select(element(driver, "select#webhook-provider")).select_by_value("stripe")
         element(driver, "input#webhook-secret").send_keys(SIGNING_SECRET)
         added = "table#webhook-secrets tr[data-secret-id] td.display"
         listed = click_through(driver, "button#add-webhook-secret", then=added).text
         visit.page("webhooks-secret-added")
         assert listed == "whsec_...0042"
+
+        # A webhook source: the URL to paste into Stripe is shown once, in the copy field; a refresh
+        # shows the Webhooks page, with the source's row and without its URL.
+        Select(element(driver, "select#source-provider")).select_by_value("stripe")
+        Select(element(driver, "select#source-environment")).select_by_value("live")
+        field = click_through(driver, "button#create-webhook-source", then="input#source-url")
+        source_url = field.get_attribute("value")
+        visit.page("webhook-source-created")
+        assert field.get_attribute("readonly") is not None
+        assert re.fullmatch(r"https?://[^/]+/v1/webhooks/stripe/up_live_\S+", source_url), source_url
+        source_key = source_url.rsplit("/", 1)[1]
+        driver.refresh()
+        source_name = element(driver, "table#webhook-sources tr[data-key-id] td.name").text
+        visit.page("webhook-source-refreshed")
+        assert source_name == "stripe webhooks (live)" and source_key not in driver.page_source
 
         # Settings → Members: the owner invites the member, and copies the link the page shows once
         # (no SMTP server here); the invitation is pending, the member not a member yet.
@@ -390,7 +407,10 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         assert key_id in key_ids(driver)
         for control in ("a#new-key", "a.roll", "a.delete"):
             assert driver.find_elements(By.CSS_SELECTOR, control) == [], f"a member sees {control}"
-        assert driver.find_elements(By.LINK_TEXT, "Webhooks") == [], "a member sees the Webhooks tab"
+        click_through(driver, 'nav.tabs a[href$="/webhooks"]', then="table#webhook-sources td.name")
+        visit.page("member-webhooks")
+        for control in ("table#webhook-secrets", "button#create-webhook-source", "table#webhook-sources a.delete"):
+            assert driver.find_elements(By.CSS_SELECTOR, control) == [], f"a member sees {control}"
         click_through(driver, "a#ingestion-tab", then="section#reason-invalid_event")
         visit.page("member-ingestion")
         assert driver.find_elements(By.CSS_SELECTOR, "button.replay") == [], "a member sees Replay"
@@ -401,11 +421,16 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
 
     # The keys were never in a URL (requests and redirects included) nor in a log line.
     assert any(KEYS_PAGE.search(url) for url in visit.urls)
-    for secret, shown_on in ((key, ["key-created"]), (rolled, ["key-rolled"]), (SIGNING_SECRET, [])):
+    for secret, shown_on in (
+        (key, ["key-created"]),
+        (rolled, ["key-rolled"]),
+        (source_key, ["webhook-source-created"]),
+        (SIGNING_SECRET, []),
+    ):
         assert visit.pages_showing(secret) == shown_on  # a key once, on no later page; a signing secret never
         assert [url for url in visit.urls if secret in url] == []
         assert secret not in web_log
         assert secret not in worker_log
     assert visit.console == []  # no script error or Content-Security-Policy violation on any page
-    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 34
+    assert len(list(tmp_path.glob("*.png"))) == len(visit.sources) == 37
     assert counts(engine) == (3, 3)

@@ -17,6 +17,7 @@ from userpath_worker.cli.common import (
     utc,
     when,
 )
+from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
 from userpath_worker.webhooks import services as webhook_secrets
@@ -112,20 +113,24 @@ def sources() -> None:
 @click.option(
     "--provider", required=True, help="The provider, e.g. stripe or github (its signing secret: secrets add)."
 )
+@click.option("--env", "environment", type=click.Choice(["live", "test"]), default="live", show_default=True)
 @click.option("--as", "actor", required=True, metavar="EMAIL", help="The acting owner.")
 @json_option
-def sources_create(org: str, provider: str, actor: str, as_json: bool) -> None:
+def sources_create(org: str, provider: str, environment: str, actor: str, as_json: bool) -> None:
     """Make a key limited to PROVIDER's webhooks and print, once, the URL that carries it."""
     configured = settings()
     with transaction() as session:
         organization = organizations.get_organization(session, org)
-        key, url = create_source(key_service(session), organization, provider, actor, configured.edge_base_url)
+        key, url = create_source(
+            key_service(session), organization, provider, actor, configured.edge_base_url, Environment(environment)
+        )
     if as_json:
-        print_json({"url": url, "key_id": key.id, "provider": provider})
+        print_json({"url": url, "key_id": key.id, "name": key.name, "provider": provider})
         return
     click.echo(url)
     click.echo(
         f"Paste this URL into {provider}'s webhook settings now: it will not be shown again. It carries key "
-        f"{key.id} ({key.display}), which may send only {provider} webhooks; deleting the key retires the URL.",
+        f"{key.id} '{key.name}' ({key.display}), which may send only {provider} webhooks; deleting the key "
+        "retires the URL.",
         err=True,
     )

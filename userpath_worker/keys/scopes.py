@@ -46,6 +46,20 @@ def permits(scopes: Scopes, source: Source, provider: str | None = None) -> bool
     return needed == WEBHOOKS and isinstance(provider, str) and f"{WEBHOOKS}{PROVIDER_SEPARATOR}{provider}" in scopes
 
 
+def provider_scope(provider: str) -> str:
+    """The scope of one provider's webhooks, e.g. ``webhooks:stripe`` (unchecked: ``parse_scope``)."""
+    return f"{WEBHOOKS}{PROVIDER_SEPARATOR}{provider}"
+
+
+def only_provider(scopes: Scopes) -> str | None:
+    """The provider a key is limited to when its one scope is that provider's webhooks (a webhook
+    source's key, ``webhooks.sources``); None for any other key."""
+    if scopes is None or len(scopes) != 1:
+        return None
+    base, separator, provider = next(iter(scopes)).partition(PROVIDER_SEPARATOR)
+    return provider if base == WEBHOOKS and separator else None
+
+
 def parse_scope(text: str) -> str:
     """One scope as a person typed it, checked; a ``UserError`` saying what is allowed otherwise."""
     scope = text.strip()

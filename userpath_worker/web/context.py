@@ -23,6 +23,7 @@ from config.settings import Settings
 from userpath_worker.accounts import services as accounts
 from userpath_worker.accounts.models import Account
 from userpath_worker.errors import Conflict, NotFound, PermissionDenied, UserError
+from userpath_worker.keys import handoff
 from userpath_worker.keys.services import KeyService, configured_pepper
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization, Role
@@ -32,6 +33,7 @@ from userpath_worker.web import secret_scanning
 View = TypeVar("View", bound=Callable[..., Any])
 
 SESSION_TOKEN = "session"  # the key, in Flask's signed cookie, of the web session's token
+HANDOFF = "key_handoff"  # the key, in the session, of the token that takes a new key back (keys.handoff)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +160,23 @@ def form_status(error: UserError) -> int:
     if isinstance(error, PermissionDenied | NotFound):
         raise error
     return 409 if isinstance(error, Conflict) else 400
+
+
+def hand_off_key(key_id: int, plaintext: str) -> None:
+    """Commit a new key with its hand-off, for the page the POST redirects to (post-redirect-get):
+    the key is in no URL and the cookie holds only the token that takes it back. ``plaintext`` is
+    what that page shows once: the key, or a webhook source's URL, which carries it."""
+    session[HANDOFF] = handoff.hand_off(db(), key_id, account().id, plaintext)
+    db().commit()
+
+
+def take_handed_off_key(key_id: int) -> str | None:
+    """The new key ``key_id`` this browser's POST handed off, once; None afterwards (a refresh, the
+    back button), when the page shows the list instead."""
+    token = session.pop(HANDOFF, None)
+    plaintext = handoff.take(db(), token, key_id, account().id) if isinstance(token, str) else None
+    db().commit()
+    return plaintext
 
 
 def shown_once(rendered: tuple[str, int]) -> Response:

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from flask import Blueprint, flash, redirect, render_template, request, session, url_for
+from flask import Blueprint, flash, redirect, render_template, request, url_for
 from kombu.utils.url import maybe_sanitize_url
 from markupsafe import Markup
 from sqlalchemy import Row, select
@@ -22,22 +22,23 @@ from config.settings import Settings
 from userpath_worker.db import utcnow
 from userpath_worker.errors import UserError
 from userpath_worker.events import rollups
-from userpath_worker.keys import handoff, scopes
+from userpath_worker.keys import scopes
 from userpath_worker.keys.models import ApiKey, key_status
 from userpath_worker.keys.services import OWNERS_WORK, KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.rotation.services import RotationPolicy
 from userpath_worker.web.context import (
-    account,
     actor,
     db,
     form_status,
+    hand_off_key,
     membership,
     owner,
     page,
     shown_once,
     signed_in,
+    take_handed_off_key,
     web,
 )
 from userpath_worker.web.formatting import flag_reason, relative, utc
@@ -60,7 +61,6 @@ SCOPE_CHOICES = [
     (scopes.WEBHOOKS, "every provider's webhooks (userpath.webhooks)"),
 ]
 PROVIDER_LIST = re.compile(r"[\s,]+")
-HANDOFF = "key_handoff"  # the key, in the session, of the token that takes a new key back (keys.handoff)
 
 
 class KeyRow(NamedTuple):
@@ -219,9 +219,7 @@ def key_shown(org_id: int, key_id: int) -> Any:
     """The new key, once; afterwards (a refresh, the back button) its row on the list."""
     current = membership(org_id)
     key = web().keys(db()).get_in(current.organization, key_id)
-    token = session.pop(HANDOFF, None)
-    plaintext = handoff.take(db(), token, key.id, account().id) if isinstance(token, str) else None
-    db().commit()
+    plaintext = take_handed_off_key(key.id)
     if plaintext is None:
         return redirect(url_for("keys.list_keys", org_id=org_id, _anchor=key_anchor(key.id)), 303)
     replaced = db().scalar(select(ApiKey).where(ApiKey.replaced_by_id == key.id))
@@ -264,8 +262,7 @@ def _owned_key(org_id: int, key_id: int) -> tuple[KeyService, ApiKey]:
 
 def _hand_off(org_id: int, key: ApiKey, plaintext: str) -> Any:
     """Commit the new key with its hand-off, and redirect to the page that shows it."""
-    session[HANDOFF] = handoff.hand_off(db(), key.id, account().id, plaintext)
-    db().commit()
+    hand_off_key(key.id, plaintext)
     return redirect(url_for("keys.key_shown", org_id=org_id, key_id=key.id), 303)
 
 

@@ -193,8 +193,31 @@ def test_a_webhook_source_prints_its_url_once_with_a_key_limited_to_the_provider
     shown = json.loads(ok("keys", "show", str(created["key_id"]), "--json").output)
     assert shown["scopes"] == ["webhooks:stripe"]
     assert key not in json.dumps(shown)  # the URL's key is shown once, as any key
+    assert created["name"] == "stripe webhooks (live)"
     text = ok("webhooks", "sources", "create", "--org", "Acme", "--provider", "github", "--as", OWNER).output
     assert "/v1/webhooks/github/up_live_" in text and "may send only github webhooks" in text
+    # Named as Settings → Webhooks names them (the same service): a second one is numbered.
+    again = json.loads(
+        ok("webhooks", "sources", "create", "--org", "Acme", "--provider", "stripe", "--as", OWNER, "--json").output
+    )
+    assert again["name"] == "stripe webhooks (live) 2"
+    test_source = json.loads(
+        ok(
+            "webhooks",
+            "sources",
+            "create",
+            "--org",
+            "Acme",
+            "--provider",
+            "stripe",
+            "--env",
+            "test",
+            "--as",
+            OWNER,
+            "--json",
+        ).output
+    )
+    assert test_source["name"] == "stripe webhooks (test)" and "/v1/webhooks/stripe/up_test_" in test_source["url"]
 
     refused = run("webhooks", "sources", "create", "--org", "Acme", "--provider", "Not A Provider", "--as", OWNER)
     assert refused.exit_code == 1 and len(refused.output.strip().splitlines()) == 1
