@@ -44,6 +44,8 @@ def read_messages(broker_url: str, queue: str, expected: int, timeout: float = 1
     more arrive. A key's messages are all in one lane, so they come back in the order sent."""
     messages: list[Message] = []
     deadline = time.monotonic() + timeout
+    if not broker_url.startswith("redis") and queue in INGESTION_QUEUES:
+        declare_ingestion_queues(broker_url)  # a fresh broker has no lanes yet: getting from one is NOT_FOUND
     with Connection(broker_url) as connection:
         channel = connection.channel()
 
