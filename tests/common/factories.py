@@ -17,6 +17,7 @@ from userpath_worker.keys.services import KeyService
 from userpath_worker.keys.tokens import Environment
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization, Role
+from userpath_worker.organizations.services import RateLimit
 
 _sequence = itertools.count(1)
 
@@ -48,6 +49,15 @@ def new_key(engine: Engine, environment: Environment = Environment.LIVE) -> tupl
             organization, "App X Production Server", OWNER, environment
         )
         return organization.id, key.id, plaintext
+
+
+def new_limited_key(engine: Engine, events_per_second: int, burst: int) -> tuple[int, str]:
+    """(org id, key) of a new organization limited at the edge to ``events_per_second`` and ``burst``."""
+    org_id, _, key = new_key(engine)
+    with Session(engine) as session, session.begin():
+        organization = session.get_one(Organization, org_id)
+        organizations.set_rate_limit(session, organization, RateLimit(events_per_second, burst))
+    return org_id, key
 
 
 def now() -> str:

@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from tests.common.browser import free_port
 from tests.common.databases import TEST_DATABASE_PREFIX
 from tests.common.edge import Reply, call, running_edge
-from tests.common.factories import new_key
+from tests.common.factories import new_key, new_limited_key
 from tests.common.workers import (
     FAULTS_REDIS_URL,
     database_fixtures,
@@ -30,23 +30,11 @@ from tests.common.workers import (
     worker_environment,
 )
 from userpath_worker.events.models import Event
-from userpath_worker.organizations import services as organizations
-from userpath_worker.organizations.models import Organization
-from userpath_worker.organizations.services import RateLimit
 
 pytestmark = pytest.mark.slow
 
 database, clean_database = database_fixtures(f"{TEST_DATABASE_PREFIX}_edge_limits")
 LIMITS_RABBITMQ_VHOST = f"{TEST_DATABASE_PREFIX}_edge_limits"
-
-
-def limited(engine: Engine, events_per_second: int, burst: int) -> tuple[int, str]:
-    """(org id, key) of a new organization limited to ``events_per_second`` and ``burst``."""
-    org_id, _, key = new_key(engine)
-    with Session(engine) as session, session.begin():
-        organization = session.get_one(Organization, org_id)
-        organizations.set_rate_limit(session, organization, RateLimit(events_per_second, burst))
-    return org_id, key
 
 
 def batch(count: int, prefix: str) -> dict[str, object]:
@@ -68,7 +56,7 @@ def test_over_its_rate_an_organization_is_told_429_with_retry_after_and_counted(
     database_url, engine = clean_database
     broker_url = FAULTS_REDIS_URL if broker == "redis" else rabbitmq_vhost(LIMITS_RABBITMQ_VHOST)
     empty_queues(broker_url)  # on Redis: no bucket of an earlier test either
-    org_id, key = limited(engine, events_per_second=2, burst=10)
+    org_id, key = new_limited_key(engine, events_per_second=2, burst=10)
     _, _, unlimited_key = new_key(engine)  # another organization, at the default
     metrics_port = free_port()
     environment = worker_environment(database_url, broker_url, USERPATH_EDGE_METRICS_PORT=str(metrics_port))
@@ -109,7 +97,7 @@ def test_edge_processes_share_one_bucket_through_redis(
         broker_url = rabbitmq_vhost(LIMITS_RABBITMQ_VHOST)
         empty_queues(broker_url)
         environment = worker_environment(database_url, broker_url, USERPATH_EDGE_REDIS_URL=FAULTS_REDIS_URL)
-    _, key = limited(engine, events_per_second=1, burst=10)
+    _, key = new_limited_key(engine, events_per_second=1, burst=10)
     with (
         running_edge(environment, tmp_path / "edge-a.log") as edge_a,
         running_edge(environment, tmp_path / "edge-b.log") as edge_b,
@@ -126,7 +114,7 @@ def test_without_redis_each_edge_process_limits_on_its_own(clean_database: tuple
     broker_url = rabbitmq_vhost(LIMITS_RABBITMQ_VHOST)
     empty_queues(broker_url)
     environment = worker_environment(database_url, broker_url)
-    _, key = limited(engine, events_per_second=1, burst=10)
+    _, key = new_limited_key(engine, events_per_second=1, burst=10)
     with (
         running_edge(environment, tmp_path / "edge-a.log") as edge_a,
         running_edge(environment, tmp_path / "edge-b.log") as edge_b,
@@ -142,7 +130,7 @@ def test_segments_library_waits_out_its_429s_and_every_event_is_stored_once(
     database_url, engine = clean_database
     empty_queues(FAULTS_REDIS_URL)
     environment = worker_environment(database_url, FAULTS_REDIS_URL)
-    _, key = limited(engine, events_per_second=20, burst=20)
+    _, key = new_limited_key(engine, events_per_second=20, burst=20)
     errors: list[Exception] = []
     with (
         running_worker(environment, tmp_path / "worker.log", "--concurrency=1"),
