@@ -43,7 +43,9 @@ QUANTUM = 10  # messages a lane gives in its turn; a slow lane gives one
 # the one at the front (1 from a slow lane, ARGV[6..]), which then goes to the back of the line,
 # or leaves it once empty; the queue's own lists (producers that know no lanes, KEYS[5..]) have a
 # turn between any two lanes'. So a message of a quiet key waits for one turn of each busy lane,
-# never behind a busy lane's backlog. Each round takes a message or retires a lane: it ends.
+# never behind a busy lane's backlog. A lane alone (no other lane, the queue's own lists empty)
+# gives all the batch wants: nobody waits behind it within this call, which is atomic. Each round
+# takes a message or retires a lane or list: it ends.
 _TAKE = (
     """
 local limit, max_bytes, quantum = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[5])
@@ -64,22 +66,32 @@ local function take(list, lane, count)
   end
   return got, false
 end
+local plain = {}  -- the queue's own lists not yet found empty by this call
+for i = 5, #KEYS do plain[#plain + 1] = KEYS[i] end
+local back  -- the score at the back of the line, read once
 while #taken < limit and size < max_bytes do
-  local moved = 0
-  for i = 5, #KEYS do
-    moved = moved + take(KEYS[i], '', quantum - moved)
+  local moved, i = 0, 1
+  while i <= #plain do
+    local got, emptied = take(plain[i], '', quantum - moved)
+    moved = moved + got
+    if emptied then table.remove(plain, i) elseif moved >= quantum then break else i = i + 1 end
   end
-  local front = redis.call('ZRANGE', KEYS[4], 0, 0)[1]
+  local line = redis.call('ZRANGE', KEYS[4], 0, 1, 'WITHSCORES')
+  local front = line[1]
   if front then
+    local alone = line[3] == nil and #plain == 0 and not slow[front]
     local got, emptied = take(ARGV[4] .. '"""
     + LANE_INFIX
-    + """' .. front, front, slow[front] and 1 or quantum)
+    + """' .. front, front, alone and limit or (slow[front] and 1 or quantum))
     moved = moved + got
     if emptied then
       redis.call('ZREM', KEYS[4], front)
-    else
-      local last = redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')
-      redis.call('ZADD', KEYS[4], tonumber(last[2]) + 1, front)
+    else  -- to the back of the line, behind any lane that arrives later (they join at 0)
+      if not back then
+        back = alone and tonumber(line[2]) or tonumber(redis.call('ZRANGE', KEYS[4], -1, -1, 'WITHSCORES')[2])
+      end
+      back = back + 1
+      redis.call('ZADD', KEYS[4], back, front)
     end
   elseif moved == 0 then
     break

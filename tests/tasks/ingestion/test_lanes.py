@@ -79,6 +79,21 @@ def test_lanes_are_taken_in_turn_a_quantum_each_and_the_queues_own_list_has_a_tu
     assert lanes == [""] * QUANTUM + [lane_of(VICTIM)] * 3
 
 
+def test_lanes_of_unequal_backlogs_keep_their_turns_as_some_empty_and_the_last_one_gives_the_rest(
+    broker: redis.Redis,
+) -> None:
+    keys = sorted((tokens.generate(Environment.LIVE) for _ in range(3)), key=lane_of)  # the line's first order
+    for key, count in zip(keys, (25, 5, 35), strict=True):
+        publish(key, count, "n")
+    first, short, last = (lane_of(key) for key in keys)
+    batches = RedisBatches(broker, [EVENTS_QUEUE], lanes_only=True)
+    lanes = taken_lanes(broker, batches.take(EVENTS_QUEUE, 65, 10**7).tags)
+    # In turn while two or more wait; once alone, a lane gives what the batch still wants at once.
+    expected = [first] * 10 + [short] * 5 + [last] * 10 + [first] * 10 + [last] * 10 + [first] * 5 + [last] * 15
+    assert lanes == expected
+    assert batches.take(EVENTS_QUEUE, 65, 10**7).tags == [] and broker.zcard(ready_lanes(EVENTS_QUEUE)) == 0
+
+
 def test_a_slow_lane_gives_one_message_a_turn(broker: redis.Redis) -> None:
     publish(FLOODER, 50, "flood")
     publish(VICTIM, 50, "victim")
