@@ -385,7 +385,14 @@ def test_dockerfile_installs_dependencies_first_and_runs_as_non_root() -> None:
 def test_what_the_embedded_default_writes_beside_its_database_is_ignored_by_git() -> None:
     # The generated secrets above all: committed, they would sign every session and decrypt every
     # webhook signing secret of whoever clones the repository.
-    written = ["userpath.db", "userpath-broker.db", "userpath-demo-worker.log", SECRET_FILE, SECRET_KEY_FILE]
+    written = [
+        "userpath.db",
+        "userpath-broker.db",
+        "userpath-demo-worker.log",
+        "userpath-demo-edge.log",
+        SECRET_FILE,
+        SECRET_KEY_FILE,
+    ]
     checked = subprocess.run(
         ["git", "check-ignore", "--no-index", *written], cwd=ROOT, capture_output=True, text=True, check=False
     )

@@ -1,24 +1,30 @@
 """``userpath demo``: the whole product in one command on the embedded default.
 
-Creates a demo organization and key, starts a real worker process, sends server, job and
-webhook events plus a few bad messages through the real broker with the producer client, and
+Creates a demo organization and key, starts a real worker process and a real HTTP edge (``userpath
+edge``, on a free local port), sends server, job and webhook events plus a few bad messages through
+the real broker with the producer client and Segment-style calls through the edge over HTTP, and
 waits until every one of them is stored or dead-lettered. Each run's key replaces the previous
 run's, so that the demo leaves one active key behind however often it runs; the CLI prints it once,
-in a snippet that sends an event with it. Ends with a fresh one-time link for the demo's owner to
-set a password on the web pages (``userpath web``) and see the keys there.
+in a snippet that sends an event with it and a curl line that sends one through the edge. Ends with
+a fresh one-time link for the demo's owner to set a password on the web pages (``userpath web``) and
+see the keys there.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,7 +51,9 @@ from userpath_worker.organizations.models import Role
 
 DEMO_ORG = "Demo"
 DEMO_OWNER = "owner@demo.example"
-EXPECTED_EVENTS = 7  # 3 server + 2 job + 2 webhook
+EDGE_EVENTS = 3  # Segment's /v1/track, and a /v1/batch of an identify and a page
+EXPECTED_EVENTS = 7 + EDGE_EVENTS  # 3 server + 2 job + 2 webhook through the broker
+EDGE_READY_SECONDS = 60.0
 EXPECTED_DEAD_LETTERS = 3  # an unknown key, a deleted key, an event with no user
 
 
@@ -71,19 +79,27 @@ class _Keys:
     deleted_key: str
 
 
-def run(worker_command: list[str], say: Callable[[str], None], timeout: float = 90.0) -> DemoRun:
+def run(
+    worker_command: list[str], edge_command: list[str], say: Callable[[str], None], timeout: float = 90.0
+) -> DemoRun:
     settings = get_settings()
     schema.prepare(runtime.engine(), quiet=True)  # the quick start says what the demo leaves behind
     started_at = utcnow()
     keys = _demo_keys(started_at, say)
 
     log_path = Path("userpath-demo-worker.log").resolve()
+    edge_log_path = Path("userpath-demo-edge.log").resolve()
+    edge_url = f"http://127.0.0.1:{_free_port()}"
     try:
-        with _worker(worker_command, log_path) as worker:
+        with (
+            _process(worker_command, log_path) as worker,
+            _process([*edge_command, "--port", edge_url.rpartition(":")[2]], edge_log_path) as edge,
+        ):
             _send(keys.key, keys.deleted_key, settings.broker_url)
+            _send_through_edge(edge_url, keys.key, edge, edge_log_path)
             say(
-                f"Sent {EXPECTED_EVENTS} good events and {EXPECTED_DEAD_LETTERS} bad messages; "
-                "waiting for the worker..."
+                f"Sent {EXPECTED_EVENTS - EDGE_EVENTS} good events and {EXPECTED_DEAD_LETTERS} bad messages to the "
+                f"broker, and {EDGE_EVENTS} events through the edge at {edge_url}; waiting for the worker..."
             )
             deadline = time.monotonic() + timeout
             while (done := _handled(keys, started_at)) != (EXPECTED_EVENTS, EXPECTED_DEAD_LETTERS):
@@ -145,6 +161,15 @@ with UserPath("{key}", broker_url=broker_url) as userpath:
 EOF"""
 
 
+def curl_line(key: str, edge_base_url: str) -> str:
+    """A shell line that sends one event with ``key`` through the edge, as Segment's HTTP API takes it."""
+    body = json.dumps({"userId": "user-1", "event": "Curl Sent", "properties": {"via": "curl"}})
+    return (
+        f"curl -sS -u {shlex.quote(key + ':')} -H 'Content-Type: application/json' -d {shlex.quote(body)} "
+        + shlex.quote(f"{edge_base_url}/v1/track")
+    )
+
+
 def _owner_link(web_base_url: str) -> str:
     """A fresh one-time link for the demo's owner: an invitation while they have no password, a
     password reset once they set one (the demo cannot know it). Issued as the operator."""
@@ -193,6 +218,57 @@ def _send(key: str, deleted_key: str, broker_url: str) -> None:
     careless.close()
 
 
+def _send_through_edge(url: str, key: str, edge: subprocess.Popen[bytes], log_path: Path) -> None:
+    """Segment-style calls to the demo's edge, as a Segment library sends them (the key as Basic
+    user name); each answered 200 only once the broker has its events."""
+    deadline = time.monotonic() + EDGE_READY_SECONDS
+    while not _answers(f"{url}/healthz"):
+        if edge.poll() is not None or time.monotonic() > deadline:
+            raise UserError(f"the demo's edge did not start; see {log_path}")
+        time.sleep(0.1)
+    calls = [
+        ("track", {"userId": "user-1", "event": "Plan Upgraded", "properties": {"plan": "team"}}),
+        (
+            "batch",
+            {
+                "batch": [
+                    {"type": "identify", "userId": "user-1", "traits": {"email": "user-1@demo.example"}},
+                    {"type": "page", "anonymousId": "anon-42", "name": "Pricing", "properties": {"path": "/pricing"}},
+                ]
+            },
+        ),
+    ]
+    authorization = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+    for route, body in calls:
+        request = urllib.request.Request(
+            f"{url}/v1/{route}",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json", "Authorization": authorization},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                answer = json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            answer = {"status": error.code, **json.loads(error.read())}
+        if answer != {"success": True}:
+            raise UserError(f"the demo's edge answered /v1/{route} with {answer}; see {log_path}")
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:  # not listening yet (URLError is an OSError)
+        return False
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def _handled(keys: _Keys, since: dt.datetime) -> tuple[int, int]:
     """This run's messages stored and dead-lettered so far, told apart by their keys (the
     stranger's unknown key is none)."""
@@ -222,19 +298,21 @@ def _counts(org_id: int, since: dt.datetime) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _worker(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+def _process(command: list[str], log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The demo's worker or edge, stopped on exit."""
     with log_path.open("wb") as log:
-        environment = {**os.environ, "USERPATH_METRICS_PORT": "0"}  # a demo serves no metrics
-        worker = subprocess.Popen(
+        # A demo serves no metrics.
+        environment = {**os.environ, "USERPATH_METRICS_PORT": "0", "USERPATH_EDGE_METRICS_PORT": "0"}
+        process = subprocess.Popen(
             command, env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
     try:
-        yield worker
+        yield process
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(worker.pid, signal.SIGTERM)
+            os.killpg(process.pid, signal.SIGTERM)
         try:
-            worker.wait(30)
+            process.wait(30)
         except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

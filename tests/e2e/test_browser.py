@@ -337,6 +337,8 @@ def test_an_owner_manages_keys_in_a_browser_and_a_member_only_sees_them(
         for reason in ("invalid_event", "too_large", "deleted_key"):
             element(driver, f"section#reason-{reason}")
         assert "What to do:" in ingestion and "deleted" in element(driver, "section#reason-deleted_key").text
+        limit = element(driver, "section#rate-limit").text  # the edge's limit; nothing answered 429 here
+        assert "2000 events a second" in limit and "the default" in limit and "No event was answered 429" in limit
         assert key not in driver.page_source and rolled not in driver.page_source
         at_phone_width(driver, visit, "ingestion-phone")
         click_through(driver, "section#reason-invalid_event button.replay", then="p.notice")

@@ -1,5 +1,6 @@
 """Per-organization rate limits at a real ``userpath edge`` (issue 21, item 5): over its rate an
-organization is answered 429 with Retry-After and X-RateLimit-*, counted in the edge's metrics;
+organization is answered 429 with Retry-After and X-RateLimit-*, counted in the edge's metrics and
+in its keys' counters (the owners' Ingestion tab);
 edge processes share one bucket through Redis; and Segment's own library, pointed at the edge with
 a low limit, waits out its 429s and every event is stored once by a real worker."""
 
@@ -29,6 +30,8 @@ from tests.common.workers import (
     settle_at,
     worker_environment,
 )
+from userpath_worker.db import utcnow
+from userpath_worker.events import rollups
 from userpath_worker.events.models import Event
 
 pytestmark = pytest.mark.slow
@@ -81,6 +84,8 @@ def test_over_its_rate_an_organization_is_told_429_with_retry_after_and_counted(
             exposed = response.read().decode()
         assert f'userpath_edge_rate_limited_total{{org_id="{org_id}"}} 1.0' in exposed
         assert f'userpath_edge_rate_limited_events_total{{org_id="{org_id}"}} 1.0' in exposed
+    with Session(engine) as session:  # written by the edge by its exit at the latest
+        assert [(row.day, row.month) for row in rollups.rate_limited_by_key(session, org_id, utcnow())] == [(1, 1)]
     with running_worker(environment, tmp_path / "worker.log", "--concurrency=1"):
         settle_at(engine, (12, 0), timeout=60)  # the refused call is not stored; its retry is
 

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import click
 
-from userpath_worker.cli.common import celery_command, transaction, worker_arguments
+from userpath_worker.cli.common import celery_command, settings, transaction, worker_arguments
 from userpath_worker.cli.events import show_dead_letters, show_events
 from userpath_worker.deadletter import services as dead_letters
 from userpath_worker.events.storage import newest_events
@@ -34,7 +35,8 @@ def demo() -> None:
     from userpath_worker import demo as demonstration  # brings in the client only when asked
 
     command = celery_command(*worker_arguments(concurrency=1, loglevel="WARNING", beat=False))
-    run = demonstration.run(command, click.echo)
+    edge = [sys.executable, "-m", "userpath_worker.cli", "edge"]
+    run = demonstration.run(command, edge, click.echo)
     with transaction() as session:
         found = newest_events(session, run.org_id, run.events)
         rejected = dead_letters.list_dead_letters(session, None, since=run.started_at)
@@ -48,6 +50,10 @@ def demo() -> None:
         " `userpath worker` or the next `userpath demo` stores it:"
     )
     click.echo(demonstration.snippet(run.key))
+    click.echo(
+        "\nOr through the HTTP edge, as Segment's libraries send: start `userpath edge` (another terminal), then:"
+    )
+    click.echo(demonstration.curl_line(run.key, settings().edge_base_url))
     click.echo(
         f"\nSee its keys on the web pages as the demo's owner ({demonstration.DEMO_OWNER}): run `userpath web`, "
         "then open this one-time link (valid 72 hours) to set a password:"

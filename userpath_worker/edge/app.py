@@ -23,7 +23,7 @@ from userpath_client.contract import HTTP_MAX_BATCH_BYTES, HTTP_MAX_CALL_BYTES, 
 from userpath_worker import runtime
 from userpath_worker.edge import segment
 from userpath_worker.edge.http import WEBHOOK_PREFIX, Answer, Refused, credentials, inflate, refusal, shown, too_large
-from userpath_worker.edge.limits import LocalBuckets, OrganizationLimits, RateLimiter, RedisBuckets
+from userpath_worker.edge.limits import LocalBuckets, OrganizationLimits, RateLimiter, RedisBuckets, RefusalCounts
 from userpath_worker.edge.service import Edge, Publishers, unavailable
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.exposure import GITHUB_REPORTS_PATH, ExposureService
@@ -221,9 +221,8 @@ def rate_limiter(settings: Settings, sessions: Callable[[], Session]) -> RateLim
     redis_url = settings.edge_redis_url
     if redis_url is None and settings.broker_url.startswith(("redis://", "rediss://")):
         redis_url = settings.broker_url
-    if redis_url is None:
-        return RateLimiter(limits, LocalBuckets())
-    return RateLimiter(limits, RedisBuckets(redis_url, settings.edge_broker_timeout_seconds))
+    buckets = LocalBuckets() if redis_url is None else RedisBuckets(redis_url, settings.edge_broker_timeout_seconds)
+    return RateLimiter(limits, buckets, RefusalCounts(sessions))
 
 
 def build(settings: Settings | None = None) -> EdgeApp:

@@ -9,10 +9,17 @@ The buckets live in Redis, shared by every edge process (``RedisBuckets``: one L
 on Redis' own clock), or, without a Redis, in the process (``LocalBuckets``: each edge process then
 limits on its own). An organization's limits are read from the database and kept ``ttl`` seconds,
 as the key authenticator keeps keys.
+
+Each refusal is counted for the organization's owners (``RefusalCounts``): added to the keys' hourly
+counters in the database, which the Settings pages read for every other refusal, batched in memory
+and written at most every ``FLUSH_SECONDS``. The database and not Redis: the embedded default has no
+Redis, and the pages would need a second place to read. Batched: a flood of 429s must not become a
+write to the database for each request.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import math
 import threading
@@ -26,12 +33,15 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from userpath_worker import metrics
+from userpath_worker.db import utcnow
 from userpath_worker.edge.http import Refused, broker_unavailable
+from userpath_worker.events import rollups
 from userpath_worker.organizations.services import RateLimit, own_rate_limit
 
 logger = logging.getLogger("userpath.edge")
 
 BUCKET_KEY = "userpath:edge:bucket:{org_id}"
+FLUSH_SECONDS = 10.0
 
 # KEYS[1] the bucket; ARGV: events a second, burst, events wanted. Returns {wait, tokens left} as
 # text (Lua numbers would come back truncated to integers). Time is Redis' own, so edge hosts'
@@ -170,14 +180,78 @@ class Verdict:
         )
 
 
+class RefusalCounts:
+    """The events each key was refused with 429, by the hour, added to its counters (outcome
+    ``rate_limited``) by a thread of this process: at once after a quiet while, then at most every
+    ``every`` seconds, one upsert for all that was counted meanwhile. An edge process that stops
+    (uvicorn ends on the signal it was sent) loses at most its last ``every`` seconds' counts:
+    figures for an owner, not a ledger (the events themselves were never taken)."""
+
+    def __init__(
+        self, sessions: Callable[[], Session], every: float = FLUSH_SECONDS, clock: Callable[[], dt.datetime] = utcnow
+    ) -> None:
+        self._sessions = sessions
+        self._every = every
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._writing = threading.Lock()  # one flush at a time: a flush returns once its counts are in
+        self._due = threading.Event()
+        self._pending: dict[dt.datetime, tuple[rollups.Tally, dt.datetime]] = {}  # hour: (counts, latest)
+        self._flushing: threading.Thread | None = None
+
+    def add(self, org_id: int, key_id: int, events: int) -> None:
+        now = self._clock()
+        with self._lock:
+            hour = rollups.hour_of(now)
+            tally = self._pending[hour][0] if hour in self._pending else rollups.Tally()
+            tally.add(org_id, key_id, rollups.RATE_LIMITED, events)
+            self._pending[hour] = (tally, now)
+            if self._flushing is None:  # the first refusal of this process starts the flushes
+                self._flushing = threading.Thread(target=self._flush_when_due, name="edge-429-counts", daemon=True)
+                self._flushing.start()
+        self._due.set()
+
+    def flush(self) -> None:
+        """Write what was counted until now; kept for the next flush if the database fails."""
+        with self._writing:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            if not pending:
+                return
+            try:
+                with self._sessions() as session, session.begin():
+                    for tally, latest in pending.values():
+                        rollups.add_counts(session, tally, latest)
+            except Exception as error:  # the thread must go on: the database may be back next time
+                logger.warning(
+                    "the 429 counts could not be written (%s: %s); kept for the next try", type(error).__name__, error
+                )
+                with self._lock:
+                    for hour, (tally, latest) in pending.items():
+                        if hour in self._pending:
+                            newer, newer_latest = self._pending[hour]
+                            tally.counts.update(newer.counts)
+                            latest = max(latest, newer_latest)
+                        self._pending[hour] = (tally, latest)
+                self._due.set()
+
+    def _flush_when_due(self) -> None:
+        while True:
+            self._due.wait()
+            self._due.clear()
+            self.flush()
+            time.sleep(self._every)
+
+
 class RateLimiter:
-    def __init__(self, limits: OrganizationLimits, buckets: Buckets) -> None:
+    def __init__(self, limits: OrganizationLimits, buckets: Buckets, refusals: RefusalCounts) -> None:
         self._limits = limits
         self._buckets = buckets
+        self._refusals = refusals
 
-    def take(self, org_id: int, events: int) -> Verdict | None:
-        """The bucket's verdict on ``events`` more of the organization (counted when refused), or
-        None when it has no limit."""
+    def take(self, org_id: int, key_id: int, events: int) -> Verdict | None:
+        """The bucket's verdict on ``events`` more of the organization, sent with key ``key_id``
+        (counted when refused), or None when it has no limit."""
         limit = self._limits.of(org_id)
         if limit is None:
             return None
@@ -185,4 +259,5 @@ class RateLimiter:
         if verdict.wait > 0:
             metrics.EDGE_RATE_LIMITED.labels(str(org_id)).inc()
             metrics.EDGE_RATE_LIMITED_EVENTS.labels(str(org_id)).inc(events)
+            self._refusals.add(org_id, key_id, events)
         return verdict

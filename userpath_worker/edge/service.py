@@ -219,7 +219,7 @@ class Edge:
     def _admit(self, identity: KeyIdentity, events: int) -> tuple[tuple[str, str], ...]:
         """The X-RateLimit-* headers once ``events`` are taken from the organization's bucket, or
         ``Refused`` with 429 when it does not hold them yet."""
-        verdict = self._limiter.take(identity.org_id, events)
+        verdict = self._limiter.take(identity.org_id, identity.key_id, events)
         if verdict is None:
             return ()
         if verdict.wait > 0:

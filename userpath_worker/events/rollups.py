@@ -5,6 +5,7 @@ say what a key sends.
 The worker adds to them in the transaction that stores the batch: one multi-row upsert for the
 batch, one row per (key, hour, outcome). A refusal without a key (malformed, mistyped, unknown)
 belongs to no organization and is not counted here: it stays in the operator's dead-letter list.
+The edge adds the events it refused with 429 (``RATE_LIMITED``), batched (``edge.limits``).
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
-from sqlalchemy import Index, Integer, String, func, inspect, select
+from sqlalchemy import Index, Integer, String, case, func, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from userpath_worker.db import Base
 
 STORED = "stored"
-DUPLICATE = "duplicate"  # every other outcome is a dead letter's reason
+DUPLICATE = "duplicate"
+# Events the edge answered 429, counted each time they were sent. Every other outcome is a dead
+# letter's reason. Both are refusals.
+RATE_LIMITED = "rate_limited"
 TABLE = "ingestion_counts"
 DAY = dt.timedelta(days=1)
 MONTH_DAYS = 30
@@ -158,8 +163,8 @@ def day_counts(session: Session, org_id: int, now: dt.datetime) -> dict[int, dic
 def refusals_by_key(
     session: Session, org_id: int, now: dt.datetime, days: int = MONTH_DAYS
 ) -> list[tuple[str, int, int, dt.datetime]]:
-    """The organization's refusals of the last ``days`` days: (reason, api_key_id, count, last),
-    the most frequent first."""
+    """The organization's dead letters of the last ``days`` days: (reason, api_key_id, count, last),
+    the most frequent first (the edge's 429s are ``rate_limited_by_key``'s)."""
     if not _counting(session):
         return []
     total = func.sum(IngestionCount.count)
@@ -168,12 +173,44 @@ def refusals_by_key(
         .where(
             IngestionCount.org_id == org_id,
             IngestionCount.hour > hour_of(now) - days * DAY,
-            IngestionCount.outcome.not_in([STORED, DUPLICATE]),
+            IngestionCount.outcome.not_in([STORED, DUPLICATE, RATE_LIMITED]),
         )
         .group_by(IngestionCount.outcome, IngestionCount.api_key_id)
         .order_by(total.desc())
     )
     return [(reason, key, int(count), last) for reason, key, count, last in rows]
+
+
+class RateLimited(NamedTuple):
+    api_key_id: int
+    day: int
+    month: int
+    last: dt.datetime
+
+
+def rate_limited_by_key(session: Session, org_id: int, now: dt.datetime) -> list[RateLimited]:
+    """The organization's events refused with 429 at the edge, by key, in the last 24 hours and 30
+    days (by the hour, as ``key_activity``), the most first."""
+    if not _counting(session):
+        return []
+    since_month, since_day = hour_of(now) - MONTH_DAYS * DAY + dt.timedelta(hours=1), hour_of(now) - DAY
+    month = func.sum(IngestionCount.count)
+    rows = session.execute(
+        select(
+            IngestionCount.api_key_id,
+            func.sum(case((IngestionCount.hour > since_day, IngestionCount.count), else_=0)),
+            month,
+            func.max(IngestionCount.last_at),
+        )
+        .where(
+            IngestionCount.org_id == org_id,
+            IngestionCount.hour >= since_month,
+            IngestionCount.outcome == RATE_LIMITED,
+        )
+        .group_by(IngestionCount.api_key_id)
+        .order_by(month.desc())
+    )
+    return [RateLimited(key, int(day), int(total), last) for key, day, total, last in rows]
 
 
 def tally_of(outcomes: Iterable[tuple[int | None, int | None, int, int]]) -> Tally:

@@ -1,6 +1,7 @@
 """What an organization's keys send and what was refused: a key's page (counts, a chart, its last
-event and refusal), the Ingestion tab (refusals by reason and key, with samples, and Replay for
-owners) and Live events (the 100 that occurred last, refreshed by the page itself).
+event and refusal), the Ingestion tab (the organization's rate limit at the edge and the events it
+answered 429, refusals by reason and key, with samples, and Replay for owners) and Live events (the
+100 that occurred last, refreshed by the page itself).
 
 Every member reads them; Replay is an owner's, through the replay service the CLI uses. The
 figures come from the keys' counters (``events.rollups``), never from a count over events. A
@@ -25,6 +26,7 @@ from userpath_worker.events import rollups
 from userpath_worker.events.replay import REPLAYABLE, ReplayResult, replay_dead_letters
 from userpath_worker.events.storage import latest_events
 from userpath_worker.keys.models import ApiKey
+from userpath_worker.organizations.services import default_rate_limit, own_rate_limit
 from userpath_worker.web.context import actor, db, membership, owner, page, signed_in, web
 
 blueprint = Blueprint("ingestion", __name__)
@@ -64,6 +66,13 @@ EXPLANATIONS: dict[str, tuple[str, str]] = {
         "Check the signing secret (Settings → Webhooks), then Replay; a forgery stays refused.",
     ),
     Reason.INTERNAL_ERROR: ("Our side failed to store it; nothing is lost.", "Replay once the operator says so."),
+    rollups.RATE_LIMITED: (
+        "The edge answered 429: the organization sent over its rate limit. Nothing was kept; each time "
+        "the events were sent counts.",
+        "Wait Retry-After and send them again, as Segment's libraries do: nothing is lost. Every event "
+        "counts alone or in a batch, so spread the sending out; if your steady rate is over the limit, "
+        "ask your operator to raise it (userpath orgs set-limits).",
+    ),
 }
 
 
@@ -145,7 +154,8 @@ def refusals(org_id: int) -> Any:
     org = current.organization.id
     now = utcnow()
     groups = rollups.refusals_by_key(db(), org, now)
-    key_ids = {key_id for _, key_id, _, _ in groups}
+    rate_limited = rollups.rate_limited_by_key(db(), org, now)
+    key_ids = {key_id for _, key_id, _, _ in groups} | {row.api_key_id for row in rate_limited}
     keys = {
         key_id: (name, display, deleted)
         for key_id, name, display, deleted in db().execute(
@@ -154,10 +164,15 @@ def refusals(org_id: int) -> Any:
             )
         )
     }
+
+    def shown(key_id: int) -> str:
+        name, display, deleted = keys.get(key_id, ("?", f"#{key_id}", True))
+        return f"{name} ({display}){' · deleted' if deleted else ''}"
+
     by_reason: dict[str, list[tuple[str, int, dt.datetime]]] = {}
     for reason, key_id, count, last in groups:
-        name, display, deleted = keys.get(key_id, ("?", f"#{key_id}", True))
-        by_reason.setdefault(reason, []).append((f"{name} ({display}){' · deleted' if deleted else ''}", count, last))
+        by_reason.setdefault(reason, []).append((shown(key_id), count, last))
+    own = own_rate_limit(db(), org)
     samples = {}
     for reason in by_reason:
         found = dead_letters.list_dead_letters(db(), org, reason, SAMPLES)
@@ -174,6 +189,10 @@ def refusals(org_id: int) -> Any:
         ]
     return page(
         "ingestion.html",
+        limit=own or default_rate_limit(web().settings),
+        own_limit=own is not None,
+        rate_limited=[(shown(row.api_key_id), row) for row in rate_limited],
+        rate_limited_totals=(sum(row.day for row in rate_limited), sum(row.month for row in rate_limited)),
         by_reason=by_reason,
         samples=samples,
         explanations=EXPLANATIONS,

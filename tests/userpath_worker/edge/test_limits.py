@@ -1,10 +1,12 @@
 """The edge's token buckets: the same arithmetic in Redis' Lua script (shared by every edge process,
-on Redis' clock) and in the process; what a request is told; an organization's limits, cached.
+on Redis' clock) and in the process; what a request is told; an organization's limits, cached; the
+events refused, counted for the owners' pages in batches.
 
 The Redis cases need the machine lock (tests/common/workers.FAULTS_REDIS_URL's database)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,15 +14,26 @@ from pathlib import Path
 import pytest
 import redis
 from alembic import command
+from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from tests.common.factories import OWNER
 from tests.common.workers import FAULTS_REDIS_URL
 from userpath_worker import schema
-from userpath_worker.db import make_engine
+from userpath_worker.db import make_engine, utcnow
 from userpath_worker.edge.http import Refused
-from userpath_worker.edge.limits import BUCKET_KEY, Buckets, LocalBuckets, OrganizationLimits, RedisBuckets, Verdict
+from userpath_worker.edge.limits import (
+    BUCKET_KEY,
+    Buckets,
+    LocalBuckets,
+    OrganizationLimits,
+    RateLimiter,
+    RedisBuckets,
+    RefusalCounts,
+    Verdict,
+)
 from userpath_worker.errors import UserError
+from userpath_worker.events import rollups
 from userpath_worker.organizations import services as organizations
 from userpath_worker.organizations.models import Organization
 from userpath_worker.organizations.services import RateLimit
@@ -158,3 +171,64 @@ def test_set_rate_limit_refuses_numbers_out_of_range(tmp_path: Path) -> None:
         with pytest.raises(UserError, match="--burst must be from 1 to 100000000"):
             organizations.set_rate_limit(session, acme, RateLimit(5, 0))
     engine.dispose()
+
+
+@pytest.fixture
+def migrated(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'counts.db'}")
+    schema.upgrade(engine)
+    yield engine
+    engine.dispose()
+
+
+def rate_limited(engine: Engine, org_id: int = ORG) -> list[tuple[int, int, int]]:
+    with Session(engine) as session:
+        return [(row.api_key_id, row.day, row.month) for row in rollups.rate_limited_by_key(session, org_id, utcnow())]
+
+
+def eventually(engine: Engine, expected: list[tuple[int, int, int]]) -> None:
+    deadline = time.monotonic() + 10
+    while rate_limited(engine) != expected and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert rate_limited(engine) == expected
+
+
+def test_refused_events_are_counted_by_key_at_once_then_at_most_every_interval(migrated: Engine) -> None:
+    counts = RefusalCounts(sessionmaker(migrated), every=3600)
+    limiter = RateLimiter(OrganizationLimits(sessionmaker(migrated), RateLimit(1, 10), ttl=60), LocalBuckets(), counts)
+    assert limiter.take(ORG, 7, 10).wait == 0  # taken: not counted
+    assert limiter.take(ORG, 7, 4).wait > 0
+    eventually(migrated, [(7, 4, 4)])  # the first refusal after a quiet while: written at once
+    assert limiter.take(ORG, 7, 4).wait > 0
+    assert limiter.take(ORG, 7, 4).wait > 0
+    assert limiter.take(ORG, 8, 1).wait > 0
+    assert limiter.take(OTHER_ORG, 9, 10).wait == 0
+    time.sleep(0.3)
+    assert rate_limited(migrated) == [(7, 4, 4)]  # the flood waits for the next flush: no write per request
+    counts.flush()
+    assert rate_limited(migrated) == [(7, 12, 12), (8, 1, 1)]
+    assert rate_limited(migrated, OTHER_ORG) == []
+    counts.flush()  # nothing new: nothing added
+    assert rate_limited(migrated) == [(7, 12, 12), (8, 1, 1)]
+
+
+def test_the_counts_are_kept_while_the_database_is_away(migrated: Engine) -> None:
+    away = make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing")
+    engines = [away]
+    counts = RefusalCounts(lambda: Session(engines[0]), every=0.05)
+    counts.add(ORG, 7, 3)
+    time.sleep(0.3)  # several flushes failed: the 3 are kept
+    counts.add(ORG, 7, 2)
+    engines[0] = migrated
+    eventually(migrated, [(7, 5, 5)])
+    away.dispose()
+
+
+def test_counts_land_in_the_hour_they_happened(migrated: Engine) -> None:
+    now = [utcnow() - dt.timedelta(days=2)]
+    counts = RefusalCounts(sessionmaker(migrated), every=3600, clock=lambda: now[0])
+    counts.add(ORG, 7, 4)
+    now[0] = utcnow()
+    counts.add(ORG, 7, 1)
+    counts.flush()
+    assert rate_limited(migrated) == [(7, 1, 5)]  # 2 days ago: in 30 days, not in the last 24 hours

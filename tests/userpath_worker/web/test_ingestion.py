@@ -1,6 +1,7 @@
 """Ingestion on the pages (issue 23, item 1): a key's counts and chart, the Ingestion tab's
-refusals with samples and Replay, Live events; every member reads them, only owners replay, and
-nothing of another organization is ever shown."""
+refusals with samples and Replay, its rate limit at the edge and the events answered 429 (issue 21,
+item 5), Live events; every member reads them, only owners replay, and nothing of another
+organization is ever shown."""
 
 from __future__ import annotations
 
@@ -8,18 +9,22 @@ import datetime as dt
 import re
 
 from sqlalchemy import Engine
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from tests.common.signing import TEST_KEY_PEPPER, TEST_SECRET_KEY
 from tests.common.web import OWNER, Browser, People
 from userpath_client.contract import EVENTS_QUEUE, MAX_EVENT_BYTES, TRACK_TASK
 from userpath_worker.db import make_session_factory, utcnow
 from userpath_worker.deadletter.services import Delivery
+from userpath_worker.edge.limits import RefusalCounts
 from userpath_worker.events.models import Source
 from userpath_worker.events.services import Ingestor
 from userpath_worker.keys.auth import KeyAuthenticator
+from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyService
-from userpath_worker.organizations.models import Role
+from userpath_worker.organizations import services as organizations
+from userpath_worker.organizations.models import Organization, Role
+from userpath_worker.organizations.services import RateLimit
 from userpath_worker.web.ingestion import CHART_HEIGHT, chart
 from userpath_worker.webhooks.services import SigningKeys
 
@@ -146,3 +151,70 @@ def test_the_chart_scales_to_the_busiest_day() -> None:
     assert len(bars) == 30
     assert (bars[-1].stored_height, bars[-1].stored_y) == (CHART_HEIGHT, 0)
     assert (bars[-2].stored_height, bars[-2].refused_height) == (CHART_HEIGHT // 4, CHART_HEIGHT // 4)
+
+
+def rate_limited(web_engine: Engine, org_id: int, key_id: int, events: int, ago: dt.timedelta) -> None:
+    """``events`` of the key answered 429 ``ago``, counted as the edge counts them."""
+    counts = RefusalCounts(sessionmaker(web_engine), clock=lambda: utcnow() - ago)
+    counts.add(org_id, key_id, events)
+    counts.flush()
+
+
+def test_the_tab_shows_the_rate_limit_and_the_events_answered_429_by_key(
+    web_engine: Engine, people: People, browser: Browser
+) -> None:
+    org_id = people.organization()
+    key_id, _ = people.key(org_id)
+    other_key_id, _ = people.key(org_id, "Mobile")
+    browser.sign_in()
+    tab = text_of(browser.get(f"/orgs/{org_id}/ingestion").get_data(as_text=True))
+    assert "2000 events a second, in bursts of up to 20000 : the default" in tab
+    assert "No event was answered 429 in the last 30 days." in tab
+
+    with Session(web_engine) as session, session.begin():
+        organizations.set_rate_limit(session, session.get_one(Organization, org_id), RateLimit(5, 50))
+    rate_limited(web_engine, org_id, key_id, 30, dt.timedelta(minutes=5))
+    rate_limited(web_engine, org_id, key_id, 12, dt.timedelta(days=3))  # in 30 days, not in 24 hours
+    rate_limited(web_engine, org_id, other_key_id, 1, dt.timedelta(0))
+    rate_limited(web_engine, org_id, key_id, 500, dt.timedelta(days=31))  # too old to show
+    html = browser.get(f"/orgs/{org_id}/ingestion").get_data(as_text=True)
+    tab = text_of(html)
+    assert "5 events a second, in bursts of up to 50 : set for this organization by your operator" in tab
+    rows = re.findall(r'<tr><td class="key">(.*?)</td><td class="day">(\d+)</td><td class="month">(\d+)</td>', html)
+    assert rows == [
+        ("App X Production Server (" + display(web_engine, key_id) + ")", "30", "42"),
+        ("Mobile (" + display(web_engine, other_key_id) + ")", "1", "1"),
+    ]
+    assert "All keys 31 43" in tab
+    assert "What to do:" in tab and "userpath orgs set-limits" in tab
+    assert "Nothing refused in the last 30 days." in tab  # a 429 is no dead letter: no reason section, no Replay
+    assert 'id="reason-rate_limited"' not in html
+
+    key_page = browser.get(f"/orgs/{org_id}/settings/api-keys/{key_id}").get_data(as_text=True)
+    assert "<code>rate_limited</code>: 42" in key_page and "the organization sent over its rate limit" in key_page
+
+
+def test_members_read_the_rate_limit_and_another_organization_finds_none_of_it(
+    web_engine: Engine, people: People, browser: Browser
+) -> None:
+    org_id = people.organization()
+    key_id, _ = people.key(org_id)
+    with Session(web_engine) as session, session.begin():
+        organizations.set_rate_limit(session, session.get_one(Organization, org_id), RateLimit(7, 70))
+    rate_limited(web_engine, org_id, key_id, 9, dt.timedelta(0))
+    people.member(org_id, MEMBER, Role.MEMBER)
+    browser.sign_in(MEMBER)
+    tab = text_of(browser.get(f"/orgs/{org_id}/ingestion").get_data(as_text=True))
+    assert "7 events a second, in bursts of up to 70" in tab and "9" in tab.split("Last 30 days")[1]
+
+    other = people.organization("Rival", STRANGER)
+    browser.sign_in(STRANGER)
+    assert browser.get(f"/orgs/{org_id}/ingestion").status_code == 404
+    own = text_of(browser.get(f"/orgs/{other}/ingestion").get_data(as_text=True))
+    assert "the default" in own and "No event was answered 429 in the last 30 days." in own
+    assert "7 events a second" not in own
+
+
+def display(web_engine: Engine, key_id: int) -> str:
+    with Session(web_engine) as session:
+        return session.get_one(ApiKey, key_id).display
