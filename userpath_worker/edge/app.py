@@ -138,26 +138,48 @@ class EdgeApp:
 class Judges:
     """Track requests read in one turn of the event loop are judged together, in one hop to the
     thread pool (the hop costs about as much as judging a call): each gets its own decision, or
-    the error its own judging raised.
+    the error its own judging raised. While ``IN_FLIGHT`` batches are being judged, the requests
+    that arrive wait for one to end and then go together.
 
     ``judge_all`` takes the calls and returns each one's decision or error, in order."""
+
+    # Batches judged at once: two, so that one waiting on I/O (a key not cached yet, the rate
+    # limiter's Redis) does not hold up the rest; more only contend for the GIL (measured: 1, 2
+    # and 16 in flight gave 67,000, 69,000 and 55,000 events a second on /v1/batch).
+    IN_FLIGHT = 2
 
     def __init__(self, judge_all: Callable[[list[Call]], Awaitable[list[Accepted | Answer | Exception]]]) -> None:
         self._judge_all = judge_all
         self._waiting: list[tuple[Call, asyncio.Future[Accepted | Answer]]] = []
+        self._in_flight = 0
+        self._scheduled = False
 
     async def judge(self, call: Call) -> Accepted | Answer:
         loop = asyncio.get_running_loop()
-        if not self._waiting:
+        if not self._scheduled and self._in_flight < self.IN_FLIGHT:
+            self._scheduled = True
             loop.call_soon(self._start)  # after every request this turn has read
         decided: asyncio.Future[Accepted | Answer] = loop.create_future()
         self._waiting.append((call, decided))
         return await decided
 
     def _start(self) -> None:
+        self._scheduled = False
+        if not self._waiting or self._in_flight >= self.IN_FLIGHT:
+            return
         waiting, self._waiting = self._waiting, []
+        self._in_flight += 1
         judged = asyncio.ensure_future(self._judge_all([call for call, _ in waiting]))
-        judged.add_done_callback(lambda done: _decide([decided for _, decided in waiting], done))
+        judged.add_done_callback(lambda done: self._done([decided for _, decided in waiting], done))
+
+    def _done(
+        self,
+        waiting: list[asyncio.Future[Accepted | Answer]],
+        done: asyncio.Future[list[Accepted | Answer | Exception]],
+    ) -> None:
+        self._in_flight -= 1
+        _decide(waiting, done)
+        self._start()  # those that waited meanwhile
 
 
 def _decide(
