@@ -47,6 +47,7 @@ BATCH_EVENTS = 100
 # MAX_LANE_MESSAGES (20,000); sixteen hold a run of 10 seconds at 32,000 calls a second.
 DISTINCT_KEYS = 16
 HALF_PEAK = "half its peak rate"
+WRK_THREADS = 2
 USERPATH = str(Path(sys.executable).with_name("userpath"))
 _LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -150,7 +151,7 @@ def measure(
             fresh_queues(broker_name)  # no worker drains them: keep the broker's memory flat
         for route, path, lua, events in routes[1:]:  # the latency at half the rate just measured
             peak = next(run for run in runs if run.route == route)
-            paced = paced_script(lua, peak.requests_per_second / 2, connections)
+            paced = paced_script(lua, peak.requests_per_second / 2)
             url = f"http://127.0.0.1:{port}{path}"
             runs.append(wrk(f"{route}, {HALF_PEAK}", stack, url, paced, events, seconds, connections))
             fresh_queues(broker_name)
@@ -216,21 +217,28 @@ def script(
     return path
 
 
-def paced_script(lua: Path, rate: float, connections: int) -> Path:
-    """``lua`` with each connection waiting between its requests so that all together offer about
-    ``rate`` requests a second (wrk has no rate of its own; wrk2 is not in Debian): a connection
-    sends every ``connections / rate`` seconds less the time its answer took, so a little under
-    ``rate`` arrives; the figure printed is what did. wrk's delay is in whole milliseconds: the
-    fraction is dithered, request by request."""
-    interval_ms = 1000 * connections / rate
+def paced_script(lua: Path, rate: float) -> Path:
+    """``lua`` offering ``rate`` requests a second (wrk has no rate of its own; wrk2 is not in
+    Debian): each of wrk's two threads sends on a schedule of ``2 / rate`` seconds a request, a
+    request going out on the next free slot of its thread's schedule (wrk's ``delay`` before each
+    request; LuaJIT's ffi gives the clock), so answers that take longer do not lower the rate as
+    long as a connection is free. The figure printed is the rate that arrived."""
     paced = lua.with_name(f"{lua.stem}-paced.lua")
     lines = [
         lua.read_text(),
-        f"local interval = {interval_ms:.4f}",
+        'local ffi = require("ffi")',
+        "ffi.cdef[[ typedef struct { long sec; long nsec; } timespec_t; int clock_gettime(int, timespec_t *); ]]",
+        'local clock = ffi.new("timespec_t")',
+        "local function now_ms()",
+        "  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC",
+        "  return tonumber(clock.sec) * 1000 + tonumber(clock.nsec) / 1000000",
+        "end",
+        f"local gap = {1000 * WRK_THREADS / rate:.6f}  -- ms between this thread's requests",
+        "local slot = nil",
         "delay = function()",
-        "  local whole = math.floor(interval)",
-        "  if math.random() < interval - whole then whole = whole + 1 end",
-        "  return whole",
+        "  local now = now_ms()",
+        "  slot = math.max((slot or now) + gap, now)",
+        "  return math.floor(slot - now + 0.5)",
         "end",
     ]
     paced.write_text("\n".join(lines) + "\n")
@@ -239,7 +247,7 @@ def paced_script(lua: Path, rate: float, connections: int) -> Path:
 
 def wrk(route: str, stack: str, url: str, lua: Path, events: int, seconds: int, connections: int) -> Run:
     completed = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
         capture_output=True,
         text=True,
         timeout=seconds + 60,
