@@ -3,9 +3,10 @@ HTTP edge under ``wrk``, publishing to Redis and to RabbitMQ with no worker drai
 
 For each broker, ``userpath edge --workers 2`` (one process a core of the 2-core reference machine)
 is driven by ``wrk`` (Debian's package: ``apt-get install wrk``) on keep-alive connections:
-``POST /v1/track`` (one event; all with one ``sentAt``, so calls arriving within 2 ms travel
-together, and again each with a ``sentAt`` of its own, as Segment's libraries send single calls),
-``POST /v1/batch`` (100 events), and beside them, in the same run,
+``POST /v1/track`` (one event; all with one ``sentAt``, so calls that arrive together travel as one
+envelope, and again each with a ``sentAt`` of its own, as Segment's libraries send single calls,
+from 16 keys in turn), ``POST /v1/batch`` (100 events), each POST route again at half the rate it
+just reached (wrk keeps a schedule: ``paced_script``), and beside them, in the same run,
 the same server stack answering ``GET /healthz`` (no decision, no broker: the stack's ceiling) and
 Flask on waitress (16 threads, 2 processes would need a balancer: 1 process) making the same
 decisions for ``/v1/track``, the baseline the stack was chosen against. Printed: requests and events

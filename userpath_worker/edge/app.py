@@ -45,7 +45,7 @@ _NOT_FOUND = refusal(
     f"no such route: POST /v1/batch, /v1/<call type>, /v1/webhooks/<provider> or {GITHUB_REPORTS_PATH}",
 )
 _METHOD = refusal(405, "method_not_allowed", "use POST")
-# Events a window holds at most before it leaves early: the publish of a full window (a few
+# Events that wait for a publish at most: past them they leave at once, so that one publish (a few
 # envelopes of 1,000) stays one round trip of a few megabytes.
 MAX_WINDOW_EVENTS = 4 * MAX_BATCH_EVENTS
 # A compressed body may be a little larger than the same body inflated (incompressible data).
@@ -203,22 +203,28 @@ class _Envelope:
 
 
 class Coalescer:
-    """Calls of one key with one ``sentAt`` that arrive within ``WINDOW_SECONDS`` travel together
-    (issue 21 allows it): one envelope for many requests. And every envelope of a window, whatever
-    its key or ``sentAt``, goes to the broker in one publish (one round trip on Redis), which is most
-    of a request's cost. Each request is answered only once the broker has the envelope that
-    carried its events.
+    """Calls of one key with one ``sentAt`` travel together (issue 21 allows it): one envelope for
+    many requests. And every envelope, whatever its key or ``sentAt``, goes to the broker with the
+    others of its turn in one publish (one round trip on Redis), which is most of a request's cost.
+    A publish leaves as soon as the event loop has read what arrived with it, unless ``IN_FLIGHT``
+    publishes are under way: then what arrives meanwhile waits for one of them to end and leaves
+    together (group commit: no waiting when the edge is quiet, large envelopes when it is busy).
+    Each request is answered only once the broker has the envelope that carried its events.
 
-    ``publish`` takes the window's groups (key, sentAt, events) and returns what became of each
-    (None: the broker has it; else the error to answer with)."""
+    ``publish`` takes the groups (key, sentAt, events) and returns what became of each (None: the
+    broker has it; else the error to answer with)."""
 
-    WINDOW_SECONDS = 0.002
+    # One: measured against the 2 ms window it replaces (track 7,500 -> 9,700 requests a second,
+    # /v1/batch 69,000 -> 80,000 events a second on Redis), and against 2 and 4 in flight, which
+    # gave as much on Redis and less on RabbitMQ.
+    IN_FLIGHT = 1
 
     def __init__(self, publish: Callable[[list[Group]], Awaitable[list[Exception | None]]]) -> None:
         self._publish = publish
         self._open: dict[tuple[str, str | None], _Envelope] = {}
-        self._events = 0  # in the open window
-        self._timer: asyncio.TimerHandle | None = None
+        self._events = 0  # waiting to leave
+        self._in_flight = 0
+        self._scheduled = False
 
     async def send(self, key: str, sent_at: str | None, events: list[bytes]) -> None:
         if not events:
@@ -228,25 +234,33 @@ class Coalescer:
         if envelope is None:
             loop = asyncio.get_running_loop()
             envelope = self._open[slot] = _Envelope(loop.create_future())
-            if self._timer is None:
-                self._timer = loop.call_later(self.WINDOW_SECONDS, self._close)
+            if not self._scheduled and self._in_flight < self.IN_FLIGHT:
+                self._scheduled = True
+                loop.call_soon(self._close)  # after every request this turn has read
         envelope.events.extend(events)
         self._events += len(events)
-        if len(envelope.events) >= MAX_BATCH_EVENTS or self._events >= MAX_WINDOW_EVENTS:
-            self._close()
+        if self._events >= MAX_WINDOW_EVENTS:
+            self._close(full=True)
         await asyncio.shield(envelope.sent)  # a caller that goes away does not cancel the others'
 
-    def _close(self) -> None:
-        """The window's envelopes to the broker, together."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+    def _close(self, full: bool = False) -> None:
+        """What waits to the broker, together."""
+        if not full:
+            self._scheduled = False
+            if self._in_flight >= self.IN_FLIGHT:
+                return  # a publish that ends takes it
         closed, self._open, self._events = self._open, {}, 0
         if not closed:
             return
+        self._in_flight += 1
         groups = [(key, sent_at, envelope.events) for (key, sent_at), envelope in closed.items()]
         published = asyncio.ensure_future(self._publish(groups))
-        published.add_done_callback(lambda done: _settle([envelope.sent for envelope in closed.values()], done))
+        published.add_done_callback(lambda done: self._published([envelope.sent for envelope in closed.values()], done))
+
+    def _published(self, sent: list[asyncio.Future[None]], done: asyncio.Future[list[Exception | None]]) -> None:
+        self._in_flight -= 1
+        _settle(sent, done)
+        self._close()  # what arrived meanwhile
 
 
 def _settle(sent: list[asyncio.Future[None]], done: asyncio.Future[list[Exception | None]]) -> None:

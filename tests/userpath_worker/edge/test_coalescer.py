@@ -1,6 +1,7 @@
 """Single calls of one key and one sentAt that arrive together travel as one envelope, every
-envelope of a window leaves in one publish, and each caller learns what happened to the envelope
-that carried its events."""
+envelope of a turn of the event loop leaves in one publish, what arrives while a publish is under
+way leaves with the next, and each caller learns what happened to the envelope that carried its
+events."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_calls_arriving_together_share_one_envelope_per_key_and_sent_at_and_one_
             coalescer.send("key-b", "t1", [b"5"]),
             coalescer.send("key-a", "t1", []),  # nothing to send: answered at once
         )
-        await coalescer.send("key-a", "t1", [b"6"])  # after the window: a publish of its own
+        await coalescer.send("key-a", "t1", [b"6"])  # later: a publish of its own
 
     asyncio.run(scenario())
     assert [sorted(groups) for groups in published] == [
@@ -70,16 +71,26 @@ def test_a_publish_that_fails_whole_fails_every_caller_of_the_window() -> None:
     assert [type(outcome) for outcome in outcomes] == [BrokerDown, BrokerDown]
 
 
-def test_a_full_envelope_leaves_before_the_window_ends() -> None:
-    sizes: list[int] = []
+def test_what_arrives_during_a_publish_leaves_with_the_next_unless_there_is_too_much() -> None:
+    sizes: list[list[int]] = []
+    release = asyncio.Event()
 
     async def publish(groups: list[Group]) -> list[Exception | None]:
-        sizes.extend(len(events) for _, _, events in groups)
+        sizes.append([len(events) for _, _, events in groups])
+        await release.wait()
         return [None] * len(groups)
 
     async def scenario() -> None:
         coalescer = Coalescer(publish)
-        await asyncio.gather(*(coalescer.send("key", None, [b"e"] * 400) for _ in range(3)))
+        first = asyncio.ensure_future(coalescer.send("key", "t0", [b"e"]))
+        await asyncio.sleep(0.01)  # the first publish is under way
+        meanwhile = [asyncio.ensure_future(coalescer.send("key", "t1", [b"e"] * 400)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert sizes == [[1]]  # they wait for it
+        flood = [asyncio.ensure_future(coalescer.send("other", "t1", [b"e"] * 1000)) for _ in range(3)]
+        await asyncio.sleep(0.01)
+        assert sizes == [[1], [1200, 3000]]  # 4,000 events waiting: they left at once
+        release.set()
+        await asyncio.gather(first, *meanwhile, *flood)
 
     asyncio.run(scenario())
-    assert sizes == [1200]  # closed when it reached 1,000 events; the publisher cuts it into envelopes
