@@ -3,9 +3,10 @@ HTTP edge under ``wrk``, publishing to Redis and to RabbitMQ with no worker drai
 
 For each broker, ``userpath edge --workers 2`` (one process a core of the 2-core reference machine)
 is driven by ``wrk`` (Debian's package: ``apt-get install wrk``) on keep-alive connections:
-``POST /v1/track`` (one event; all with one ``sentAt``, so calls arriving within 2 ms travel
-together, and again each with a ``sentAt`` of its own, as Segment's libraries send single calls),
-``POST /v1/batch`` (100 events), and beside them, in the same run,
+``POST /v1/track`` (one event; all with one ``sentAt``, so calls that arrive together travel as one
+envelope, and again each with a ``sentAt`` of its own, as Segment's libraries send single calls,
+from 16 keys in turn), ``POST /v1/batch`` (100 events), each POST route again at half the rate it
+just reached (wrk keeps a schedule: ``paced_script``), and beside them, in the same run,
 the same server stack answering ``GET /healthz`` (no decision, no broker: the stack's ceiling) and
 Flask on waitress (16 threads, 2 processes would need a balancer: 1 process) making the same
 decisions for ``/v1/track``, the baseline the stack was chosen against. Printed: requests and events
@@ -43,6 +44,11 @@ from userpath_worker.db import make_engine
 SIZES = {"full": {"seconds": 10, "connections": 64}, "smoke": {"seconds": 2, "connections": 8}}
 EDGE_PROCESSES = 2
 BATCH_EVENTS = 100
+# Keys the calls with a sentAt each come from in turn: a message a call, and a lane holds
+# MAX_LANE_MESSAGES (20,000); sixteen hold a run of 10 seconds at 32,000 calls a second.
+DISTINCT_KEYS = 16
+HALF_PEAK = "half its peak rate"
+WRK_THREADS = 2
 USERPATH = str(Path(sys.executable).with_name("userpath"))
 _LATENCY = re.compile(r"^\s*(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.MULTILINE)
 _UNIT_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -82,10 +88,10 @@ def main() -> None:
         database_url = f"sqlite:///{folder}/edge.db"
         engine = make_engine(database_url)
         schema.upgrade(engine)
-        key = new_key(engine)
+        keys = [new_key(engine, organization=f"Bench {number}") for number in range(DISTINCT_KEYS)]
         engine.dispose()
         results = {
-            name: measure(name, database_url, key, Path(folder), arguments.rate_limited, **size) for name in brokers
+            name: measure(name, database_url, keys, Path(folder), arguments.rate_limited, **size) for name in brokers
         }
     print_table(results)
     if arguments.output:
@@ -96,7 +102,13 @@ def main() -> None:
 
 
 def measure(
-    broker_name: str, database_url: str, key: str, folder: Path, rate_limited: bool, seconds: int, connections: int
+    broker_name: str,
+    database_url: str,
+    keys: list[str],
+    folder: Path,
+    rate_limited: bool,
+    seconds: int,
+    connections: int,
 ) -> list[Run]:
     broker = BROKERS[broker_name]
     environment = {
@@ -111,16 +123,22 @@ def measure(
         "USERPATH_EDGE_BURST": "100000000",
         "USERPATH_EDGE_METRICS_PORT": "0",
     }
-    authorization = "Basic " + base64.b64encode(f"{key}:".encode()).decode()
-    track = script(folder / "track.lua", "POST", track_body(), authorization)
-    batch = script(folder / "batch.lua", "POST", {"batch": [track_call(n) for n in range(BATCH_EVENTS)]}, authorization)
-    health = script(folder / "health.lua", "GET", None, authorization)
-    # As Segment's libraries send single calls: each with a sentAt of its own, so none travel together.
-    distinct = script(folder / "distinct.lua", "POST", track_body(), authorization, distinct_sent_at=True)
+    authorization = basic(keys[0])
+    track = script(folder / "track.lua", "POST", track_body(), [authorization])
+    batch = script(
+        folder / "batch.lua", "POST", {"batch": [track_call(n) for n in range(BATCH_EVENTS)]}, [authorization]
+    )
+    health = script(folder / "health.lua", "GET", None, [authorization])
+    # As Segment's libraries send single calls: each with a sentAt of its own, so none travel
+    # together; from several keys, so that no lane reaches its bound of messages (no worker drains them).
+    distinct = script(
+        folder / "distinct.lua", "POST", track_body(), [basic(key) for key in keys], distinct_sent_at=True
+    )
     runs = []
     fresh_queues(broker_name)
     port = free_port()
     edge = [USERPATH, "edge", "--port", str(port), "--workers", str(EDGE_PROCESSES)]
+    stack = "uvicorn + uvloop + httptools"
     with serving(edge, port, environment, folder / f"edge-{broker_name}.log"):
         routes = (
             ("GET /healthz (no-op)", "/healthz", health, 0),
@@ -130,8 +148,14 @@ def measure(
         )
         for route, path, lua, events in routes:
             url = f"http://127.0.0.1:{port}{path}"
-            runs.append(wrk(route, "uvicorn + uvloop + httptools", url, lua, events, seconds, connections))
+            runs.append(wrk(route, stack, url, lua, events, seconds, connections))
             fresh_queues(broker_name)  # no worker drains them: keep the broker's memory flat
+        for route, path, lua, events in routes[1:]:  # the latency at half the rate just measured
+            peak = next(run for run in runs if run.route == route)
+            paced = paced_script(lua, peak.requests_per_second / 2)
+            url = f"http://127.0.0.1:{port}{path}"
+            runs.append(wrk(f"{route}, {HALF_PEAK}", stack, url, paced, events, seconds, connections))
+            fresh_queues(broker_name)
     port = free_port()
     flask = [sys.executable, "-m", "bench.edge", "--serve-flask", str(port)]
     with serving(flask, port, environment, folder / f"flask-{broker_name}.log"):
@@ -164,21 +188,29 @@ def track_body() -> dict[str, Any]:
     return {**track_call(0), "sentAt": "2026-12-05T07:00:01.000Z"}
 
 
+def basic(key: str) -> str:
+    return "Basic " + base64.b64encode(f"{key}:".encode()).decode()
+
+
 def script(
-    path: Path, method: str, body: dict[str, Any] | None, authorization: str, distinct_sent_at: bool = False
+    path: Path, method: str, body: dict[str, Any] | None, authorizations: list[str], distinct_sent_at: bool = False
 ) -> Path:
-    lines = [f'wrk.method = "{method}"', f'wrk.headers["Authorization"] = "{authorization}"']
+    lines = [f'wrk.method = "{method}"', f'wrk.headers["Authorization"] = "{authorizations[0]}"']
     if body is not None:
         lines += ['wrk.headers["Content-Type"] = "application/json"', f"wrk.body = [[{json.dumps(body)}]]"]
     if distinct_sent_at:
-        # wrk.body with its sentAt's microseconds counted up, request by request.
+        # wrk.body with its sentAt's microseconds counted up, request by request, each request
+        # from the next key in turn.
         template = (
             json.dumps({**body, "sentAt": "SENT_AT"}).replace("%", "%%").replace("SENT_AT", "2026-12-05T07:00:01.%06dZ")
         )
+        keys = ", ".join(f'"{authorization}"' for authorization in authorizations)
         lines += [
             "local sent = 0",
+            f"local authorizations = {{{keys}}}",
             "request = function()",
             "  sent = sent + 1",
+            "  wrk.headers['Authorization'] = authorizations[sent % #authorizations + 1]",
             f"  return wrk.format(nil, nil, nil, string.format([[{template}]], sent % 1000000))",
             "end",
         ]
@@ -186,9 +218,37 @@ def script(
     return path
 
 
+def paced_script(lua: Path, rate: float) -> Path:
+    """``lua`` offering ``rate`` requests a second (wrk has no rate of its own; wrk2 is not in
+    Debian): each of wrk's two threads sends on a schedule of ``2 / rate`` seconds a request, a
+    request going out on the next free slot of its thread's schedule (wrk's ``delay`` before each
+    request; LuaJIT's ffi gives the clock), so answers that take longer do not lower the rate as
+    long as a connection is free. The figure printed is the rate that arrived."""
+    paced = lua.with_name(f"{lua.stem}-paced.lua")
+    lines = [
+        lua.read_text(),
+        'local ffi = require("ffi")',
+        "ffi.cdef[[ typedef struct { long sec; long nsec; } timespec_t; int clock_gettime(int, timespec_t *); ]]",
+        'local clock = ffi.new("timespec_t")',
+        "local function now_ms()",
+        "  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC",
+        "  return tonumber(clock.sec) * 1000 + tonumber(clock.nsec) / 1000000",
+        "end",
+        f"local gap = {1000 * WRK_THREADS / rate:.6f}  -- ms between this thread's requests",
+        "local slot = nil",
+        "delay = function()",
+        "  local now = now_ms()",
+        "  slot = math.max((slot or now) + gap, now)",
+        "  return math.floor(slot - now + 0.5)",
+        "end",
+    ]
+    paced.write_text("\n".join(lines) + "\n")
+    return paced
+
+
 def wrk(route: str, stack: str, url: str, lua: Path, events: int, seconds: int, connections: int) -> Run:
     completed = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
+        ["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(lua), url],
         capture_output=True,
         text=True,
         timeout=seconds + 60,

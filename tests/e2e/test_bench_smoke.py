@@ -109,6 +109,9 @@ def test_the_edge_benchmark_at_smoke_size_prints_its_table_with_every_answer_200
             ("POST /v1/track", "uvicorn + uvloop + httptools"),
             ("POST /v1/track, a sentAt each", "uvicorn + uvloop + httptools"),
             ("POST /v1/batch", "uvicorn + uvloop + httptools"),
+            ("POST /v1/track, half its peak rate", "uvicorn + uvloop + httptools"),
+            ("POST /v1/track, a sentAt each, half its peak rate", "uvicorn + uvloop + httptools"),
+            ("POST /v1/batch, half its peak rate", "uvicorn + uvloop + httptools"),
             ("POST /v1/track", "Flask on waitress"),
         ]
         assert all(run["requests_per_second"] > 0 and run["not_200"] == 0 for run in runs[broker])

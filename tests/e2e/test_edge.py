@@ -200,6 +200,67 @@ def test_a_key_whose_lane_is_full_is_told_503_backlog_full_and_other_keys_are_st
     assert flooder not in (tmp_path / "edge.log").read_text()
 
 
+def test_calls_sent_together_each_keep_their_sent_at_and_a_full_lane_refuses_only_its_own(
+    clean_database: tuple[str, Engine], broker: str, tmp_path: Path
+) -> None:
+    """Calls that reach the edge together leave in one publish (one Redis pipeline): each call's
+    answer is its own envelope's, and each is stored with its own sentAt, timestamp and skew."""
+    database_url, engine = clean_database
+    _, flooder = new_key(engine)
+    org_id, _, key = next(  # on RabbitMQ a key outside the flooder's shard (keys share 8 shards)
+        made
+        for made in (another_organizations_key(engine) for _ in range(30))
+        if shard_queue(EVENTS_QUEUE, lane_of(made[2])) != shard_queue(EVENTS_QUEUE, lane_of(flooder))
+    )
+    fill_lane(broker, flooder)
+    calls = [
+        (flooder, {"event": "Lost", "userId": "u0", "messageId": "flood", "sentAt": "2026-12-05T07:00:00Z"}),
+        *(
+            (
+                key,
+                {
+                    "event": "Signed Up",
+                    "userId": f"u{number}",
+                    "messageId": f"skew-{number}",
+                    "timestamp": f"2026-12-05T07:00:0{number}.250Z",
+                    "sentAt": f"2026-12-05T07:00:0{number}.750+00:00",  # a clock of its own each
+                },
+            )
+            for number in range(1, 6)
+        ),
+    ]
+    environment = worker_environment(database_url, broker)
+    with running_edge(environment, tmp_path / "edge.log") as edge:
+        answers: dict[str, int] = {}
+
+        def send(sender: str, body: dict[str, Any]) -> None:
+            answers[body["messageId"]] = call(f"{edge.url}/v1/track", body, sender).status
+
+        threads = [threading.Thread(target=send, args=arguments) for arguments in calls]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert answers == {"flood": 503, **{f"skew-{number}": 200 for number in range(1, 6)}}
+    if broker.startswith("redis"):
+        redis.Redis.from_url(broker).delete(lane_list(EVENTS_QUEUE, lane_of(flooder)))
+    else:
+        with Connection(broker) as connection:
+            connection.default_channel.queue_purge(shard_queue(EVENTS_QUEUE, lane_of(flooder)))
+
+    with running_worker(environment, tmp_path / "worker.log", "--concurrency=1"):
+        settle_at(engine, (5, 0), timeout=60)
+    with Session(engine) as session:
+        stored = {event.event_id: event for event in session.scalars(select(Event))}
+    assert sorted(stored) == [f"skew-{number}" for number in range(1, 6)]
+    for number in range(1, 6):
+        event = stored[f"skew-{number}"]
+        assert event.org_id == org_id
+        assert event.timestamp == dt.datetime(2026, 12, 5, 7, 0, number, 250_000, tzinfo=dt.UTC)
+        assert event.sent_at == dt.datetime(2026, 12, 5, 7, 0, number, 750_000, tzinfo=dt.UTC)
+        assert event.occurred_at == event.received_at - dt.timedelta(milliseconds=500)
+
+
 def test_a_providers_signed_webhook_reaches_the_worker_through_its_source_url(
     clean_database: tuple[str, Engine], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -24,7 +24,7 @@ from userpath_worker import runtime
 from userpath_worker.edge import segment
 from userpath_worker.edge.http import WEBHOOK_PREFIX, Answer, Refused, credentials, inflate, refusal, shown, too_large
 from userpath_worker.edge.limits import LocalBuckets, OrganizationLimits, RateLimiter, RedisBuckets, RefusalCounts
-from userpath_worker.edge.service import Edge, Publishers, unavailable
+from userpath_worker.edge.service import Accepted, Call, Edge, Group, Publishers, unavailable
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.exposure import GITHUB_REPORTS_PATH, ExposureService
 from userpath_worker.keys.services import configured_pepper
@@ -45,6 +45,9 @@ _NOT_FOUND = refusal(
     f"no such route: POST /v1/batch, /v1/<call type>, /v1/webhooks/<provider> or {GITHUB_REPORTS_PATH}",
 )
 _METHOD = refusal(405, "method_not_allowed", "use POST")
+# Events that wait for a publish at most: past them they leave at once, so that one publish (a few
+# envelopes of 1,000) stays one round trip of a few megabytes.
+MAX_WINDOW_EVENTS = 4 * MAX_BATCH_EVENTS
 # A compressed body may be a little larger than the same body inflated (incompressible data).
 _COMPRESSION_SLACK = 1024
 
@@ -53,7 +56,8 @@ class EdgeApp:
     def __init__(self, edge: Edge, reports: ExposureService, threads: int) -> None:
         self.edge, self.reports = edge, reports
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="edge")
-        self._coalescer = Coalescer(lambda *arguments: self._run(edge.publish_events, *arguments))
+        self._judges = Judges(lambda calls: self._run(edge.judge_tracks, calls))
+        self._coalescer = Coalescer(lambda groups: self._run(edge.publish_groups, groups))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -112,7 +116,7 @@ class EdgeApp:
         key = credentials(headers.get("authorization"))
         if key is None:
             key = document.get("writeKey")
-        decided = await self._run(self.edge.judge_track, key, document, route_type)
+        decided = await self._judges.judge((key, document, route_type))
         if isinstance(decided, Answer):
             return decided
         try:
@@ -131,6 +135,67 @@ class EdgeApp:
         return await asyncio.get_running_loop().run_in_executor(self._pool, function, *arguments)
 
 
+class Judges:
+    """Track requests read in one turn of the event loop are judged together, in one hop to the
+    thread pool (the hop costs about as much as judging a call): each gets its own decision, or
+    the error its own judging raised. While ``IN_FLIGHT`` batches are being judged, the requests
+    that arrive wait for one to end and then go together.
+
+    ``judge_all`` takes the calls and returns each one's decision or error, in order."""
+
+    # Batches judged at once: two, so that one waiting on I/O (a key not cached yet, the rate
+    # limiter's Redis) does not hold up the rest; more only contend for the GIL (measured: 1, 2
+    # and 16 in flight gave 67,000, 69,000 and 55,000 events a second on /v1/batch).
+    IN_FLIGHT = 2
+
+    def __init__(self, judge_all: Callable[[list[Call]], Awaitable[list[Accepted | Answer | Exception]]]) -> None:
+        self._judge_all = judge_all
+        self._waiting: list[tuple[Call, asyncio.Future[Accepted | Answer]]] = []
+        self._in_flight = 0
+        self._scheduled = False
+
+    async def judge(self, call: Call) -> Accepted | Answer:
+        loop = asyncio.get_running_loop()
+        if not self._scheduled and self._in_flight < self.IN_FLIGHT:
+            self._scheduled = True
+            loop.call_soon(self._start)  # after every request this turn has read
+        decided: asyncio.Future[Accepted | Answer] = loop.create_future()
+        self._waiting.append((call, decided))
+        return await decided
+
+    def _start(self) -> None:
+        self._scheduled = False
+        if not self._waiting or self._in_flight >= self.IN_FLIGHT:
+            return
+        waiting, self._waiting = self._waiting, []
+        self._in_flight += 1
+        judged = asyncio.ensure_future(self._judge_all([call for call, _ in waiting]))
+        judged.add_done_callback(lambda done: self._done([decided for _, decided in waiting], done))
+
+    def _done(
+        self,
+        waiting: list[asyncio.Future[Accepted | Answer]],
+        done: asyncio.Future[list[Accepted | Answer | Exception]],
+    ) -> None:
+        self._in_flight -= 1
+        _decide(waiting, done)
+        self._start()  # those that waited meanwhile
+
+
+def _decide(
+    waiting: list[asyncio.Future[Accepted | Answer]], done: asyncio.Future[list[Accepted | Answer | Exception]]
+) -> None:
+    error = done.exception()
+    outcomes = [error] * len(waiting) if error is not None else done.result()
+    for decided, outcome in zip(waiting, outcomes, strict=True):
+        if decided.done():  # its caller went away
+            continue
+        if isinstance(outcome, BaseException):
+            decided.set_exception(outcome)
+        else:
+            decided.set_result(outcome)
+
+
 @dataclass
 class _Envelope:
     sent: asyncio.Future[None]
@@ -138,15 +203,28 @@ class _Envelope:
 
 
 class Coalescer:
-    """Calls of one key with one ``sentAt`` that arrive within ``WINDOW_SECONDS`` travel together
-    (issue 21 allows it): one publish for many requests, which is most of a request's cost. Each
-    request is answered only once the broker has every event that travelled with it."""
+    """Calls of one key with one ``sentAt`` travel together (issue 21 allows it): one envelope for
+    many requests. And every envelope, whatever its key or ``sentAt``, goes to the broker with the
+    others of its turn in one publish (one round trip on Redis), which is most of a request's cost.
+    A publish leaves as soon as the event loop has read what arrived with it, unless ``IN_FLIGHT``
+    publishes are under way: then what arrives meanwhile waits for one of them to end and leaves
+    together (group commit: no waiting when the edge is quiet, large envelopes when it is busy).
+    Each request is answered only once the broker has the envelope that carried its events.
 
-    WINDOW_SECONDS = 0.002
+    ``publish`` takes the groups (key, sentAt, events) and returns what became of each (None: the
+    broker has it; else the error to answer with)."""
 
-    def __init__(self, publish: Callable[[str, list[bytes], str | None], Awaitable[None]]) -> None:
+    # One: measured against the 2 ms window it replaces (track 7,500 -> 9,700 requests a second,
+    # /v1/batch 69,000 -> 80,000 events a second on Redis), and against 2 and 4 in flight, which
+    # gave as much on Redis and less on RabbitMQ.
+    IN_FLIGHT = 1
+
+    def __init__(self, publish: Callable[[list[Group]], Awaitable[list[Exception | None]]]) -> None:
         self._publish = publish
         self._open: dict[tuple[str, str | None], _Envelope] = {}
+        self._events = 0  # waiting to leave
+        self._in_flight = 0
+        self._scheduled = False
 
     async def send(self, key: str, sent_at: str | None, events: list[bytes]) -> None:
         if not events:
@@ -156,27 +234,44 @@ class Coalescer:
         if envelope is None:
             loop = asyncio.get_running_loop()
             envelope = self._open[slot] = _Envelope(loop.create_future())
-            loop.call_later(self.WINDOW_SECONDS, self._close, slot, envelope)
+            if not self._scheduled and self._in_flight < self.IN_FLIGHT:
+                self._scheduled = True
+                loop.call_soon(self._close)  # after every request this turn has read
         envelope.events.extend(events)
-        if len(envelope.events) >= MAX_BATCH_EVENTS:
-            self._close(slot, envelope)
+        self._events += len(events)
+        if self._events >= MAX_WINDOW_EVENTS:
+            self._close(full=True)
         await asyncio.shield(envelope.sent)  # a caller that goes away does not cancel the others'
 
-    def _close(self, slot: tuple[str, str | None], envelope: _Envelope) -> None:
-        if self._open.get(slot) is not envelope:
-            return  # closed already, when it filled up
-        del self._open[slot]
-        published = asyncio.ensure_future(self._publish(slot[0], envelope.events, slot[1]))
-        published.add_done_callback(lambda done: _settle(envelope.sent, done))
+    def _close(self, full: bool = False) -> None:
+        """What waits to the broker, together."""
+        if not full:
+            self._scheduled = False
+            if self._in_flight >= self.IN_FLIGHT:
+                return  # a publish that ends takes it
+        closed, self._open, self._events = self._open, {}, 0
+        if not closed:
+            return
+        self._in_flight += 1
+        groups = [(key, sent_at, envelope.events) for (key, sent_at), envelope in closed.items()]
+        published = asyncio.ensure_future(self._publish(groups))
+        published.add_done_callback(lambda done: self._published([envelope.sent for envelope in closed.values()], done))
+
+    def _published(self, sent: list[asyncio.Future[None]], done: asyncio.Future[list[Exception | None]]) -> None:
+        self._in_flight -= 1
+        _settle(sent, done)
+        self._close()  # what arrived meanwhile
 
 
-def _settle(sent: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+def _settle(sent: list[asyncio.Future[None]], done: asyncio.Future[list[Exception | None]]) -> None:
     error = done.exception()
-    if error is None:
-        sent.set_result(None)
-    else:
-        sent.set_exception(error)
-        sent.exception()  # marked as retrieved: a future whose callers all went away is not an error
+    outcomes = [error] * len(sent) if error is not None else done.result()
+    for future, outcome in zip(sent, outcomes, strict=True):
+        if outcome is None:
+            future.set_result(None)
+        else:
+            future.set_exception(outcome)
+            future.exception()  # marked as retrieved: a future whose callers all went away is not an error
 
 
 async def _read(receive: Receive, limit: int) -> bytes:

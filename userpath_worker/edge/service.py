@@ -30,7 +30,7 @@ from userpath_client.contract import (
     lane_of,
 )
 from userpath_client.errors import BacklogFull, InvalidEvent
-from userpath_client.publisher import Publisher
+from userpath_client.publisher import Outgoing, Publisher
 from userpath_client.validation import webhook_json
 from userpath_client.wire import Encoder
 from userpath_worker.db import utcnow
@@ -61,6 +61,11 @@ _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization
 _DELIVERY_ID_HEADERS = ("x-github-delivery", "x-shopify-webhook-id", "webhook-id", "svix-id", "x-request-id")
 _PROVIDER = re.compile(PROVIDER_PATTERN)
 
+# A track request as the edge read it: its key (if any), its body, its call type (None: a batch).
+Call = tuple[object, dict[str, Any], str | None]
+# Events of one key with one sentAt (or none), which travel in envelopes of their own.
+Group = tuple[str, str | None, list[bytes]]
+
 
 @dataclass(frozen=True)
 class Accepted:
@@ -83,9 +88,7 @@ class Publishers:
 
     def publish(self, queue: str, encoder: Encoder, chunk: list[bytes], sent_at: str | None, slow: bool) -> None:
         """``chunk`` of ``encoder``'s key as one message in its lane (``slow``: to the overflow queue)."""
-        publisher = getattr(self._local, "publisher", None)
-        if publisher is None:
-            publisher = self._local.publisher = Publisher(self._broker_url, self._timeout)
+        publisher = self._publisher()
         body, message = encoder.message(queue, chunk, sent_at)
         reused = publisher.connected
         try:
@@ -99,6 +102,36 @@ class Publishers:
             # failover): once more on a new one before answering 503. A message RabbitMQ took
             # without its confirm arriving is then sent twice: its events are stored once.
             publisher.publish(queue, body, message, encoder.lane, len(chunk), slow)
+
+    def publish_many(self, queue: str, messages: list[Outgoing]) -> list[Exception | None]:
+        """``messages`` in one go (one round trip on Redis), and what became of each (None: the broker
+        has it). Those that failed on a connection made earlier are sent once more on a new one."""
+        publisher = self._publisher()
+        reused = publisher.connected
+        try:
+            outcomes = publisher.publish_many(queue, messages)
+        except Exception as error:
+            outcomes = [error] * len(messages)
+        again = [
+            index
+            for index, outcome in enumerate(outcomes)
+            if outcome is not None and not isinstance(outcome, BacklogFull)
+        ]
+        if reused and again:
+            # As in ``publish``: a connection idle in this thread may have died meanwhile.
+            try:
+                retried = publisher.publish_many(queue, [messages[index] for index in again])
+            except Exception as error:
+                retried = [error] * len(again)
+            for index, outcome in zip(again, retried, strict=True):
+                outcomes[index] = outcome
+        return outcomes
+
+    def _publisher(self) -> Publisher:
+        publisher = getattr(self._local, "publisher", None)
+        if publisher is None:
+            publisher = self._local.publisher = Publisher(self._broker_url, self._timeout)
+        return publisher
 
 
 class Edge:
@@ -129,6 +162,16 @@ class Edge:
             return unavailable(error)
         return decided.answer
 
+    def judge_tracks(self, calls: list[Call]) -> list[Accepted | Answer | Exception]:
+        """``judge_track`` on each of ``calls``; an error judging one is its own."""
+        decisions: list[Accepted | Answer | Exception] = []
+        for key, body, route_type in calls:
+            try:
+                decisions.append(self.judge_track(key, body, route_type))
+            except Exception as error:
+                decisions.append(error)
+        return decisions
+
     def judge_track(self, key: object, body: dict[str, Any], route_type: str | None) -> Accepted | Answer:
         """What to send on and the answer once the broker has it, or the refusal to answer now."""
         try:
@@ -154,10 +197,28 @@ class Edge:
 
     def publish_events(self, key: str, events: list[bytes], sent_at: str | None) -> None:
         """``events`` of ``key`` in envelopes on the events queue; returns once the broker has them all."""
-        encoder = Encoder(key)
-        slow = self._is_slow(encoder.lane)
-        for chunk in _envelopes(events, encoder.envelope_overhead):
-            self._publishers.publish(EVENTS_QUEUE, encoder, chunk, sent_at, slow)
+        (outcome,) = self.publish_groups([(key, sent_at, events)])
+        if outcome is not None:
+            raise outcome
+
+    def publish_groups(self, groups: list[Group]) -> list[Exception | None]:
+        """Each group's events (a key, a sentAt, events) in envelopes of their own on the events queue,
+        every envelope of every group in one go; what became of each group: None once the broker
+        has all of its envelopes, else the error of one that it does not have."""
+        messages: list[Outgoing] = []
+        owners: list[int] = []  # the group of each message
+        for number, (key, sent_at, events) in enumerate(groups):
+            encoder = Encoder(key)
+            slow = self._is_slow(encoder.lane)
+            for chunk in _envelopes(events, encoder.envelope_overhead):
+                body, message = encoder.message(EVENTS_QUEUE, chunk, sent_at)
+                messages.append((body, message, encoder.lane, len(chunk), slow))
+                owners.append(number)
+        outcomes: list[Exception | None] = [None] * len(groups)
+        for number, outcome in zip(owners, self._publishers.publish_many(EVENTS_QUEUE, messages), strict=True):
+            if outcome is not None and outcomes[number] is None:
+                outcomes[number] = outcome
+        return outcomes
 
     def webhook(self, key: object, provider: str, headers: Mapping[str, str], body: bytes) -> Answer:
         """A provider's delivery, as received, wrapped into one ``userpath.webhook`` message."""

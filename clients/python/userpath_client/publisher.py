@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Producer
+from redis.exceptions import NoScriptError
 
 from userpath_client.contract import (
     DEFAULT_EXCHANGE,
@@ -75,6 +76,21 @@ class LaneRates:
 
 LANE_RATES = LaneRates()
 
+# What ``Publisher.publish`` takes besides the queue: body, message, lane, events, overflow.
+Outgoing = tuple[bytes, dict[str, Any], str, int, bool]
+
+
+def _redis_outcome(result: Any, queue: str) -> Exception | None:
+    """The push script's answer as ``publish_many`` reports it: None once the lane has the message."""
+    if isinstance(result, Exception):
+        return result
+    if result:
+        return None
+    return BacklogFull(
+        f"the broker holds {MAX_LANE_MESSAGES} messages of this key on {queue} already; the worker is "
+        "behind: send again later"
+    )
+
 
 class Publisher:
     """One connection to the broker, made on first use and dropped on the first failure.
@@ -118,19 +134,62 @@ class Publisher:
             self.close()  # a connection that failed once is not trusted again
             raise
 
-    def _publish_redis(self, queue: str, body: bytes, message: dict[str, Any], lane: str) -> None:
+    def publish_many(self, queue: str, messages: list[Outgoing]) -> list[Exception | None]:
+        """Each of ``messages`` published as ``publish`` would, and what became of each: None once
+        the broker has it, else its error (``BacklogFull`` when its lane is full). On Redis they
+        travel in one round trip (a pipeline of the push script); on RabbitMQ one after another,
+        each confirmed, and once the connection fails the rest are not tried (they get its error)."""
+        if not self._broker_url.startswith(_REDIS_SCHEMES):
+            outcomes: list[Exception | None] = []
+            for body, message, lane, events, overflow in messages:
+                try:
+                    self.publish(queue, body, message, lane, events, overflow)
+                except BacklogFull as full:
+                    outcomes.append(full)
+                except Exception as error:  # the connection is closed: the others would fail as well
+                    return outcomes + [error] * (len(messages) - len(outcomes))
+                else:
+                    outcomes.append(None)
+            return outcomes
+        try:
+            push = self._redis_push()
+            documents = [(lane, redis_document(body, message, queue)) for body, message, lane, _, _ in messages]
+            pushed = self._pipelined(push.sha, queue, documents)
+            unknown = [index for index, result in enumerate(pushed) if isinstance(result, NoScriptError)]
+            if unknown:  # Redis lost its scripts (a restart, SCRIPT FLUSH): load it, push those again
+                self._redis.script_load(_PUSH)  # type: ignore[union-attr]
+                again = self._pipelined(push.sha, queue, [documents[index] for index in unknown])
+                for index, result in zip(unknown, again, strict=True):
+                    pushed[index] = result
+        except BaseException:
+            self.close()
+            raise
+        return [_redis_outcome(result, queue) for result in pushed]
+
+    def _pipelined(self, sha: str, queue: str, documents: list[tuple[str, bytes]]) -> list[Any]:
+        """The push script on each (lane, document), in one round trip. Its sha is sent without
+        the ``SCRIPT EXISTS`` round trip redis-py's pipelines add before every script."""
+        pipeline = self._redis.pipeline(transaction=False)  # type: ignore[union-attr]
+        for lane, document in documents:
+            pipeline.evalsha(sha, 2, lane_list(queue, lane), ready_lanes(queue), document, MAX_LANE_MESSAGES, lane)
+        return pipeline.execute(raise_on_error=False)
+
+    def _redis_push(self) -> Any:
         if self._redis is None:
             self._redis = redis.Redis.from_url(
                 self._broker_url, socket_timeout=self._timeout, socket_connect_timeout=self._timeout
             )
             self._push = self._redis.register_script(_PUSH)
-        target = lane_list(queue, lane)
+        return self._push
+
+    def _publish_redis(self, queue: str, body: bytes, message: dict[str, Any], lane: str) -> None:
+        push = self._redis_push()
         document = redis_document(body, message, queue)
-        if not self._push(keys=[target, ready_lanes(queue)], args=[document, MAX_LANE_MESSAGES, lane]):
-            raise BacklogFull(
-                f"the broker holds {MAX_LANE_MESSAGES} messages of this key on {queue} already; the worker is "
-                "behind: send again later"
-            )
+        outcome = _redis_outcome(
+            push(keys=[lane_list(queue, lane), ready_lanes(queue)], args=[document, MAX_LANE_MESSAGES, lane]), queue
+        )
+        if outcome is not None:
+            raise outcome
 
     def _publish_amqp(self, producer: Producer, queue: str, body: bytes, message: dict[str, Any], target: str) -> None:
         if target not in self._queues_found:

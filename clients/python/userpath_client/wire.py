@@ -13,6 +13,8 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
+
 from userpath_client.contract import (
     CONTENT_ENCODING,
     CONTENT_TYPE,
@@ -123,15 +125,16 @@ def redis_document(body: bytes, message: dict[str, Any], queue: str) -> bytes:
         "body_encoding": "base64",
         "delivery_tag": new_event_id(),
     }
-    return canonical_json(
-        {
-            "body": base64.b64encode(body).decode("ascii"),
-            "content-encoding": message["content_encoding"],
-            "content-type": message["content_type"],
-            "headers": message["headers"],
-            "properties": properties,
-        }
-    )
+    document = {
+        "body": base64.b64encode(body).decode("ascii"),
+        "content-encoding": message["content_encoding"],
+        "content-type": message["content_type"],
+        "headers": message["headers"],
+        "properties": properties,
+    }
+    # canonical_json's bytes, from orjson alone: the headers' nulls would send canonical_json to the
+    # standard encoder (its NaN check), six times slower, and these are our own texts and numbers.
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
 def transport_options(scheme: str, timeout: float) -> dict[str, Any]:
