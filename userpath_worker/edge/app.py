@@ -178,22 +178,8 @@ class Judges:
         done: asyncio.Future[list[Accepted | Answer | Exception]],
     ) -> None:
         self._in_flight -= 1
-        _decide(waiting, done)
+        _settle(waiting, done)
         self._start()  # those that waited meanwhile
-
-
-def _decide(
-    waiting: list[asyncio.Future[Accepted | Answer]], done: asyncio.Future[list[Accepted | Answer | Exception]]
-) -> None:
-    error = done.exception()
-    outcomes = [error] * len(waiting) if error is not None else done.result()
-    for decided, outcome in zip(waiting, outcomes, strict=True):
-        if decided.done():  # its caller went away
-            continue
-        if isinstance(outcome, BaseException):
-            decided.set_exception(outcome)
-        else:
-            decided.set_result(outcome)
 
 
 @dataclass
@@ -263,15 +249,19 @@ class Coalescer:
         self._close()  # what arrived meanwhile
 
 
-def _settle(sent: list[asyncio.Future[None]], done: asyncio.Future[list[Exception | None]]) -> None:
+def _settle(futures: list[asyncio.Future[Any]], done: asyncio.Future[list[Any]]) -> None:
+    """Each of ``futures`` gets its own outcome from the list ``done`` holds (an exception is
+    raised to its caller), or, when ``done`` failed as a whole, that error."""
     error = done.exception()
-    outcomes = [error] * len(sent) if error is not None else done.result()
-    for future, outcome in zip(sent, outcomes, strict=True):
-        if outcome is None:
-            future.set_result(None)
-        else:
+    outcomes = [error] * len(futures) if error is not None else done.result()
+    for future, outcome in zip(futures, outcomes, strict=True):
+        if future.done():  # its caller went away
+            continue
+        if isinstance(outcome, BaseException):
             future.set_exception(outcome)
             future.exception()  # marked as retrieved: a future whose callers all went away is not an error
+        else:
+            future.set_result(outcome)
 
 
 async def _read(receive: Receive, limit: int) -> bytes:
