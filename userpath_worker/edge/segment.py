@@ -51,6 +51,9 @@ def sent_at(body: dict[str, Any]) -> str | None:
     value = body.get("sentAt")
     if value is None:
         return None
+    parsed = _time(value)
+    if isinstance(parsed, dt.datetime):
+        return parsed.isoformat()
     try:
         return _AWARE_TIME.validate_python(value).isoformat()
     except ValidationError as error:

@@ -258,8 +258,10 @@ class Edge:
         scopes do not cover."""
         if key is None:
             raise Refused(refusal(401, "missing_key", "send the key as Basic user name, Bearer token or writeKey"))
-        with self._sessions() as session:
-            found = self._authenticator.authenticate(session, key)
+        found = self._authenticator.cached(key)
+        if found is None:  # a session only when the database must be asked (it is a tenth of a call's cost)
+            with self._sessions() as session:
+                found = self._authenticator.authenticate(session, key)
         failure = found if isinstance(found, AuthFailure) else found.refusal(utcnow())
         if failure is not None:
             raise Refused(refusal(401, *_AUTH_ANSWERS[failure]))

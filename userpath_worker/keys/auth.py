@@ -43,13 +43,10 @@ class KeyAuthenticator:
     def authenticate(self, session: Session, plaintext: object) -> KeyIdentity | AuthFailure:
         """The key's identity (possibly deleted or expired: see ``KeyIdentity.refusal``) or why
         it is unknown or malformed. Malformed and bad-checksum keys cost no query."""
+        cached = self.cached(plaintext)
+        if cached is not None:
+            return cached
         now = self.clock()
-        # Only keys that parsed are cached: a hit needs no parse (a tenth of a small message's cost).
-        if isinstance(plaintext, str) and plaintext.isascii():
-            cached = self._cache.get(tokens.digest(plaintext, self.pepper))
-            if cached is not None and now - cached[0] < self.ttl:
-                self.hits += 1
-                return cached[1]
         parsed = tokens.parse(plaintext)
         if isinstance(parsed, AuthFailure):
             return parsed
@@ -60,6 +57,17 @@ class KeyAuthenticator:
             self._cache.clear()  # crude but bounded; a worker sees few distinct keys
         self._cache[digest] = (now, found)
         return found
+
+    def cached(self, plaintext: object) -> KeyIdentity | AuthFailure | None:
+        """What ``authenticate`` would answer, when the cache knows it (no session, no I/O); else None."""
+        # Only keys that parsed are cached: a hit needs no parse (a tenth of a small message's cost).
+        if not (isinstance(plaintext, str) and plaintext.isascii()):
+            return None
+        cached = self._cache.get(tokens.digest(plaintext, self.pepper))
+        if cached is None or self.clock() - cached[0] >= self.ttl:
+            return None
+        self.hits += 1
+        return cached[1]
 
     def mark_used(self, session: Session, key_id: int) -> None:
         """Record that a key was used, at most once a minute per key in this process."""

@@ -67,7 +67,7 @@ def digest(key: str, pepper: str | None = None) -> str:
     """The only form of a key that is stored: SHA-256, or HMAC-SHA-256 when a pepper is set."""
     data = key.encode("ascii")
     if pepper:
-        return hmac.new(pepper.encode(), data, hashlib.sha256).hexdigest()
+        return hmac.digest(pepper.encode(), data, "sha256").hex()  # one C call: a third of hmac.new's
     return hashlib.sha256(data).hexdigest()
 
 
