@@ -71,7 +71,14 @@ return {tostring(wait), tostring(tokens)}
 """
 
 
+class NeedsIO(Exception):
+    """A decision asked not to wait would have to: it needs the database or Redis."""
+
+
 class Buckets(Protocol):
+    # Whether ``take`` stays in this process (no I/O).
+    local: bool
+
     def take(self, org_id: int, limit: RateLimit, events: int) -> tuple[float, float]:
         """Refill the organization's bucket and take ``events`` from it if it holds them (or is
         full): (seconds to wait before they would be taken, 0 when they were; tokens left)."""
@@ -80,6 +87,8 @@ class Buckets(Protocol):
 
 class RedisBuckets:
     """Buckets every edge process shares: one atomic Lua script a request."""
+
+    local = False
 
     def __init__(self, url: str, timeout: float) -> None:
         self._redis = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
@@ -100,6 +109,8 @@ class LocalBuckets:
     """Buckets of this process alone, for an edge without a Redis (the embedded default, or RabbitMQ
     without USERPATH_EDGE_REDIS_URL): each edge process limits on its own. The arithmetic of
     ``_TAKE``."""
+
+    local = True
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
@@ -137,11 +148,14 @@ class OrganizationLimits:
         self._clock = clock
         self._cache: dict[int, tuple[float, RateLimit | None]] = {}
 
-    def of(self, org_id: int) -> RateLimit | None:
+    def of(self, org_id: int, wait: bool = True) -> RateLimit | None:
+        """The organization's limit; ``wait`` False: ``NeedsIO`` unless it is kept here."""
         now = self._clock()
         cached = self._cache.get(org_id)
         if cached is not None and now - cached[0] < self._ttl:
             return cached[1]
+        if not wait:
+            raise NeedsIO
         try:
             with self._sessions() as session:
                 own = own_rate_limit(session, org_id)
@@ -249,12 +263,15 @@ class RateLimiter:
         self._buckets = buckets
         self._refusals = refusals
 
-    def take(self, org_id: int, key_id: int, events: int) -> Verdict | None:
+    def take(self, org_id: int, key_id: int, events: int, wait: bool = True) -> Verdict | None:
         """The bucket's verdict on ``events`` more of the organization, sent with key ``key_id``
-        (counted when refused), or None when it has no limit."""
-        limit = self._limits.of(org_id)
+        (counted when refused), or None when it has no limit. ``wait`` False: ``NeedsIO`` rather
+        than ask the database or Redis."""
+        limit = self._limits.of(org_id, wait)
         if limit is None:
             return None
+        if not (wait or self._buckets.local):
+            raise NeedsIO
         verdict = Verdict(limit, *self._buckets.take(org_id, limit, events))
         if verdict.wait > 0:
             metrics.EDGE_RATE_LIMITED.labels(str(org_id)).inc()

@@ -36,7 +36,7 @@ from userpath_client.wire import Encoder
 from userpath_worker.db import utcnow
 from userpath_worker.edge import segment
 from userpath_worker.edge.http import Answer, Refused, backlog_full, broker_unavailable, refusal, success, too_large
-from userpath_worker.edge.limits import RateLimiter
+from userpath_worker.edge.limits import NeedsIO, RateLimiter
 from userpath_worker.events.models import Source
 from userpath_worker.keys import scopes
 from userpath_worker.keys.auth import KeyAuthenticator
@@ -172,14 +172,26 @@ class Edge:
                 decisions.append(error)
         return decisions
 
-    def judge_track(self, key: object, body: dict[str, Any], route_type: str | None) -> Accepted | Answer:
+    def judge_now(self, key: object, body: dict[str, Any], route_type: str | None) -> Accepted | Answer | None:
+        """``judge_track`` when it needs no I/O (the key and its organization's limit known here,
+        the buckets in this process), so that the event loop can decide at once; None when it
+        needs the database or Redis."""
+        try:
+            return self.judge_track(key, body, route_type, wait=False)
+        except NeedsIO:
+            return None
+
+    def judge_track(
+        self, key: object, body: dict[str, Any], route_type: str | None, wait: bool = True
+    ) -> Accepted | Answer:
         """What to send on and the answer once the broker has it, or the refusal to answer now."""
         try:
-            identity = self._permitted(key, Source.SERVER)
+            identity = self._permitted(key, Source.SERVER, wait=wait)
             calls = _calls(body, route_type)
             sent_at = segment.sent_at(body)
+            # The limit before judging: a decision that must wait is given up before its work is done.
+            limit_headers = self._admit(identity, len(calls), wait)
             judged = segment.judge(calls, route_type, {"context": body.get("context"), "timestamp": sent_at})
-            limit_headers = self._admit(identity, len(calls))
         except Refused as refused:
             return refused.answer
         except segment.UnusableBody as error:
@@ -253,13 +265,15 @@ class Edge:
             logger.info("key %s is in the slow lane (USERPATH_SLOW_KEYS): on RabbitMQ, to overflow", key_id)
         return True
 
-    def _permitted(self, key: object, source: Source, provider: str | None = None) -> KeyIdentity:
+    def _permitted(self, key: object, source: Source, provider: str | None = None, wait: bool = True) -> KeyIdentity:
         """The key's identity, or ``Refused``: 401 for a key that cannot be used, 403 for a call its
-        scopes do not cover."""
+        scopes do not cover. ``wait`` False: ``NeedsIO`` rather than ask the database."""
         if key is None:
             raise Refused(refusal(401, "missing_key", "send the key as Basic user name, Bearer token or writeKey"))
-        found = self._authenticator.cached(key)
+        found = self._authenticator.answer_at_once(key)
         if found is None:  # a session only when the database must be asked (it is a tenth of a call's cost)
+            if not wait:
+                raise NeedsIO
             with self._sessions() as session:
                 found = self._authenticator.authenticate(session, key)
         failure = found if isinstance(found, AuthFailure) else found.refusal(utcnow())
@@ -279,10 +293,10 @@ class Edge:
             )
         return found
 
-    def _admit(self, identity: KeyIdentity, events: int) -> tuple[tuple[str, str], ...]:
+    def _admit(self, identity: KeyIdentity, events: int, wait: bool = True) -> tuple[tuple[str, str], ...]:
         """The X-RateLimit-* headers once ``events`` are taken from the organization's bucket, or
         ``Refused`` with 429 when it does not hold them yet."""
-        verdict = self._limiter.take(identity.org_id, identity.key_id, events)
+        verdict = self._limiter.take(identity.org_id, identity.key_id, events, wait)
         if verdict is None:
             return ()
         if verdict.wait > 0:

@@ -26,6 +26,7 @@ from userpath_worker.edge.limits import (
     BUCKET_KEY,
     Buckets,
     LocalBuckets,
+    NeedsIO,
     OrganizationLimits,
     RateLimiter,
     RedisBuckets,
@@ -232,3 +233,29 @@ def test_counts_land_in_the_hour_they_happened(migrated: Engine) -> None:
     counts.add(ORG, 7, 1)
     counts.flush()
     assert rate_limited(migrated) == [(7, 1, 5)]  # 2 days ago: in 30 days, not in the last 24 hours
+
+
+def test_a_decision_that_may_not_wait_gives_up_before_it_takes_anything(migrated: Engine) -> None:
+    """The event loop decides a request itself only when nothing must be asked of the database or
+    Redis (``wait=False``); otherwise it gives up, untouched, and the thread pool decides."""
+    sessions = sessionmaker(migrated)
+    limits = OrganizationLimits(sessions, RateLimit(1, 10), ttl=60)
+    local = RateLimiter(limits, LocalBuckets(), RefusalCounts(sessions))
+    with pytest.raises(NeedsIO):
+        local.take(ORG, 7, 4, wait=False)  # the organization's limit is not known here yet
+    assert local.take(ORG, 7, 4).tokens == pytest.approx(6, abs=0.5)  # read from the database, then kept
+    assert local.take(ORG, 7, 4, wait=False).tokens == pytest.approx(2, abs=0.5)  # in this process: at once
+
+    client = redis.Redis.from_url(FAULTS_REDIS_URL)
+    client.delete(BUCKET_KEY.format(org_id=ORG))
+    shared = RateLimiter(limits, RedisBuckets(FAULTS_REDIS_URL, timeout=5), RefusalCounts(sessions))
+    with pytest.raises(NeedsIO):
+        shared.take(ORG, 7, 4, wait=False)  # the bucket is in Redis
+    assert not client.exists(BUCKET_KEY.format(org_id=ORG))  # nothing taken
+    assert shared.take(ORG, 7, 4).tokens == pytest.approx(6, abs=0.5)
+    client.close()
+    unlimited = RateLimiter(
+        OrganizationLimits(sessions, None, ttl=60), RedisBuckets(FAULTS_REDIS_URL, 5), RefusalCounts(sessions)
+    )
+    unlimited.take(ORG, 7, 1)
+    assert unlimited.take(ORG, 7, 1, wait=False) is None  # no limit: nothing to ask Redis

@@ -33,7 +33,7 @@ from userpath_worker.keys import tokens
 from userpath_worker.keys.auth import KeyAuthenticator
 from userpath_worker.keys.models import ApiKey
 from userpath_worker.keys.services import KeyIdentity, KeyService
-from userpath_worker.keys.tokens import Environment
+from userpath_worker.keys.tokens import AuthFailure, Environment
 from userpath_worker.webhooks.services import SigningKeys
 
 RECEIVED = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.UTC)
@@ -278,20 +278,22 @@ def test_valid_keys_are_served_from_the_cache(
         event.remove(engine, "before_cursor_execute", count)
 
 
-def test_the_cache_answers_alone_only_what_it_holds(
+def test_the_authenticator_answers_at_once_what_needs_no_query(
     session: Session, ingestor: Ingestor, org_and_key, clock: FakeClock
 ) -> None:
-    """The edge asks ``cached`` first and opens a session only when it says None."""
+    """The edge asks ``answer_at_once`` first and opens a session only when it says None."""
     _, key, plaintext = org_and_key
     authenticator = ingestor.authenticator
-    assert authenticator.cached(plaintext) is None  # never looked up
+    assert authenticator.answer_at_once(plaintext) is None  # never looked up
     track(ingestor, {"api_key": plaintext, "batch": [an_event()]})
-    cached = authenticator.cached(plaintext)
+    cached = authenticator.answer_at_once(plaintext)
     assert isinstance(cached, KeyIdentity) and cached.key_id == key.id
-    assert authenticator.cached(plaintext[:-1] + ("a" if plaintext[-1] != "a" else "b")) is None
-    assert authenticator.cached(b"not text") is None
+    assert authenticator.answer_at_once(plaintext[:-1] + ("a" if plaintext[-1] != "a" else "b")) == (
+        AuthFailure.BAD_CHECKSUM
+    )
+    assert authenticator.answer_at_once(b"not text") == AuthFailure.MALFORMED
     clock.now += 2.0  # past the time to live
-    assert authenticator.cached(plaintext) is None
+    assert authenticator.answer_at_once(plaintext) is None
 
 
 def test_last_used_is_written_at_most_once_a_minute(
