@@ -13,6 +13,15 @@ decisions for ``/v1/track``, the baseline the stack was chosen against. Printed:
 a second, p50 and p99 latency, and how many answers were not 200 (any is a failure).
 
 The database is a SQLite file in a temporary folder: the key is looked up once, then cached.
+
+Then the whole pipeline, on each broker, with PostgreSQL (the database ``userpath_bench``): the
+edge fills the broker with ``/v1/batch`` calls and no worker (as above); a worker
+(``--concurrency 4``, as docker-compose runs it) drains that preloaded queue alone, from ready to
+its last stored event; then, that worker still running, ``wrk`` offers the edge shares of that
+drain's rate (``OFFERED_SHARES``, highest first) until the worker keeps up: edge, worker and
+PostgreSQL on the same cores, the last event stored within ``KEPT_UP_SECONDS`` of the load's end
+(a backlog that grows is not a rate the pipeline sustains). The pipeline's rate is what the edge
+accepted at that offer, set against the drain. Every event answered 200 must be stored.
 """
 
 from __future__ import annotations
@@ -35,13 +44,40 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Engine
+
 from bench.brokers import BROKERS
-from bench.harness import KEY_PEPPER, REPOSITORY, BenchError, load_average, new_key, stop, wait_until
+from bench.harness import (
+    KEY_PEPPER,
+    REPOSITORY,
+    BenchError,
+    Worker,
+    empty_events,
+    fresh_database,
+    load_average,
+    new_key,
+    product_environment,
+    running_worker,
+    stop,
+    wait_until,
+)
+from bench.scenarios import count_rows
+from config.celery import QUEUES
 from userpath_client.contract import INGESTION_QUEUES
 from userpath_worker import schema
 from userpath_worker.db import make_engine
+from userpath_worker.deadletter.models import DeadLetter
+from userpath_worker.events.models import Event
 
 SIZES = {"full": {"seconds": 10, "connections": 64}, "smoke": {"seconds": 2, "connections": 8}}
+WORKER_CONCURRENCY = 4  # docker-compose.yml's, and python -m bench's default
+# The drain is over once no event was stored for this long after the last one the edge accepted.
+SETTLED_SECONDS = 3.0
+# Offered to the edge while the worker stores, as shares of the worker's drain alone, until one
+# is kept up with: its last event stored at most KEPT_UP_SECONDS after the load stopped.
+OFFERED_SHARES = (1.0, 0.85, 0.7, 0.55, 0.4)
+KEPT_UP_SECONDS = 1.0
+PIPELINE_TARGET = 0.7  # issue 21: the whole pipeline at 70% of the worker's drain of a preloaded queue
 EDGE_PROCESSES = 2
 BATCH_EVENTS = 100
 # Keys the calls with a sentAt each come from in turn: a message a call, and a lane holds
@@ -63,6 +99,38 @@ class Run:
     p50_ms: float
     p99_ms: float
     not_200: int
+    requests: int  # answered in the run, all statuses
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One rate offered to the edge while the worker stores."""
+
+    offered: float  # events a second wrk was paced to
+    accepted: float  # answered 200 a second
+    backlog_seconds: float  # from the load's end to the last event stored
+
+    @property
+    def kept_up(self) -> bool:
+        return self.backlog_seconds <= KEPT_UP_SECONDS
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """Events a second through edge, broker, worker and PostgreSQL, against the worker alone."""
+
+    edge_alone: float  # accepted by the edge with no worker (it fills the queue the drain takes)
+    drain: float  # stored by the worker draining that queue alone
+    offers: tuple[Offer, ...]  # the rates tried, highest first, down to the first kept up
+
+    @property
+    def rate(self) -> float:
+        """The highest rate the pipeline kept up with (0 when it kept up with none tried)."""
+        return max((offer.accepted for offer in self.offers if offer.kept_up), default=0.0)
+
+    @property
+    def share_of_drain(self) -> float:
+        return self.rate / self.drain
 
 
 def main() -> None:
@@ -93,11 +161,17 @@ def main() -> None:
         results = {
             name: measure(name, database_url, keys, Path(folder), arguments.rate_limited, **size) for name in brokers
         }
+        pipelines = {name: pipeline(name, Path(folder), **size) for name in brokers}
     print_table(results)
+    print_pipelines(pipelines)
     if arguments.output:
         machine = {"cpus": os.cpu_count(), "python": platform.python_version(), "load_average": load_average()}
         runs = {broker: [asdict(run) for run in broker_runs] for broker, broker_runs in results.items()}
-        document = {"machine": machine, "size": arguments.size, "runs": runs}
+        whole = {
+            broker: asdict(figures) | {"rate": figures.rate, "share_of_drain": figures.share_of_drain}
+            for broker, figures in pipelines.items()
+        }
+        document = {"machine": machine, "size": arguments.size, "runs": runs, "pipeline": whole}
         arguments.output.write_text(json.dumps(document, indent=2))
 
 
@@ -163,6 +237,71 @@ def measure(
         runs.append(wrk("POST /v1/track", "Flask on waitress", url, track, 1, seconds, connections))
     fresh_queues(broker_name)
     return runs
+
+
+def pipeline(broker_name: str, folder: Path, seconds: int, connections: int) -> Pipeline:
+    """The edge alone fills the broker, the worker alone drains it, then the edge is offered
+    shares of that drain, highest first, until the worker keeps up (the module's docstring)."""
+    broker = BROKERS[broker_name]
+    engine = fresh_database()
+    key = new_key(engine)
+    worker_environment = product_environment(broker.url)
+    environment = {
+        **{name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")},
+        **worker_environment,
+        "USERPATH_LOG_LEVEL": "WARNING",  # no access log line a request (the worker logs at INFO: "ready.")
+        "USERPATH_EDGE_EVENTS_PER_SECOND": "0",
+        "USERPATH_EDGE_METRICS_PORT": "0",
+    }
+    batch = script(
+        folder / "pipeline.lua", "POST", {"batch": [track_call(n) for n in range(BATCH_EVENTS)]}, [basic(key)]
+    )
+    fresh_queues(broker_name)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/v1/batch"
+    edge = [USERPATH, "edge", "--port", str(port), "--workers", str(EDGE_PROCESSES)]
+    offers: list[Offer] = []
+    with serving(edge, port, environment, folder / f"pipeline-edge-{broker_name}.log"):
+        alone = wrk("POST /v1/batch", "edge alone", url, batch, BATCH_EVENTS, seconds, connections)
+        name = f"edge-pipeline.{broker_name}"
+        with running_worker("tasks.app", QUEUES, worker_environment, name, WORKER_CONCURRENCY) as worker:
+            stored, last_stored = _settled(engine, worker, alone)
+            drain = stored / (last_stored - worker.ready)
+            for share in OFFERED_SHARES:
+                empty_events(engine)
+                paced = paced_script(batch, share * drain / BATCH_EVENTS)
+                run = wrk("POST /v1/batch", "with the worker", url, paced, BATCH_EVENTS, seconds, connections)
+                load_ended = time.time()
+                _, last_stored = _settled(engine, worker, run)
+                offers.append(Offer(share * drain, run.events_per_second, max(0.0, last_stored - load_ended)))
+                if offers[-1].kept_up:
+                    break
+    if count_rows(engine, DeadLetter):
+        raise BenchError(f"{broker.label}: the pipeline dead-lettered {count_rows(engine, DeadLetter)} messages")
+    engine.dispose()
+    fresh_queues(broker_name)
+    return Pipeline(alone.events_per_second, drain, tuple(offers))
+
+
+def _settled(engine: Engine, worker: Worker, run: Run) -> tuple[int, float]:
+    """Once every event of ``run`` (every answer 200, or ``BenchError``) is stored and no more arrive (wrk may have
+    dropped answers in flight at its end): the events stored and when the last one was
+    (time.time(), as ``worker.ready``)."""
+    if run.not_200:
+        raise BenchError(f"{run.route} ({run.stack}): {run.not_200} answers were not 200")
+    answered = run.requests * BATCH_EVENTS
+    stored, last_stored = 0, time.time()
+    deadline = time.monotonic() + 60 + answered / 5_000
+    while True:
+        worker.check_alive()
+        now = count_rows(engine, Event)
+        if now != stored:
+            stored, last_stored = now, time.time()
+        elif stored >= answered and time.time() - last_stored > SETTLED_SECONDS:
+            return stored, last_stored
+        if time.monotonic() > deadline:
+            raise BenchError(f"{stored} of the {answered} events answered 200 stored before the deadline")
+        time.sleep(0.05)
 
 
 def fresh_queues(broker_name: str) -> None:
@@ -261,9 +400,10 @@ def wrk(route: str, stack: str, url: str, lua: Path, events: int, seconds: int, 
     failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors = re.search(r"Socket errors:.*", output)
     not_200 = int(failed.group(1)) if failed else 0
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     if errors:
         print(f"  {route} ({stack}): {errors.group(0).strip()}", file=sys.stderr)
-    return Run(route, stack, rate, rate * events, latency["50"], latency["99"], not_200)
+    return Run(route, stack, rate, rate * events, latency["50"], latency["99"], not_200, requests)
 
 
 def print_table(results: dict[str, list[Run]]) -> None:
@@ -276,6 +416,25 @@ def print_table(results: dict[str, list[Run]]) -> None:
                 f"| {BROKERS[broker].label} | {run.route} | {run.stack} | {run.requests_per_second:,.0f} | "
                 f"{run.events_per_second:,.0f} | {run.p50_ms:.2f} | {run.p99_ms:.2f} | {run.not_200} |"
             )
+
+
+def print_pipelines(pipelines: dict[str, Pipeline]) -> None:
+    print(
+        f"\nthe whole pipeline, /v1/batch of {BATCH_EVENTS} (edge --workers {EDGE_PROCESSES}, worker --concurrency "
+        f"{WORKER_CONCURRENCY}, PostgreSQL; events a second; kept up: the last event stored within "
+        f"{KEPT_UP_SECONDS:.0f} s of the load's end)\n"
+    )
+    print("| broker | edge alone | drain alone | offered: accepted, backlog after | pipeline | pipeline / drain |")
+    print("| --- | ---: | ---: | --- | ---: | ---: |")
+    for broker, figures in pipelines.items():
+        met = "met" if figures.share_of_drain >= PIPELINE_TARGET else "missed"
+        offers = "; ".join(
+            f"{offer.offered:,.0f}: {offer.accepted:,.0f}, {offer.backlog_seconds:.1f} s" for offer in figures.offers
+        )
+        print(
+            f"| {BROKERS[broker].label} | {figures.edge_alone:,.0f} | {figures.drain:,.0f} | {offers} "
+            f"| {figures.rate:,.0f} | {figures.share_of_drain:.0%} ({met}: {PIPELINE_TARGET:.0%}) |"
+        )
 
 
 @contextlib.contextmanager

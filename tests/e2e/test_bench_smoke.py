@@ -102,8 +102,13 @@ def test_the_edge_benchmark_at_smoke_size_prints_its_table_with_every_answer_200
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     assert "| Redis | POST /v1/batch |" in completed.stdout and "| RabbitMQ | POST /v1/track |" in completed.stdout
-    runs = json.loads(output.read_text())["runs"]
+    document = json.loads(output.read_text())
+    runs = document["runs"]
+    assert "the whole pipeline, /v1/batch of 100" in completed.stdout
     for broker in BROKERS:
+        whole = document["pipeline"][broker]
+        assert whole["edge_alone"] > 0 and whole["drain"] > 0 and whole["offers"]  # every event 200 and stored
+        assert whole["rate"] == max((o["accepted"] for o in whole["offers"] if o["backlog_seconds"] <= 1), default=0)
         assert [(run["route"], run["stack"]) for run in runs[broker]] == [
             ("GET /healthz (no-op)", "uvicorn + uvloop + httptools"),
             ("POST /v1/track", "uvicorn + uvloop + httptools"),
