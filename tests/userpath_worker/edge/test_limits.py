@@ -174,14 +174,6 @@ def test_set_rate_limit_refuses_numbers_out_of_range(tmp_path: Path) -> None:
     engine.dispose()
 
 
-@pytest.fixture
-def migrated(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'counts.db'}")
-    schema.upgrade(engine)
-    yield engine
-    engine.dispose()
-
-
 def rate_limited(engine: Engine, org_id: int = ORG) -> list[tuple[int, int, int]]:
     with Session(engine) as session:
         return [(row.api_key_id, row.day, row.month) for row in rollups.rate_limited_by_key(session, org_id, utcnow())]
