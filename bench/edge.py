@@ -75,7 +75,7 @@ WORKER_CONCURRENCY = 4  # docker-compose.yml's, and python -m bench's default
 SETTLED_SECONDS = 3.0
 # Offered to the edge while the worker stores, as shares of the worker's drain alone, until one
 # is kept up with: its last event stored at most KEPT_UP_SECONDS after the load stopped.
-OFFERED_SHARES = (1.0, 0.85, 0.7, 0.55, 0.4)
+OFFERED_SHARES = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4)
 KEPT_UP_SECONDS = 1.0
 PIPELINE_TARGET = 0.7  # issue 21: the whole pipeline at 70% of the worker's drain of a preloaded queue
 EDGE_PROCESSES = 2
