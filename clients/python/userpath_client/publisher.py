@@ -5,10 +5,11 @@ A message goes into its key's lane (contract, "lanes"). On Redis one script chec
 length against the ceiling, pushes the message in kombu's Redis form onto the lane's list and lists
 the lane in its queue's ready set, atomically. On RabbitMQ it goes to the queue's own exchange with
 the lane's shard queue (or, past the lane's rate, the overflow queue) as routing key, with
-publisher confirms, once a passive declare has shown that the worker made that queue; a shard at its
-``x-max-length`` nacks it. Nothing is ever declared, so a producer user that may only publish is
-enough. ``publish`` returns only once the broker has the message and raises on any failure
-(``BacklogFull`` when the lane is full); the caller decides whether to retry.
+publisher confirms (awaited together for the messages of one ``publish_many``), once a passive
+declare has shown that the worker made that queue; a shard at its ``x-max-length`` nacks it.
+Nothing is ever declared, so a producer user that may only publish is enough. ``publish`` returns
+only once the broker has the message and raises on any failure (``BacklogFull`` when the lane is
+full); the caller decides whether to retry.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 from typing import Any
 
 import redis
-from amqp.exceptions import MessageNacked
+from amqp.channel import Channel
 from kombu import Connection, Producer
 from redis.exceptions import NoScriptError
 
@@ -92,6 +93,41 @@ def _redis_outcome(result: Any, queue: str) -> Exception | None:
     )
 
 
+class Confirms:
+    """RabbitMQ's publisher confirms on one channel, awaited for a batch of messages at once: a
+    publish of many envelopes waits one round trip, not one each. Delivery tags count the
+    channel's publishes from 1 (AMQP's confirm mode); an ack or nack with ``multiple`` settles
+    every tag of the batch up to its own. A batch is awaited whole before the next begins (a
+    failure closes the connection), so no earlier tag is ever outstanding."""
+
+    def __init__(self, channel: Channel, timeout: float) -> None:
+        channel.confirm_select()
+        self._channel, self._timeout = channel, timeout
+        self._published = 0
+        self._first = 1  # of the batch
+        self._acked: dict[int, bool] = {}  # tag of the batch -> taken (False: nacked)
+        channel.events["basic_ack"].add(lambda tag, multiple: self._settle(tag, multiple, True))
+        channel.events["basic_nack"].add(lambda tag, multiple: self._settle(tag, multiple, False))
+
+    def begin(self) -> None:
+        self._acked.clear()
+        self._first = self._published + 1
+
+    def published(self) -> None:
+        self._published += 1
+
+    def wait(self) -> list[bool]:
+        """Whether RabbitMQ took each message of the batch, in order, once it has said it of all;
+        ``socket.timeout`` or the connection's error when it does not in time."""
+        while len(self._acked) < self._published + 1 - self._first:
+            self._channel.connection.drain_events(timeout=self._timeout)
+        return [self._acked[tag] for tag in range(self._first, self._published + 1)]
+
+    def _settle(self, tag: int, multiple: bool, acked: bool) -> None:
+        for settled in range(self._first if multiple else tag, tag + 1):
+            self._acked.setdefault(settled, acked)
+
+
 class Publisher:
     """One connection to the broker, made on first use and dropped on the first failure.
 
@@ -105,6 +141,7 @@ class Publisher:
         self._push: Any = None
         self._connection: Connection | None = None
         self._producer: Producer | None = None
+        self._confirms: Confirms | None = None
         self._amqp = False
         self._queues_found: set[str] = set()  # on this connection
 
@@ -127,30 +164,31 @@ class Publisher:
             if not self._amqp:  # the embedded broker: one queue, taken by Celery's own consumer
                 producer.publish(body, exchange=DEFAULT_EXCHANGE, routing_key=queue, retry=False, **message)
                 return
-            overflow = overflow or LANE_RATES.overflows(lane, events)
-            target = overflow_queue(queue) if overflow else shard_queue(queue, lane)
-            self._publish_amqp(producer, queue, body, message, target)
+            (outcome,) = self._publish_amqp(producer, queue, [(body, message, lane, events, overflow)])
         except BaseException:
             self.close()  # a connection that failed once is not trusted again
             raise
+        if outcome is not None:
+            raise outcome
 
     def publish_many(self, queue: str, messages: list[Outgoing]) -> list[Exception | None]:
         """Each of ``messages`` published as ``publish`` would, and what became of each: None once
         the broker has it, else its error (``BacklogFull`` when its lane is full). On Redis they
         travel in one round trip (a pipeline of the push script); on RabbitMQ one after another,
-        each confirmed, and once the connection fails the rest are not tried (they get its error)."""
+        their confirms awaited together, and when the connection fails every one gets its error."""
         if not self._broker_url.startswith(_REDIS_SCHEMES):
-            outcomes: list[Exception | None] = []
-            for body, message, lane, events, overflow in messages:
-                try:
-                    self.publish(queue, body, message, lane, events, overflow)
-                except BacklogFull as full:
-                    outcomes.append(full)
-                except Exception as error:  # the connection is closed: the others would fail as well
-                    return outcomes + [error] * (len(messages) - len(outcomes))
-                else:
-                    outcomes.append(None)
-            return outcomes
+            if not messages:
+                return []
+            try:
+                producer = self._ensure_producer()
+                if self._amqp:
+                    return self._publish_amqp(producer, queue, messages)
+                for body, message, _, _, _ in messages:  # the embedded broker, as ``publish``
+                    producer.publish(body, exchange=DEFAULT_EXCHANGE, routing_key=queue, retry=False, **message)
+                return [None] * len(messages)
+            except Exception as error:  # the connection is closed: none is known to be taken
+                self.close()
+                return [error] * len(messages)
         try:
             push = self._redis_push()
             documents = [(lane, redis_document(body, message, queue)) for body, message, lane, _, _ in messages]
@@ -191,27 +229,36 @@ class Publisher:
         if outcome is not None:
             raise outcome
 
-    def _publish_amqp(self, producer: Producer, queue: str, body: bytes, message: dict[str, Any], target: str) -> None:
-        if target not in self._queues_found:
-            # Never declared, so that a producer user needs no permission but to write to the
-            # queue's exchange: a passive declare (which needs none) fails while no worker has
-            # made the queue, and the message is refused here instead of dropped unroutable.
-            producer.channel.queue_declare(queue=target, passive=True)
-            self._queues_found.add(target)
-        try:
-            producer.publish(
-                body,
-                exchange=exchange_of(queue),
-                routing_key=target,
-                retry=False,  # callers retry (or answer) themselves
-                **message,
-            )
-        except MessageNacked:
-            # The shard is at its x-max-length (reject-publish): the worker is behind.
-            raise BacklogFull(
+    def _publish_amqp(self, producer: Producer, queue: str, messages: list[Outgoing]) -> list[Exception | None]:
+        """Each message to its shard (or the overflow queue), then every confirm awaited at once:
+        None for a message RabbitMQ took, ``BacklogFull`` for one its shard nacked."""
+        targets = [
+            overflow_queue(queue) if overflow or LANE_RATES.overflows(lane, events) else shard_queue(queue, lane)
+            for _, _, lane, events, overflow in messages
+        ]
+        for target in targets:
+            if target not in self._queues_found:
+                # Never declared, so that a producer user needs no permission but to write to the
+                # queue's exchange: a passive declare (which needs none) fails while no worker has
+                # made the queue, and the message is refused here instead of dropped unroutable.
+                producer.channel.queue_declare(queue=target, passive=True)
+                self._queues_found.add(target)
+        confirms = self._confirms
+        assert confirms is not None  # made with the producer
+        confirms.begin()
+        for (body, message, _, _, _), target in zip(messages, targets, strict=True):
+            # retry=False: callers retry (or answer) themselves
+            producer.publish(body, exchange=exchange_of(queue), routing_key=target, retry=False, **message)
+            confirms.published()
+        return [
+            None
+            if taken
+            else BacklogFull(  # the shard is at its x-max-length (reject-publish): the worker is behind
                 f"the broker holds {MAX_LANE_MESSAGES} messages on {target} already; the worker is behind: "
                 "send again later"
-            ) from None
+            )
+            for taken, target in zip(confirms.wait(), targets, strict=True)
+        ]
 
     def close(self) -> None:
         if self._connection is not None:
@@ -220,7 +267,7 @@ class Publisher:
         if self._redis is not None:
             with contextlib.suppress(Exception):
                 self._redis.close()
-        self._connection = self._producer = self._redis = self._push = None
+        self._connection = self._producer = self._redis = self._push = self._confirms = None
 
     def _ensure_producer(self) -> Producer:
         if self._producer is None:
@@ -228,12 +275,15 @@ class Publisher:
             self._connection = Connection(
                 self._broker_url,
                 connect_timeout=self._timeout,
-                transport_options=transport_options(scheme, self._timeout),
+                # Confirms are awaited by ``Confirms``, for a batch at once, not by py-amqp one by one.
+                transport_options={**transport_options(scheme, self._timeout), "confirm_publish": False},
             )
             # One connection attempt (kombu's default_channel would retry for connect_timeout):
             # the caller retries, or answers that the broker is unavailable.
             self._connection.connect()
             self._producer = Producer(self._connection.channel())
             self._amqp = self._connection.transport.driver_type == "amqp"
+            if self._amqp:
+                self._confirms = Confirms(self._producer.channel, self._timeout)
             self._queues_found.clear()
         return self._producer

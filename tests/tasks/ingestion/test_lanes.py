@@ -198,3 +198,41 @@ def test_rabbitmq_batches_take_each_queue_in_turn(rabbitmq: amqp.Connection) -> 
     assert b"victim" in bodies[: QUANTUM + 1] and len(bodies) == 20
     assert {item[0] for item in taken.items} == {EVENTS_QUEUE}  # the source is the queue's, not the lane's
     batches.close()
+
+
+def test_rabbitmq_confirms_of_one_publish_are_awaited_together_and_settle_each_message_by_its_own(
+    rabbitmq: amqp.Connection,
+) -> None:
+    """One ``publish_many`` waits for RabbitMQ's confirms once, not once a message: a nack (a full
+    shard) refuses only its own message, and the delivery tags stay right for the next publish."""
+    flooded = shard_queue(EVENTS_QUEUE, lane_of(FLOODER))
+    victim = next(  # keys share 8 shards: one outside the flooder's
+        key
+        for key in (tokens.generate(Environment.LIVE) for _ in range(100))
+        if shard_queue(EVENTS_QUEUE, lane_of(key)) != flooded
+    )
+    victims_shard = shard_queue(EVENTS_QUEUE, lane_of(victim))
+    channel = rabbitmq.channel()
+    for _ in range(MAX_LANE_MESSAGES):
+        channel.basic_publish(amqp.Message(b"waiting"), EVENTS_QUEUE, flooded)
+    wait_for(lambda: channel.queue_declare(flooded, passive=True).message_count == MAX_LANE_MESSAGES, 30, "the fill")
+
+    url = rabbitmq_vhost(f"{TEST_DATABASE_PREFIX}_lanes")
+    publisher, to_flooder, to_victim = Publisher(url, 5), Encoder(FLOODER), Encoder(victim)
+
+    def outgoing(encoder: Encoder, label: bytes) -> tuple[bytes, dict, str, int, bool]:
+        body, message = encoder.message(EVENTS_QUEUE, [b'{"n":"%s"}' % label])
+        return body, message, encoder.lane, 1, False
+
+    try:
+        outcomes = publisher.publish_many(
+            EVENTS_QUEUE, [outgoing(to_victim, b"1"), outgoing(to_flooder, b"2"), outgoing(to_victim, b"3")]
+        )
+        assert [type(outcome).__name__ for outcome in outcomes] == ["NoneType", "BacklogFull", "NoneType"]
+        assert publisher.publish_many(EVENTS_QUEUE, [outgoing(to_victim, b"4")]) == [None]
+        with pytest.raises(BacklogFull, match="the worker is behind"):
+            publisher.publish(EVENTS_QUEUE, *outgoing(to_flooder, b"5")[:3])
+    finally:
+        publisher.close()
+    assert channel.queue_declare(victims_shard, passive=True).message_count == 3
+    assert channel.queue_declare(flooded, passive=True).message_count == MAX_LANE_MESSAGES
