@@ -104,6 +104,21 @@ WHERE key IN (
 )
 RETURNING org_id, event_id
 """
+# This release's statement with the same narrower claim.
+_HASHED_UNCLAIMED_INSERT = storage._UNCLAIMED_INSERT
+for unhashed, hashed in (
+    (
+        f"FROM ({storage._INCOMING}) AS document",
+        f"FROM (SELECT *, {_HASHED_KEY} AS key FROM ({storage._INCOMING}) AS parsed) AS document",
+    ),
+    ("claim.org_id = document.org_id AND claim.event_id = document.event_id", "claim.key = document.key"),
+    (
+        "INSERT INTO event_ids (org_id, event_id, period) SELECT org_id, event_id,",
+        "INSERT INTO event_ids (key, period) SELECT key,",
+    ),
+):
+    assert unhashed in _HASHED_UNCLAIMED_INSERT, unhashed
+    _HASHED_UNCLAIMED_INSERT = _HASHED_UNCLAIMED_INSERT.replace(unhashed, hashed)
 # Without ON CONFLICT, both weeks probed first (so that a claim fails only for a copy in flight in
 # another transaction) rather than this release's probe of last week alone.
 _PROBED_INSERT = f"""
@@ -219,6 +234,12 @@ def insert_hashed_claims(session: Session, batch: list[dict[str, Any]]) -> int:
     return len(session.connection().exec_driver_sql(_HASHED_CLAIMED_INSERT, parameters).all())
 
 
+def insert_hashed_unclaimed(session: Session, batch: list[dict[str, Any]]) -> int:
+    _, parameters = _unclaimed(batch)
+    with session.begin_nested():
+        return len(session.connection().exec_driver_sql(_HASHED_UNCLAIMED_INSERT, parameters).all())
+
+
 def insert_probed(session: Session, batch: list[dict[str, Any]]) -> int:
     _, parameters = _unclaimed(batch)
     with session.begin_nested():
@@ -274,6 +295,7 @@ WAYS: dict[str, tuple[str, Insert]] = {
     "partitioned, jsonb, one event re-sent a batch": ("head", _one_resent(insert_this_release)),
     "partitioned, jsonb, ON CONFLICT on events": ("head", insert_during_the_move),
     "partitioned, claim of an md5 uuid (before)": ("head-hashed-claims", insert_hashed_claims),
+    "partitioned, jsonb, claim of an md5 uuid": ("head-hashed-claims", insert_hashed_unclaimed),
     "partitioned, both weeks probed, no ON CONFLICT": ("head", insert_probed),
     "partitioned, both weeks probed, one re-sent a batch": ("head", _one_resent(insert_probed)),
     "partitioned, unnest": ("head", insert_unnest),
