@@ -101,7 +101,7 @@ SELECT org_id, event_id FROM incoming WHERE NOT seen AND (SELECT count(*) FROM c
 """
 # Re-sent events come in runs (a client's retries, a broker's redeliveries): after a batch whose
 # cheaper statement failed, this process's next ones are claimed around at once instead of each
-# failing first (python -m bench.inserts: a failure every batch costs two fifths of the rate).
+# failing first (python -m bench.inserts: a failure every batch costs about half the rate).
 CLAIM_AROUND_AFTER_A_RESEND = 20  # batches
 _claim_around = 0  # batches still to claim around in this process
 _PARTITIONED_CHECK_SECONDS = 60.0
