@@ -6,21 +6,30 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
+import time
+import uuid
 from typing import Any
 
 import pytest
 import time_machine
-from sqlalchemy import Connection, func, select, text
+from sqlalchemy import Connection, Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from tests.common.factories import event_row, make_organization
-from userpath_worker.events import partitions, retention
+from userpath_worker.events import partitions, retention, storage
 from userpath_worker.events.models import Event
 from userpath_worker.events.storage import insert_events
 from userpath_worker.organizations import services as organizations
 
 # A Sunday: the day after is a Monday, the first day of an event_ids week.
 SUNDAY = dt.datetime(2027, 1, 10, 23, 50, tzinfo=dt.UTC)
+
+
+@pytest.fixture(autouse=True)
+def _cheaper_statement_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts as a process that saw no re-sent event yet."""
+    monkeypatch.setattr(storage, "_claim_around", 0)
 
 
 @pytest.fixture
@@ -103,6 +112,97 @@ def test_a_resent_event_is_stored_again_only_after_the_dedupe_window(session: Se
     assert store_at(session, week_later, event_row(1, "old", week_later)) == set()
     two_weeks_later = SUNDAY + dt.timedelta(days=15)
     assert store_at(session, two_weeks_later, event_row(1, "old", two_weeks_later)) == {(1, "old")}
+
+
+def test_a_batch_with_an_event_claimed_this_week_stores_the_others_and_writes_each_events_row_once(
+    session: Session, postgres: Connection
+) -> None:
+    """The cheaper statement fails on the claim of the re-sent event, before it writes any events
+    row; the batch then goes through the statement that claims around it."""
+    make_days(postgres, SUNDAY - dt.timedelta(days=5), 5)
+    wednesday = SUNDAY - dt.timedelta(days=4)
+    store_at(session, wednesday, event_row(1, "resent", wednesday))
+    later = wednesday + dt.timedelta(minutes=5)
+    batch = [event_row(1, f"new-{n}", later) for n in range(3)] + [event_row(1, "resent", later)]
+    assert store_at(session, later, *batch) == {(1, f"new-{n}") for n in range(3)}
+    assert stored(session, "resent") == 1
+    inserted = "SELECT sum(n_tup_ins) FROM pg_stat_xact_user_tables WHERE relname LIKE :tables"
+    assert postgres.scalar(text(inserted), {"tables": "events\\_%"}) == 4  # no row of the failed try
+    assert postgres.scalar(text(inserted), {"tables": "event\\_ids\\_%"}) > 4  # it was tried
+
+
+def test_after_a_batch_with_a_resent_event_the_next_ones_are_claimed_around_at_once(
+    session: Session, postgres: Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    make_days(postgres, SUNDAY - dt.timedelta(days=5), 5)
+    wednesday = SUNDAY - dt.timedelta(days=4)
+    tried: list[int] = []  # the sizes of the batches the cheaper statement was tried for
+    unclaimed_insert = storage.unclaimed_insert
+
+    def counted(rows: list[dict[str, Any]], now: dt.datetime) -> tuple[str, dict[str, Any]] | None:
+        tried.append(len(rows))
+        return unclaimed_insert(rows, now)
+
+    monkeypatch.setattr(storage, "unclaimed_insert", counted)
+    store_at(session, wednesday, event_row(1, "resent", wednesday))
+    assert store_at(session, wednesday, event_row(1, "resent", wednesday), event_row(1, "new", wednesday)) == {
+        (1, "new")
+    }
+    for number in range(storage.CLAIM_AROUND_AFTER_A_RESEND + 1):
+        assert store_at(session, wednesday, event_row(1, f"then-{number}", wednesday)) == {(1, f"then-{number}")}
+    assert tried == [1, 2, 1]  # the cheaper statement again after CLAIM_AROUND_AFTER_A_RESEND batches
+
+
+def test_two_copies_in_flight_at_once_in_the_same_week_are_stored_once(engine: Engine) -> None:
+    """The second copy's claim waits for the first's transaction; once that commits, it fails and
+    the batch is stored by the statement that claims around it: the other event only."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("event_ids is PostgreSQL's")
+    now = dt.datetime.now(dt.UTC)
+    if storage._at_week_start(now):
+        now += storage.WEEK_START_OVERLAP
+    first, other = f"in-flight-{uuid.uuid4()}", f"in-flight-{uuid.uuid4()}"
+    second_stored: list[set[tuple[int, str]]] = []
+
+    def store_the_second_copy() -> None:
+        with Session(engine) as second, second.begin():
+            second_stored.append(insert_events(second, [event_row(1, first, now), event_row(1, other, now)]))
+
+    try:
+        with Session(engine) as session, session.begin(), time_machine.travel(now, tick=True):
+            assert insert_events(session, [event_row(1, first, now)]) == {(1, first)}
+            waiting = threading.Thread(target=store_the_second_copy)
+            waiting.start()
+            _wait_for_a_lock_wait(engine)
+        waiting.join(timeout=30)
+        assert second_stored == [{(1, other)}]
+        with engine.connect() as connection:
+            copies = connection.execute(
+                select(Event.event_id, func.count()).where(Event.event_id.in_([first, other])).group_by(Event.event_id)
+            )
+            assert dict(copies.all()) == {first: 1, other: 1}
+    finally:
+        with engine.begin() as connection:
+            for table in ("events", "event_ids"):
+                connection.execute(
+                    text(f"DELETE FROM {table} WHERE event_id IN (:first, :other)"), {"first": first, "other": other}
+                )
+
+
+def _wait_for_a_lock_wait(engine: Engine) -> None:
+    """Until a session of this database waits for a transaction's lock (10 s at most)."""
+    with engine.connect() as connection:
+        for _ in range(200):
+            waiting = connection.scalar(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                    "AND wait_event_type = 'Lock' AND wait_event = 'transactionid'"
+                )
+            )
+            if waiting:
+                return
+            time.sleep(0.05)
+    raise AssertionError("the second copy's insert never waited for the first one's transaction")
 
 
 def test_an_event_sent_twice_in_one_batch_is_stored_once(session: Session, postgres: Connection) -> None:
