@@ -275,8 +275,7 @@ class Publisher:
             self._connection = Connection(
                 self._broker_url,
                 connect_timeout=self._timeout,
-                # Confirms are awaited by ``Confirms``, for a batch at once, not by py-amqp one by one.
-                transport_options={**transport_options(scheme, self._timeout), "confirm_publish": False},
+                transport_options=transport_options(scheme, self._timeout, confirm_each_publish=False),
             )
             # One connection attempt (kombu's default_channel would retry for connect_timeout):
             # the caller retries, or answers that the broker is unavailable.

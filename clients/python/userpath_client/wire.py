@@ -137,12 +137,14 @@ def redis_document(body: bytes, message: dict[str, Any], queue: str) -> bytes:
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
-def transport_options(scheme: str, timeout: float) -> dict[str, Any]:
-    """kombu's transport options for a broker URL's scheme: every socket operation bounded by ``timeout``."""
+def transport_options(scheme: str, timeout: float, confirm_each_publish: bool = True) -> dict[str, Any]:
+    """kombu's transport options for a broker URL's scheme: every socket operation bounded by
+    ``timeout``. ``confirm_each_publish`` False: RabbitMQ's confirms are awaited by the caller
+    (``publisher.Confirms``, a batch at once), not by py-amqp after each publish."""
     if scheme.startswith(("amqp", "pyamqp")):
         # With publisher confirms a publish returns once RabbitMQ has the message, so a flushed
         # event is really with the broker.
-        return {"confirm_publish": True, "read_timeout": timeout, "write_timeout": timeout}
+        return {"confirm_publish": confirm_each_publish, "read_timeout": timeout, "write_timeout": timeout}
     if scheme.startswith("redis"):
         return {"socket_timeout": timeout, "socket_connect_timeout": timeout}
     return {}
