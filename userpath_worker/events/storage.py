@@ -79,9 +79,9 @@ _INSERTS = {
 # case): claimed by a plain insert, without ON CONFLICT's speculative insertions, the returned rows
 # joined back and this week's probe. If an event was claimed this week already (a redelivery, or
 # a copy in flight in another transaction), the claim fails with a unique violation and the batch
-# goes through _CLAIMED_INSERT instead (insert_events). The claims are made first (the InitPlan
-# counts them all before a row is returned) and the events last (PostgreSQL runs a data-modifying
-# CTE that nothing reads at the end), so a failed claim leaves no events row behind. Last week's
+# goes through _CLAIMED_INSERT instead (insert_events); the failed statement leaves nothing (it is
+# one statement in a savepoint), though it may have written events rows before failing:
+# data-modifying CTEs run in no set order (PostgreSQL's documentation; a prepared plan did). Last week's
 # index is probed by a lateral LIMIT 1: as NOT EXISTS, the planner may hash the whole week instead.
 _UNCLAIMED_INSERT = f"""
 WITH incoming AS MATERIALIZED (

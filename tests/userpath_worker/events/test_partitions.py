@@ -117,8 +117,10 @@ def test_a_resent_event_is_stored_again_only_after_the_dedupe_window(session: Se
 def test_a_batch_with_an_event_claimed_this_week_stores_the_others_and_writes_each_events_row_once(
     session: Session, postgres: Connection
 ) -> None:
-    """The cheaper statement fails on the claim of the re-sent event, before it writes any events
-    row; the batch then goes through the statement that claims around it."""
+    """The cheaper statement fails on the claim of the re-sent event and nothing of it stays (one
+    statement); the batch then goes through the statement that claims around it. Whether it wrote
+    events rows before failing is PostgreSQL's choice (data-modifying CTEs run in no set order: a
+    prepared plan did, once), so only what stays is asserted."""
     make_days(postgres, SUNDAY - dt.timedelta(days=5), 5)
     wednesday = SUNDAY - dt.timedelta(days=4)
     store_at(session, wednesday, event_row(1, "resent", wednesday))
@@ -126,8 +128,8 @@ def test_a_batch_with_an_event_claimed_this_week_stores_the_others_and_writes_ea
     batch = [event_row(1, f"new-{n}", later) for n in range(3)] + [event_row(1, "resent", later)]
     assert store_at(session, later, *batch) == {(1, f"new-{n}") for n in range(3)}
     assert stored(session, "resent") == 1
+    assert session.scalar(select(func.count()).select_from(Event)) == 4  # each events row once
     inserted = "SELECT sum(n_tup_ins) FROM pg_stat_xact_user_tables WHERE relname LIKE :tables"
-    assert postgres.scalar(text(inserted), {"tables": "events\\_%"}) == 4  # no row of the failed try
     assert postgres.scalar(text(inserted), {"tables": "event\\_ids\\_%"}) > 4  # it was tried
 
 
