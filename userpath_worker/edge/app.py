@@ -1,8 +1,8 @@
 """The edge as a bare ASGI application: routing, reading bodies within their limits, the access log.
 
-A framework would add nothing the edge needs and cost a share of every request. Decisions that
-touch the database or the broker (``service.Edge``) run on a thread pool, so the event loop only
-reads and writes sockets.
+A framework would add nothing the edge needs and cost a share of every request. A track call that
+needs no I/O (``Edge.judge_now``: key cached, limit known) is decided on the event loop; decisions
+that touch the database or Redis, and every publish, run on a thread pool.
 """
 
 from __future__ import annotations
