@@ -65,7 +65,7 @@ TARGETS = {
     "partitioned_insert_share_of_plain": 0.95,  # the insert path alone, same run
 }
 # The insert path alone (bench/inserts.py): the release before partitioning against this one.
-INSERT_WAYS = ("plain, jsonb (before 0012)", "partitioned, jsonb (this release)")
+INSERT_WAYS = ("plain, jsonb (before 0012)", "partitioned, COPY (this release)")
 
 
 def main() -> None:

@@ -4,25 +4,26 @@ The same rows (the verdicts' rows of envelopes of 100, one organization) are ins
 transactions of ``--batch`` rows, one way after the other, each into a fresh database:
 
 - ``plain, jsonb (before 0012)``: the statement of the release before partitioning, into its plain
-  ``events`` with the unique ``(org_id, event_id)`` (the schema at revision 0008);
-- ``partitioned, jsonb``: this release's ``events.storage.insert_events``, into the partitioned
-  ``events`` with its ``event_ids`` claims (a plain insert, last week's index probed);
-- ``claimed around (before)``: the statement that claims with ``ON CONFLICT DO NOTHING`` and joins
-  the claims it returns back (the release before; still what a batch with a re-sent event takes);
+  ``events`` with the unique ``(org_id, event_id)`` (the schema at revision 0008): the batch as one
+  JSON document, turned into rows by ``jsonb_array_elements``;
+- ``partitioned, COPY``: this release's ``events.storage.insert_events``, into the partitioned
+  ``events`` with its ``event_ids`` claims: the rows copied (binary) into a staging table, then
+  claimed by a plain insert and stored where last week's index has no claim;
+- ``partitioned, jsonb (release before)``: the same claims by the release before's one statement,
+  its rows from the JSON document;
+- ``claimed around``: the statement that claims with ``ON CONFLICT DO NOTHING`` and joins the
+  claims it returns back (what a batch with a re-sent event, and the next ones, take);
 - ``one event re-sent a batch``: this release's insert when every batch holds an event of the
-  batch before (the cheaper statement fails on its claim, then the batch is claimed around);
-- ``claim of an md5 uuid``: the release before's statement with a narrower claim, a uuid of
-  md5(org_id, event_id) instead of the two columns;
-- ``both weeks probed, no ON CONFLICT``: this week's claims probed too, so that a claim fails only
-  for a copy in flight in another transaction;
-- ``partitioned, unnest``: this release's claims, the rows passed as one typed array per column;
-- ``partitioned, COPY``: the same, the rows copied (binary) into a temporary table first;
-- ``partitioned, jsonb, ON CONFLICT on events``: this release's statement as it runs while 0015
-  moves the plain table (every row a speculative insertion);
-- ``partitioned, jsonb, no (org_id, occurred_at)``: the index set question: this release's insert
-  without the index that erasure, per-organization retention and analysts read;
+  batch before (the cheaper claim fails, then the batch is claimed around);
+- ``ON CONFLICT on events``: this release's statement as it runs while 0015 moves the plain table
+  (every row a speculative insertion);
+- ``no (org_id, occurred_at)``: the index set question: this release's insert without the index
+  that erasure, per-organization retention and analysts read;
 - ``partitioned by day, 400 days of partitions`` against ``partitioned by month, 14 months``: what
   the partitions' size and number cost the insert (a 395-day retention keeps about 400 days).
+
+Ways tried before and not kept (an md5 uuid claim, both weeks probed, ``unnest`` of typed arrays):
+their figures are in the README.
 
 Each way runs ``--rounds`` times, alternated, so that other work on the machine weighs on all.
 ``--random-ids``: event ids are random UUIDs, as the client libraries send them (wider keys, in
@@ -40,7 +41,6 @@ from typing import Any
 
 import orjson
 from alembic import command
-from psycopg.types.json import Jsonb
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -50,86 +50,28 @@ from userpath_client.wire import new_event_id
 from userpath_worker import schema
 from userpath_worker.events import partitions, storage
 
+# The release before's rows: the batch as one JSON document, turned into rows by one statement.
+_DOCUMENT = """
+SELECT (r->>0)::integer AS org_id, (r->>1)::integer AS api_key_id, r->>2 AS environment, r->>3 AS source,
+       r->>4 AS event_id, r->5->>'event' AS name, r->5->>'user_id' AS user_id,
+       r->5->>'anonymous_id' AS anonymous_id, coalesce(r->5->'properties', '{}') AS properties,
+       nullif(r->5->'context', 'null') AS context, (r->>6)::timestamptz AS "timestamp",
+       (r->>7)::timestamptz AS sent_at, (r->>8)::timestamptz AS received_at,
+       (r->>9)::timestamptz AS occurred_at, (r->>10)::boolean AS verified
+FROM jsonb_array_elements(%(rows)s::jsonb) AS document(r)
+"""
 # The release before 0012: one statement, the unique index deduplicates.
 _PLAIN_INSERT = f"""
 INSERT INTO events ({storage._COLUMNS})
-{storage._INCOMING}
+{_DOCUMENT}
 ON CONFLICT (org_id, event_id) DO NOTHING
 RETURNING org_id, event_id
 """
-_STAGING = """
-CREATE TEMPORARY TABLE IF NOT EXISTS incoming_events (
-    org_id integer, api_key_id integer, environment text, source text, event_id text, event jsonb,
-    "timestamp" timestamptz, sent_at timestamptz, received_at timestamptz, occurred_at timestamptz, verified boolean
-) ON COMMIT DELETE ROWS
-"""
-_FROM_STAGING = """
-SELECT org_id, api_key_id, environment, source, event_id, event->>'event' AS name, event->>'user_id' AS user_id,
-       event->>'anonymous_id' AS anonymous_id, coalesce(event->'properties', '{}') AS properties,
-       nullif(event->'context', 'null') AS context, "timestamp", sent_at, received_at, occurred_at, verified
-FROM incoming_events
-"""
-_FROM_ARRAYS = """
-SELECT org_id, api_key_id, environment, source, event_id, event->>'event' AS name, event->>'user_id' AS user_id,
-       event->>'anonymous_id' AS anonymous_id, coalesce(event->'properties', '{}') AS properties,
-       nullif(event->'context', 'null') AS context, "timestamp", sent_at, received_at, occurred_at, verified
-FROM unnest(%(org_id)s::integer[], %(api_key_id)s::integer[], %(environment)s::text[], %(source)s::text[],
-            %(event_id)s::text[], %(event)s::jsonb[], %(timestamp)s::timestamptz[], %(sent_at)s::timestamptz[],
-            %(received_at)s::timestamptz[], %(occurred_at)s::timestamptz[], %(verified)s::boolean[])
-     AS incoming(org_id, api_key_id, environment, source, event_id, event, "timestamp", sent_at, received_at,
-                 occurred_at, verified)
-"""
-# Cheaper claims tried (issue 24, item 5), beside this release's (events.storage).
-# A claim of a 128-bit hash of (org_id, event_id) as one uuid, by the statement of the release before.
-_HASHED_KEY = "md5(org_id::text || ':' || event_id)::uuid"
-_HASHED_EVENT_IDS = [
-    "DROP TABLE event_ids",
-    "CREATE TABLE event_ids (key uuid NOT NULL, period date NOT NULL, "
-    "CONSTRAINT pk_event_ids PRIMARY KEY (key, period)) PARTITION BY RANGE (period)",
-    "CREATE TABLE event_ids_default PARTITION OF event_ids DEFAULT",
-]
-_HASHED_CLAIMED_INSERT = f"""
-WITH incoming AS (SELECT *, {_HASHED_KEY} AS key FROM ({storage._INCOMING}) AS document),
-claimed AS (
-    INSERT INTO event_ids (key, period)
-    SELECT key, period FROM incoming CROSS JOIN unnest(%(periods)s::date[]) AS claims(period)
-    ON CONFLICT DO NOTHING
-    RETURNING key
-)
-INSERT INTO events ({storage._COLUMNS})
-SELECT {storage._COLUMNS} FROM incoming
-WHERE key IN (
-    SELECT key FROM claimed
-    WHERE NOT EXISTS (SELECT FROM event_ids seen WHERE seen.period = %(previous)s AND seen.key = claimed.key)
-)
-RETURNING org_id, event_id
-"""
-# This release's statement with the same narrower claim.
-_HASHED_UNCLAIMED_INSERT = storage._UNCLAIMED_INSERT
-for unhashed, hashed in (
-    (
-        f"FROM ({storage._INCOMING}) AS document",
-        f"FROM (SELECT *, {_HASHED_KEY} AS key FROM ({storage._INCOMING}) AS parsed) AS document",
-    ),
-    ("claim.org_id = document.org_id AND claim.event_id = document.event_id", "claim.key = document.key"),
-    (
-        "INSERT INTO event_ids (org_id, event_id, period) SELECT org_id, event_id,",
-        "INSERT INTO event_ids (key, period) SELECT key,",
-    ),
-):
-    assert unhashed in _HASHED_UNCLAIMED_INSERT, unhashed
-    _HASHED_UNCLAIMED_INSERT = _HASHED_UNCLAIMED_INSERT.replace(unhashed, hashed)
-# Without ON CONFLICT, both weeks probed first (so that a claim fails only for a copy in flight in
-# another transaction) rather than this release's probe of last week alone.
-_PROBED_INSERT = f"""
-WITH probed AS MATERIALIZED (
-    SELECT document.*, this_week.hit IS NOT NULL AS claimed, last_week.hit IS NOT NULL AS seen
-    FROM ({storage._INCOMING}) AS document
-    LEFT JOIN LATERAL (
-        SELECT true AS hit FROM event_ids claim
-        WHERE claim.period = %(this_week)s AND claim.org_id = document.org_id AND claim.event_id = document.event_id
-        LIMIT 1
-    ) AS this_week ON true
+# The release before this one: the claims and the events in one statement, from the document.
+_JSONB_UNCLAIMED_INSERT = f"""
+WITH incoming AS MATERIALIZED (
+    SELECT document.*, last_week.hit IS NOT NULL AS seen
+    FROM ({_DOCUMENT}) AS document
     LEFT JOIN LATERAL (
         SELECT true AS hit FROM event_ids claim
         WHERE claim.period = %(previous)s AND claim.org_id = document.org_id AND claim.event_id = document.event_id
@@ -137,17 +79,11 @@ WITH probed AS MATERIALIZED (
     ) AS last_week ON true
 ),
 claims AS (
-    INSERT INTO event_ids (org_id, event_id, period)
-    SELECT org_id, event_id, %(this_week)s FROM probed WHERE NOT claimed
-)
-INSERT INTO events ({storage._COLUMNS})
-SELECT {storage._COLUMNS} FROM probed WHERE NOT claimed AND NOT seen
-RETURNING org_id, event_id
+    INSERT INTO event_ids (org_id, event_id, period) SELECT org_id, event_id, %(this_week)s FROM incoming RETURNING 1
+),
+stored AS (INSERT INTO events ({storage._COLUMNS}) SELECT {storage._COLUMNS} FROM incoming WHERE NOT seen)
+SELECT org_id, event_id FROM incoming WHERE NOT seen AND (SELECT count(*) FROM claims) > 0
 """
-_ARRAY_COLUMNS = (
-    "org_id", "api_key_id", "environment", "source", "event_id", "timestamp", "sent_at", "received_at",
-    "occurred_at", "verified",
-)  # fmt: skip
 
 
 Insert = Callable[[Session, list[dict[str, Any]]], int]  # a way: stores a batch, returns how many were new
@@ -184,20 +120,8 @@ def rows(count: int, start: int = 0, random_ids: bool = False) -> list[dict[str,
     return made
 
 
-def _unclaimed(batch: list[dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-    """This release's cheaper statement and its parameters (``_now`` is never in a week's first hour)."""
-    made = storage.unclaimed_insert(batch, _now())
-    assert made is not None
-    return made
-
-
-def _this_release(source: str) -> str:
-    """This release's statement with its rows from ``source`` instead of the JSON document."""
-    return _unclaimed([])[0].replace(storage._INCOMING, source)
-
-
 def insert_plain(session: Session, batch: list[dict[str, Any]]) -> int:
-    document = storage._rows_document(batch)
+    document = _rows_document(batch)
     return len(session.connection().exec_driver_sql(_PLAIN_INSERT, {"rows": document}).all())
 
 
@@ -205,14 +129,21 @@ def insert_this_release(session: Session, batch: list[dict[str, Any]]) -> int:
     return len(storage.insert_events(session, batch))
 
 
+def insert_jsonb_unclaimed(session: Session, batch: list[dict[str, Any]]) -> int:
+    this_week, previous = storage._weeks(_now())
+    parameters = {"rows": _rows_document(batch), "this_week": this_week, "previous": previous}
+    with session.begin_nested():
+        return len(session.connection().exec_driver_sql(_JSONB_UNCLAIMED_INSERT, parameters).all())
+
+
 def insert_during_the_move(session: Session, batch: list[dict[str, Any]]) -> int:
-    statement, parameters = storage.claiming_insert(batch, _now(), moving=True)
-    return len(session.connection().exec_driver_sql(statement, parameters).all())
+    storage.stage(session, batch)
+    return len(session.connection().exec_driver_sql(*storage.claiming_insert(_now(), moving=True)).all())
 
 
 def insert_claiming_around(session: Session, batch: list[dict[str, Any]]) -> int:
-    statement, parameters = storage.claiming_insert(batch, _now())
-    return len(session.connection().exec_driver_sql(statement, parameters).all())
+    storage.stage(session, batch)
+    return len(session.connection().exec_driver_sql(*storage.claiming_insert(_now())).all())
 
 
 _resent_after: dict[str, Any] = {}  # the last row of the batch before, and the engine it went to
@@ -229,83 +160,37 @@ def _one_resent(insert: Insert) -> Insert:
     return insert_with_one_resent
 
 
-def insert_hashed_claims(session: Session, batch: list[dict[str, Any]]) -> int:
-    _, parameters = storage.claiming_insert(batch, _now())
-    return len(session.connection().exec_driver_sql(_HASHED_CLAIMED_INSERT, parameters).all())
-
-
-def insert_hashed_unclaimed(session: Session, batch: list[dict[str, Any]]) -> int:
-    _, parameters = _unclaimed(batch)
-    with session.begin_nested():
-        return len(session.connection().exec_driver_sql(_HASHED_UNCLAIMED_INSERT, parameters).all())
-
-
-def insert_probed(session: Session, batch: list[dict[str, Any]]) -> int:
-    _, parameters = _unclaimed(batch)
-    with session.begin_nested():
-        return len(session.connection().exec_driver_sql(_PROBED_INSERT, parameters).all())
-
-
-def insert_unnest(session: Session, batch: list[dict[str, Any]]) -> int:
-    _, parameters = _unclaimed(batch)
-    arrays = {column: [row[column] for row in batch] for column in _ARRAY_COLUMNS}
-    arrays["event"] = [row["event_json"].decode() for row in batch]
-    with session.begin_nested():
-        return len(session.connection().exec_driver_sql(_this_release(_FROM_ARRAYS), parameters | arrays).all())
-
-
-def insert_copy(session: Session, batch: list[dict[str, Any]]) -> int:
-    _, parameters = _unclaimed(batch)
-    del parameters["rows"]
-    cursor = session.connection().connection.driver_connection.cursor()
-    cursor.execute(_STAGING)
-    columns = (
-        "org_id, api_key_id, environment, source, event_id, event, timestamp, sent_at, received_at, occurred_at, "
-        "verified"
-    )
-    with cursor.copy(f"COPY incoming_events ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(
-            ["int4", "int4", "text", "text", "text", "jsonb", "timestamptz", "timestamptz", "timestamptz",
-             "timestamptz", "bool"]
-        )  # fmt: skip
-        for row in batch:
-            copy.write_row(
-                (row["org_id"], row["api_key_id"], row["environment"], row["source"], row["event_id"],
-                 Jsonb(row["event_json"], dumps=_as_is), row["timestamp"], row["sent_at"], row["received_at"],
-                 row["occurred_at"], row["verified"])
-            )  # fmt: skip
-    with session.begin_nested():
-        return len(session.connection().exec_driver_sql(_this_release(_FROM_STAGING), parameters).all())
-
-
 def _now() -> dt.datetime:
     """Now, or an hour later in a week's first hour: these ways use the statement of the rest of the week."""
     now = dt.datetime.now(dt.UTC)
     return now + storage.WEEK_START_OVERLAP if now.weekday() == 0 and now.hour == 0 else now
 
 
-def _as_is(encoded: bytes) -> bytes:
-    return encoded
+def _rows_document(rows: list[dict[str, Any]]) -> str:
+    """The batch as the release before sent it: one JSON document, each event's JSON spliced in."""
+    return orjson.dumps(
+        [
+            [row["org_id"], row["api_key_id"], row["environment"], row["source"], row["event_id"],
+             orjson.Fragment(row["event_json"]), row["timestamp"], row["sent_at"], row["received_at"],
+             row["occurred_at"], row["verified"]]
+            for row in rows
+        ]
+    ).decode()  # fmt: skip
 
 
 WAYS: dict[str, tuple[str, Insert]] = {
     "plain, jsonb (before 0012)": ("0008", insert_plain),
-    "partitioned, jsonb (this release)": ("head", insert_this_release),
-    "partitioned, jsonb, claimed around (before)": ("head", insert_claiming_around),
-    "partitioned, jsonb, one event re-sent a batch": ("head", _one_resent(insert_this_release)),
-    "partitioned, jsonb, ON CONFLICT on events": ("head", insert_during_the_move),
-    "partitioned, claim of an md5 uuid (before)": ("head-hashed-claims", insert_hashed_claims),
-    "partitioned, jsonb, claim of an md5 uuid": ("head-hashed-claims", insert_hashed_unclaimed),
-    "partitioned, both weeks probed, no ON CONFLICT": ("head", insert_probed),
-    "partitioned, both weeks probed, one re-sent a batch": ("head", _one_resent(insert_probed)),
-    "partitioned, unnest": ("head", insert_unnest),
-    "partitioned, COPY + INSERT ... SELECT": ("head", insert_copy),
-    "partitioned, jsonb, no (org_id, occurred_at)": ("head-no-occurred", insert_this_release),
+    "partitioned, COPY (this release)": ("head", insert_this_release),
+    "partitioned, jsonb (release before)": ("head", insert_jsonb_unclaimed),
+    "partitioned, claimed around": ("head", insert_claiming_around),
+    "partitioned, one event re-sent a batch": ("head", _one_resent(insert_this_release)),
+    "partitioned, ON CONFLICT on events": ("head", insert_during_the_move),
+    "partitioned, no (org_id, occurred_at)": ("head-no-occurred", insert_this_release),
     "partitioned by day, 400 days of partitions": ("head-400-days", insert_this_release),
     "partitioned by month, 14 months of partitions": ("head-14-months", insert_this_release),
 }
 # The index sets tried (DDL after the migrations).
-_INDEX_SETS = {"head-no-occurred": ["DROP INDEX ix_events_org_occurred"], "head-hashed-claims": _HASHED_EVENT_IDS}
+_INDEX_SETS = {"head-no-occurred": ["DROP INDEX ix_events_org_occurred"]}
 
 
 def database(revision: str) -> Engine:
@@ -320,7 +205,6 @@ def database(revision: str) -> Engine:
         for statement in _INDEX_SETS.get(revision, []):
             connection.execute(text(statement))
         today = dt.datetime.now(dt.UTC).date()
-        partitions.ensure_partitions(connection, today)  # event_ids' weeks, if remade above
         if revision == "head-400-days":
             partitions.ensure_days(connection, {today - dt.timedelta(days=back) for back in range(400)})
         if revision == "head-14-months":

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import time_machine
-from sqlalchemy import Connection, Engine, func, select, text
+from sqlalchemy import Connection, Engine, event, func, select, text
 from sqlalchemy.orm import Session
 
 from tests.common.factories import event_row, make_organization
@@ -117,10 +117,8 @@ def test_a_resent_event_is_stored_again_only_after_the_dedupe_window(session: Se
 def test_a_batch_with_an_event_claimed_this_week_stores_the_others_and_writes_each_events_row_once(
     session: Session, postgres: Connection
 ) -> None:
-    """The cheaper statement fails on the claim of the re-sent event and nothing of it stays (one
-    statement); the batch then goes through the statement that claims around it. Whether it wrote
-    events rows before failing is PostgreSQL's choice (data-modifying CTEs run in no set order: a
-    prepared plan did, once), so only what stays is asserted."""
+    """The cheaper claim fails on the re-sent event, before any events row is written, and is rolled
+    back; the batch then goes through the statement that claims around it."""
     make_days(postgres, SUNDAY - dt.timedelta(days=5), 5)
     wednesday = SUNDAY - dt.timedelta(days=4)
     store_at(session, wednesday, event_row(1, "resent", wednesday))
@@ -131,28 +129,28 @@ def test_a_batch_with_an_event_claimed_this_week_stores_the_others_and_writes_ea
     assert session.scalar(select(func.count()).select_from(Event)) == 4  # each events row once
     inserted = "SELECT sum(n_tup_ins) FROM pg_stat_xact_user_tables WHERE relname LIKE :tables"
     assert postgres.scalar(text(inserted), {"tables": "event\\_ids\\_%"}) > 4  # it was tried
+    assert postgres.scalar(text(inserted), {"tables": "events\\_p%"}) == 4  # no events row wasted
 
 
 def test_after_a_batch_with_a_resent_event_the_next_ones_are_claimed_around_at_once(
-    session: Session, postgres: Connection, monkeypatch: pytest.MonkeyPatch
+    session: Session, postgres: Connection
 ) -> None:
     make_days(postgres, SUNDAY - dt.timedelta(days=5), 5)
     wednesday = SUNDAY - dt.timedelta(days=4)
-    tried: list[int] = []  # the sizes of the batches the cheaper statement was tried for
-    unclaimed_insert = storage.unclaimed_insert
+    tried: list[str] = []  # the cheaper claim, once for each batch it was tried for
 
-    def counted(rows: list[dict[str, Any]], now: dt.datetime) -> tuple[str, dict[str, Any]] | None:
-        tried.append(len(rows))
-        return unclaimed_insert(rows, now)
+    def counted(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if statement == storage._CLAIM_THIS_WEEK:
+            tried.append(statement)
 
-    monkeypatch.setattr(storage, "unclaimed_insert", counted)
+    event.listen(postgres, "before_cursor_execute", counted)
     store_at(session, wednesday, event_row(1, "resent", wednesday))
     assert store_at(session, wednesday, event_row(1, "resent", wednesday), event_row(1, "new", wednesday)) == {
         (1, "new")
     }
     for number in range(storage.CLAIM_AROUND_AFTER_A_RESEND + 1):
         assert store_at(session, wednesday, event_row(1, f"then-{number}", wednesday)) == {(1, f"then-{number}")}
-    assert tried == [1, 2, 1]  # the cheaper statement again after CLAIM_AROUND_AFTER_A_RESEND batches
+    assert len(tried) == 3  # the first, the re-sent, and again after CLAIM_AROUND_AFTER_A_RESEND batches
 
 
 def test_two_copies_in_flight_at_once_in_the_same_week_are_stored_once(engine: Engine) -> None:
