@@ -106,6 +106,7 @@ def replay_dead_letters(
                 )
             }
             now = utcnow()
+            replayed: list[dict[str, Any]] = []  # the events rows of the batch, stored in one insert
             for letter in letters:
                 key = keys[letter.api_key_id]
                 # The key was authenticated when the message arrived; that verdict stands.
@@ -113,13 +114,19 @@ def replay_dead_letters(
                     key.id, key.org_id, key.environment, key.display, None, scopes=scopes.from_stored(key.scopes)
                 )
                 failure = _replay_payload(
-                    session, letter.payload, identity, Delivery(letter.task, letter.queue, letter.received_at), webhooks
+                    session,
+                    letter.payload,
+                    identity,
+                    Delivery(letter.task, letter.queue, letter.received_at),
+                    webhooks,
+                    replayed,
                 )
                 if failure is None:
                     letter.replayed_at = now
                     totals.stored += 1
                 else:
                     totals.still_failing += 1
+            insert_events(session, replayed)
             totals.examined += len(letters)
             after_id = letters[-1].id
         yield totals
@@ -141,13 +148,19 @@ class _WebhookChecks:
 
 
 def _replay_payload(
-    session: Session, payload: Any, identity: KeyIdentity, delivery: Delivery, webhooks: _WebhookChecks
+    session: Session,
+    payload: Any,
+    identity: KeyIdentity,
+    delivery: Delivery,
+    webhooks: _WebhookChecks,
+    replayed: list[dict[str, Any]],
 ) -> str | None:
-    """Validate a dead letter's payload again and store what passes now (after a contract fix).
+    """Validate a dead letter's payload again; what passes now (after a contract fix) is added to
+    ``replayed``, the rows the batch stores.
 
     The payload is a whole message (api_key shown in its display form) or one event of a batch;
     the key is the one that sent it, authenticated when it arrived. Returns why it still fails,
-    or None when its events are stored (again, harmlessly: storage is idempotent).
+    or None when its events are to be stored (again, harmlessly: storage is idempotent).
     """
     if not isinstance(payload, dict) or "preview" in payload:
         return "only a text preview was kept"
@@ -166,5 +179,5 @@ def _replay_payload(
     if judged.rejections:
         return "; ".join(rejection.detail for rejection in judged.rejections)
     partitions.ensure_days(session.connection(), {row["received_at"].date() for row in judged.rows})
-    insert_events(session, judged.rows)
+    replayed.extend(judged.rows)
     return None

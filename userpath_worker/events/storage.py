@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+from psycopg import postgres, pq
+from psycopg.adapt import Dumper
 from psycopg.errors import UniqueViolation
-from psycopg.types.json import Jsonb
 from sqlalchemy import Row, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.exc import IntegrityError
@@ -27,8 +28,9 @@ from userpath_worker.events.models import Event, Source
 # then stored from there by INSERT ... SELECT. COPY is PostgreSQL's cheapest way in, and each
 # event's JSON, already encoded to be measured, is sent as it is; a JSON document of the whole
 # batch parsed by jsonb_array_elements, the release before's way, cost about a tenth of the insert
-# rate (python -m bench.inserts). ON COMMIT DELETE ROWS empties it with each transaction, the
-# DELETE before each batch within one.
+# rate (python -m bench.inserts). ON COMMIT DELETE ROWS empties it with each transaction (cheaply,
+# without a new file); the DELETE before each batch is for a second batch in one transaction,
+# whose deleted rows each later DELETE scans again: callers insert once a transaction.
 STAGING_TABLE = "incoming_events"
 _STAGE = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
@@ -167,13 +169,14 @@ def _claim_and_insert(session: Session, rows: list[dict[str, Any]], now: dt.date
 def stage(session: Session, rows: list[dict[str, Any]]) -> None:
     """Copy ``rows`` into this connection's staging table, which then holds them alone."""
     with session.connection().connection.driver_connection.cursor() as cursor:
+        cursor.adapters.register_dumper(None, _CanonicalJsonb)  # this cursor's COPY only
         cursor.execute(_STAGE)
         with cursor.copy(_COPY) as copy:
             copy.set_types(_STAGED_TYPES)
             for row in rows:
                 copy.write_row(
                     (row["org_id"], row["api_key_id"], row["environment"], row["source"], row["event_id"],
-                     Jsonb(row["event_json"], dumps=_encoded), row["timestamp"], row["sent_at"], row["received_at"],
+                     row["event_json"], row["timestamp"], row["sent_at"], row["received_at"],
                      row["occurred_at"], row["verified"])
                 )  # fmt: skip
 
@@ -264,9 +267,15 @@ def find_events(session: Session, org_id: int, chosen: EventFilter, limit: int =
     return list(session.scalars(query.order_by(Event.id.desc()).limit(limit)))
 
 
-def _encoded(event_json: bytes) -> bytes:
-    """The event's canonical JSON as it is: encoded once, when it was measured."""
-    return event_json
+class _CanonicalJsonb(Dumper):
+    """An event's canonical JSON, encoded once when it was measured, as jsonb in COPY's binary
+    format: a version byte, then the text (psycopg's own would wrap and encode it again)."""
+
+    format = pq.Format.BINARY
+    oid = postgres.types["jsonb"].oid
+
+    def dump(self, obj: bytes) -> bytes:
+        return b"\x01" + obj
 
 
 def _sqlite_row(row: dict[str, Any]) -> dict[str, Any]:
