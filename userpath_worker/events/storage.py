@@ -12,12 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import psycopg
 from psycopg import postgres, pq
 from psycopg.adapt import Dumper
 from psycopg.errors import UniqueViolation
 from sqlalchemy import Row, select
 from sqlalchemy.dialects import sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from userpath_worker.db import utcnow
@@ -168,17 +169,27 @@ def _claim_and_insert(session: Session, rows: list[dict[str, Any]], now: dt.date
 
 def stage(session: Session, rows: list[dict[str, Any]]) -> None:
     """Copy ``rows`` into this connection's staging table, which then holds them alone."""
-    with session.connection().connection.driver_connection.cursor() as cursor:
-        cursor.adapters.register_dumper(None, _CanonicalJsonb)  # this cursor's COPY only
-        cursor.execute(_STAGE)
-        with cursor.copy(_COPY) as copy:
-            copy.set_types(_STAGED_TYPES)
-            for row in rows:
-                copy.write_row(
-                    (row["org_id"], row["api_key_id"], row["environment"], row["source"], row["event_id"],
-                     row["event_json"], row["timestamp"], row["sent_at"], row["received_at"],
-                     row["occurred_at"], row["verified"])
-                )  # fmt: skip
+    connection = session.connection()
+    driver_connection = connection.connection.driver_connection
+    try:
+        with driver_connection.cursor() as cursor:
+            cursor.adapters.register_dumper(None, _CanonicalJsonb)  # this cursor's COPY only
+            cursor.execute(_STAGE)
+            with cursor.copy(_COPY) as copy:
+                copy.set_types(_STAGED_TYPES)
+                for row in rows:
+                    copy.write_row(
+                        (row["org_id"], row["api_key_id"], row["environment"], row["source"], row["event_id"],
+                         row["event_json"], row["timestamp"], row["sent_at"], row["received_at"],
+                         row["occurred_at"], row["verified"])
+                    )  # fmt: skip
+    except psycopg.Error as error:
+        # As SQLAlchemy raises for its own statements, so that an outage is told from a refusal
+        # (db.is_transient), and a connection that is gone is not handed out again.
+        gone = connection.dialect.is_disconnect(error, driver_connection, None)
+        if gone:
+            connection.invalidate(error)
+        raise DBAPIError.instance(_COPY, None, error, psycopg.Error, connection_invalidated=gone) from error
 
 
 def claiming_insert(now: dt.datetime, moving: bool = False) -> tuple[str, dict[str, Any]]:

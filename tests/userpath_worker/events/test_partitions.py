@@ -14,9 +14,11 @@ from typing import Any
 import pytest
 import time_machine
 from sqlalchemy import Connection, Engine, event, func, select, text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 from tests.common.factories import event_row, make_organization
+from userpath_worker.db import is_transient
 from userpath_worker.events import partitions, retention, storage
 from userpath_worker.events.models import Event
 from userpath_worker.events.storage import insert_events
@@ -187,6 +189,22 @@ def test_two_copies_in_flight_at_once_in_the_same_week_are_stored_once(engine: E
                 connection.execute(
                     text(f"DELETE FROM {table} WHERE event_id IN (:first, :other)"), {"first": first, "other": other}
                 )
+
+
+def test_a_connection_lost_while_a_batch_is_staged_is_an_outage_not_a_refusal(engine: Engine) -> None:
+    """The COPY runs on the driver's own connection; its failure is raised as SQLAlchemy raises
+    its statements', so that the job keeps the batch for later (db.is_transient) rather than
+    dead-letter it, and the lost connection is not handed out again."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("the staging table is PostgreSQL's")
+    with Session(engine) as session:
+        pid = session.connection().exec_driver_sql("SELECT pg_backend_pid()").scalar_one()
+        with engine.connect() as other:
+            assert other.exec_driver_sql(f"SELECT pg_terminate_backend({pid}, 10000)").scalar_one()
+        with pytest.raises(OperationalError) as raised:
+            insert_events(session, [event_row(1, "lost", dt.datetime.now(dt.UTC))])
+    assert is_transient(raised.value)
+    assert raised.value.connection_invalidated
 
 
 def _wait_for_a_lock_wait(engine: Engine) -> None:
