@@ -28,10 +28,11 @@ from userpath_worker.events.models import Event, Source
 # PostgreSQL: a batch is copied (COPY, binary) into this connection's temporary staging table,
 # then stored from there by INSERT ... SELECT. COPY is PostgreSQL's cheapest way in, and each
 # event's JSON, already encoded to be measured, is sent as it is; a JSON document of the whole
-# batch parsed by jsonb_array_elements, the release before's way, cost about a tenth of the insert
-# rate (python -m bench.inserts). ON COMMIT DELETE ROWS empties it with each transaction (cheaply,
-# without a new file); the DELETE before each batch is for a second batch in one transaction,
-# whose deleted rows each later DELETE scans again: callers insert once a transaction.
+# batch parsed by jsonb_array_elements, the release before's way, inserted about a sixth slower
+# (python -m bench.inserts: 87% of the plain table against 104%). ON COMMIT DELETE ROWS empties
+# it with each transaction (cheaply, without a new file); the DELETE before each batch is for a
+# second batch in one transaction, whose deleted rows each later DELETE scans again: callers
+# insert once a transaction.
 STAGING_TABLE = "incoming_events"
 _STAGE = f"""
 CREATE TEMPORARY TABLE IF NOT EXISTS {STAGING_TABLE} (
