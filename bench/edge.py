@@ -60,6 +60,7 @@ from bench.harness import (
     running_worker,
     stop,
     wait_until,
+    without_settings,
 )
 from bench.scenarios import count_rows
 from config.celery import QUEUES
@@ -186,7 +187,7 @@ def measure(
 ) -> list[Run]:
     broker = BROKERS[broker_name]
     environment = {
-        **{name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")},
+        **without_settings(),
         "USERPATH_DATABASE_URL": database_url,
         "USERPATH_BROKER_URL": broker.url,
         "USERPATH_KEY_PEPPER": KEY_PEPPER,  # the key was made with it (harness.new_key)
@@ -247,7 +248,7 @@ def pipeline(broker_name: str, folder: Path, seconds: int, connections: int) -> 
     key = new_key(engine)
     worker_environment = product_environment(broker.url)
     environment = {
-        **{name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")},
+        **without_settings(),
         **worker_environment,
         "USERPATH_LOG_LEVEL": "WARNING",  # no access log line a request (the worker logs at INFO: "ready.")
         "USERPATH_EDGE_EVENTS_PER_SECOND": "0",
@@ -284,9 +285,9 @@ def pipeline(broker_name: str, folder: Path, seconds: int, connections: int) -> 
 
 
 def _settled(engine: Engine, worker: Worker, run: Run) -> tuple[int, float]:
-    """Once every event of ``run`` (every answer 200, or ``BenchError``) is stored and no more arrive (wrk may have
-    dropped answers in flight at its end): the events stored and when the last one was
-    (time.time(), as ``worker.ready``)."""
+    """Once every event of ``run`` (every answer 200, or ``BenchError``) is stored and no more
+    arrive (wrk may have dropped answers in flight at its end): the events stored and when the
+    last one was (time.time(), as ``worker.ready``)."""
     if run.not_200:
         raise BenchError(f"{run.route} ({run.stack}): {run.not_200} answers were not 200")
     answered = run.requests * BATCH_EVENTS

@@ -174,7 +174,7 @@ def running_worker(
     with log.open("wb") as output:
         process = subprocess.Popen(
             command,
-            env={name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")}
+            env=without_settings()
             | environment
             # Ahead of the editable installs of this checkout: the tree's own worker and client.
             | {"PYTHONPATH": os.pathsep.join([str(tree), str(tree / "clients" / "python")])},
@@ -204,6 +204,12 @@ def stop(process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout)
+
+
+def without_settings() -> dict[str, str]:
+    """This process's environment without its ``USERPATH_`` settings: a process started from it
+    gets only the settings the benchmark gives it."""
+    return {name: value for name, value in os.environ.items() if not name.startswith("USERPATH_")}
 
 
 def product_environment(broker_url: str) -> dict[str, str]:

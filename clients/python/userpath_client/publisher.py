@@ -156,18 +156,14 @@ class Publisher:
         """Publish ``body`` with ``message`` (``wire.Encoder.message``'s headers and properties) into
         ``lane``. ``events``: how many it carries (RabbitMQ's lane rate counts events); ``overflow``:
         send it to the overflow queue whatever the lane's rate (an operator's slow key)."""
-        try:
-            if self._broker_url.startswith(_REDIS_SCHEMES):
+        if self._broker_url.startswith(_REDIS_SCHEMES):
+            try:
                 self._publish_redis(queue, body, message, lane)
-                return
-            producer = self._ensure_producer()
-            if not self._amqp:  # the embedded broker: one queue, taken by Celery's own consumer
-                producer.publish(body, exchange=DEFAULT_EXCHANGE, routing_key=queue, retry=False, **message)
-                return
-            (outcome,) = self._publish_amqp(producer, queue, [(body, message, lane, events, overflow)])
-        except BaseException:
-            self.close()  # a connection that failed once is not trusted again
-            raise
+            except BaseException:
+                self.close()  # a connection that failed once is not trusted again
+                raise
+            return
+        (outcome,) = self._publish_kombu(queue, [(body, message, lane, events, overflow)])
         if outcome is not None:
             raise outcome
 
@@ -180,14 +176,8 @@ class Publisher:
             if not messages:
                 return []
             try:
-                producer = self._ensure_producer()
-                if self._amqp:
-                    return self._publish_amqp(producer, queue, messages)
-                for body, message, _, _, _ in messages:  # the embedded broker, as ``publish``
-                    producer.publish(body, exchange=DEFAULT_EXCHANGE, routing_key=queue, retry=False, **message)
-                return [None] * len(messages)
+                return self._publish_kombu(queue, messages)
             except Exception as error:  # the connection is closed: none is known to be taken
-                self.close()
                 return [error] * len(messages)
         try:
             push = self._redis_push()
@@ -228,6 +218,20 @@ class Publisher:
         )
         if outcome is not None:
             raise outcome
+
+    def _publish_kombu(self, queue: str, messages: list[Outgoing]) -> list[Exception | None]:
+        """``messages`` through kombu (RabbitMQ, or the embedded broker), with what became of each;
+        raises, the connection closed, when the connection fails."""
+        try:
+            producer = self._ensure_producer()
+            if self._amqp:
+                return self._publish_amqp(producer, queue, messages)
+            for body, message, _, _, _ in messages:  # the embedded broker: one queue, taken by Celery's own consumer
+                producer.publish(body, exchange=DEFAULT_EXCHANGE, routing_key=queue, retry=False, **message)
+            return [None] * len(messages)
+        except BaseException:
+            self.close()  # a connection that failed once is not trusted again
+            raise
 
     def _publish_amqp(self, producer: Producer, queue: str, messages: list[Outgoing]) -> list[Exception | None]:
         """Each message to its shard (or the overflow queue), then every confirm awaited at once:
